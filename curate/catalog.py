@@ -1,0 +1,129 @@
+"""DuckDB catalog over a job's Parquet tables: views sources, scenes, clips, shards, read-only.
+
+The tables are read by pyarrow (local or any fsspec URL) and handed to DuckDB as lazy Arrow datasets;
+DuckDB itself is then denied every file system, so no query can write, attach or read another file.
+(DuckDB's `allowed_paths` would have let it read the Parquet files directly, but it also lets
+`COPY ... TO '<that file>' (USE_TMP_FILE false)` overwrite them.)
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import datetime as dt
+import decimal
+import io
+import json
+import math
+import posixpath
+
+import duckdb
+import fsspec
+import pyarrow.dataset as pads
+from fsspec.implementations.local import LocalFileSystem
+from pyarrow.fs import FSSpecHandler, PyFileSystem
+from pyarrow.fs import LocalFileSystem as ArrowLocalFileSystem
+
+from schemas import TABLES
+
+FORMATS = ("table", "csv", "json")
+
+
+def connect(out: str) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with one view per table of OUT/tables/{name}.parquet (a file or a folder of files).
+
+    A missing table is an empty view with its schema from `schemas.TABLES`. OUT may be a local path or
+    an fsspec URL. Raises FileNotFoundError when OUT has no tables/ folder.
+    """
+    fs, root = fsspec.core.url_to_fs(out)
+    tables = posixpath.join(root.rstrip("/"), "tables")
+    if not fs.isdir(tables):
+        raise FileNotFoundError(f"no tables/ folder in output {out!r} (looked for {tables!r}); has the job run?")
+    arrow_fs = ArrowLocalFileSystem() if isinstance(fs, LocalFileSystem) else PyFileSystem(FSSpecHandler(fs))
+    con = duckdb.connect(":memory:")
+    for name, schema in TABLES.items():
+        path = posixpath.join(tables, f"{name}.parquet")
+        data = pads.dataset(path, format="parquet", filesystem=arrow_fs) if fs.exists(path) else schema.empty_table()
+        con.register(name, data)
+    # From here on DuckDB touches no file (reads go through the registered Arrow datasets), and a
+    # query cannot switch that back.
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return con
+
+
+def query(out: str, sql: str, fmt: str = "table") -> str:
+    """Run `sql` against the catalog of `out` and render the result as "table", "csv" or "json".
+
+    "json" is one array of row objects (columns in order); NaN/inf become null, bytes base64, dates
+    and times ISO strings. A statement without a result gives "". SQL errors propagate as duckdb errors.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
+    con = connect(out)
+    try:
+        cursor = con.execute(sql)
+        if cursor.description is None:
+            return ""
+        columns = [d[0] for d in cursor.description]
+        rows = cursor.fetchall()
+    finally:
+        con.close()
+    if fmt == "json":
+        records = [dict(zip(columns, (_jsonable(v) for v in row))) for row in rows]
+        return json.dumps(records, ensure_ascii=False, allow_nan=False)
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([_text(v, null="") for v in row] for row in rows)
+        return buf.getvalue()
+    return _render_table(columns, rows)
+
+
+def _jsonable(value):
+    """A DuckDB Python value as plain JSON data."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, decimal.Decimal):
+        return float(value) if value.is_finite() else None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, (dt.date, dt.time, dt.datetime)):  # datetime is a date
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value)  # timedelta, UUID, anything else: its text
+
+
+def _text(value, null: str) -> str:
+    """One cell as text: nested values as compact JSON, NULL as `null`."""
+    if value is None:
+        return null
+    if isinstance(value, (dict, list, tuple, bytes, bytearray, memoryview)):
+        return json.dumps(_jsonable(value), ensure_ascii=False, separators=(",", ":"))
+    if isinstance(value, (dt.date, dt.time, dt.datetime)):
+        return value.isoformat()
+    return str(value)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, decimal.Decimal)) and not isinstance(value, bool)
+
+
+def _render_table(columns: list[str], rows: list[tuple]) -> str:
+    """An aligned text table: header, rule, rows (numbers right-aligned), and a row count."""
+    cells = [[_text(v, null="NULL") for v in row] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    numeric = [all(_is_number(row[i]) or row[i] is None for row in rows) for i in range(len(columns))]
+
+    def line(values):
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
+
+    out = [line(columns), "  ".join("-" * w for w in widths), *(line(r) for r in cells)]
+    out.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,73 @@
+"""`curate` command line: run a job, query its tables.
+
+    curate run JOB [--set key.path=value ...] [--address ADDR]
+    curate query OUT "SQL" [--format table|csv|json]
+
+Exit codes: 0 the job ran (per-input errors are rows in `sources`); 2 a bad job file, override or
+input location, or a failed query, with a one-line message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _run(args: argparse.Namespace) -> int:
+    from curate.config import load_job, resolve_paths
+    from curate.pipeline import configure_logging, run_job
+
+    configure_logging(args.verbose)
+    cfg = resolve_paths(load_job(args.job, args.set or []), os.getcwd())
+    summary = run_job(cfg, address=args.address)
+    print(summary.text())
+    return 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    from curate.catalog import query
+
+    text = query(args.out, args.sql, args.format)
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="curate", description="Video dataset curation for video diffusion models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a job file")
+    run.add_argument("job", help="job file (YAML), e.g. jobs/demo.yaml")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a job key (dotted path, YAML value); repeatable")
+    run.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray instance)")
+    run.add_argument("-v", "--verbose", action="store_true")
+    run.set_defaults(func=_run)
+
+    q = sub.add_parser("query", help="SQL over a job's tables (views: sources, scenes, clips, shards)")
+    q.add_argument("out", help="the job's output folder")
+    q.add_argument("sql")
+    q.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    q.set_defaults(func=_query)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from curate.config import ConfigError
+    from curate.inputs import InputError
+
+    try:
+        return args.func(args)
+    except (ConfigError, InputError, FileNotFoundError) as e:
+        print(f"curate: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a failed query: DuckDB's own message says what is wrong
+        if type(e).__module__.startswith("duckdb"):
+            print(f"curate: query failed: {str(e).splitlines()[0]}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

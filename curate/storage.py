@@ -1,0 +1,63 @@
+"""The output folder: a local path or any fsspec URL, and what lives where inside it.
+
+    OUT/job.yaml             the resolved job
+    OUT/samples/             generated demo inputs (demo job only)
+    OUT/clips/<clip_id>.mp4  every clip, written once
+    OUT/shards/shard-NNNNNN.tar
+    OUT/tables/{sources,scenes,clips,shards}.parquet
+    OUT/summary.json
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+class Output:
+    def __init__(self, url: str):
+        self.url = url.rstrip("/") or "/"
+        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+
+    @property
+    def is_local(self) -> bool:
+        return "://" not in self.url or self.url.startswith("file://")
+
+    def uri(self, rel: str) -> str:
+        """A URI stages can open: a plain path when local, else a URL."""
+        return f"{self.url}/{rel}"
+
+    def path(self, rel: str) -> str:
+        """The path inside this output's filesystem."""
+        return f"{self.root}/{rel}"
+
+    def makedirs(self, rel: str = "") -> None:
+        self.fs.makedirs(self.path(rel) if rel else self.root, exist_ok=True)
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(self.path(rel))
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write through a temporary name, then rename: readers never see half a file."""
+        final = self.path(rel)
+        self.fs.makedirs(os.path.dirname(final), exist_ok=True)
+        tmp = f"{final}.tmp-{os.getpid()}"
+        with self.fs.open(tmp, "wb") as f:
+            f.write(data)
+        self.fs.mv(tmp, final)
+
+    def write_text(self, rel: str, text: str) -> None:
+        self.write_bytes(rel, text.encode("utf-8"))
+
+    def write_table(self, name: str, table: pa.Table) -> None:
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        self.write_bytes(f"tables/{name}.parquet", buf.getvalue())
+
+    def read_table(self, name: str) -> pa.Table:
+        with self.fs.open(self.path(f"tables/{name}.parquet"), "rb") as f:
+            return pq.read_table(f)

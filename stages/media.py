@@ -1,0 +1,322 @@
+"""Media helpers: probe (PyAV), streaming low-resolution decode, frame-exact clip writing (ffmpeg).
+
+PyAV reads: it gives decode-order frames with their presentation timestamps, which is what frame
+numbers in curate mean. ffmpeg writes: one process per clip, seeking by timestamp and stopping after
+an exact frame count, so a clip holds exactly the source frames [start_frame, end_frame).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from typing import Iterator
+
+import av
+import fsspec
+import numpy as np
+
+from schemas import Reason
+
+_HASH_CHUNK = 1 << 20
+
+
+class MediaError(Exception):
+    """A source that cannot be used, with a reason code from `schemas.Reason`."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def ffmpeg_exe() -> str:
+    """The ffmpeg binary: $CURATE_FFMPEG, else `ffmpeg` on PATH, else the one imageio-ffmpeg ships."""
+    exe = os.environ.get("CURATE_FFMPEG") or shutil.which("ffmpeg")
+    if exe:
+        return exe
+    try:
+        import imageio_ffmpeg
+    except ImportError as e:  # pragma: no cover - imageio-ffmpeg is a declared dependency
+        raise RuntimeError("no ffmpeg: install ffmpeg or `pip install imageio-ffmpeg`") from e
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+# --------------------------------------------------------------------------------------------- files
+
+
+def is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def local_path_of(uri: str) -> str:
+    return uri[len("file://") :] if uri.startswith("file://") else uri
+
+
+@contextlib.contextmanager
+def local_copy(uri: str) -> Iterator[str]:
+    """A local path holding the bytes of `uri`: the file itself when local, else a temporary download."""
+    if is_local(uri):
+        yield local_path_of(uri)
+        return
+    suffix = os.path.splitext(uri)[1][:16]
+    with tempfile.TemporaryDirectory(prefix="curate-") as tmp:
+        path = os.path.join(tmp, "source" + suffix)
+        fs, p = fsspec.core.url_to_fs(uri)
+        fs.get_file(p, path)
+        yield path
+
+
+def hash_file(uri: str) -> tuple[str, int]:
+    """(sha256 hex, size in bytes) of the file at `uri`. Raises MediaError for missing/unreadable files."""
+    try:
+        fs, p = fsspec.core.url_to_fs(uri)
+        if not fs.exists(p):
+            raise MediaError(Reason.MISSING, f"no such file: {uri}")
+        if fs.isdir(p):
+            raise MediaError(Reason.UNREADABLE, f"is a directory: {uri}")
+        h = hashlib.sha256()
+        size = 0
+        with fs.open(p, "rb") as f:
+            while chunk := f.read(_HASH_CHUNK):
+                h.update(chunk)
+                size += len(chunk)
+    except MediaError:
+        raise
+    except (OSError, ValueError) as e:
+        raise MediaError(Reason.UNREADABLE, f"cannot read {uri}: {e}") from e
+    return h.hexdigest(), size
+
+
+# --------------------------------------------------------------------------------------------- probe
+
+
+@dataclass(frozen=True)
+class Probe:
+    container: str
+    codec: str
+    duration_s: float | None
+    fps: float | None
+    n_frames: int | None  # the container's count (exact for mp4/mov), else an estimate from duration
+    width: int  # displayed, after rotation
+    height: int
+    rotation: int
+    vfr: bool
+    stream_start_s: float
+    has_audio: bool
+
+
+def _open(path: str) -> av.container.InputContainer:
+    try:
+        return av.open(path, metadata_errors="ignore")
+    except av.FFmpegError as e:
+        with open(path, "rb") as f:
+            head = f.read(12)
+        if head[4:8] == b"ftyp":
+            # An mp4/mov header without a readable index: cut short, or still being written.
+            raise MediaError(Reason.TRUNCATED, f"mp4/mov header found but the file does not open (no moov atom?): {e}") from e
+        raise MediaError(Reason.NOT_MEDIA, f"cannot open as media: {e}") from e
+
+
+def _is_vfr(container: av.container.InputContainer, stream: av.VideoStream, n_packets: int = 240) -> bool:
+    """Whether frame durations vary, from the timestamps of the first packets (no decoding)."""
+    pts = []
+    for packet in container.demux(stream):
+        if packet.pts is not None:
+            pts.append(packet.pts)
+        if len(pts) >= n_packets:
+            break
+    container.seek(0)
+    pts = np.sort(np.asarray(pts, dtype=np.int64))
+    if len(pts) >= n_packets:
+        # Stopped early: B-frame reordering means the last few decode-order packets jump ahead in
+        # time, leaving gaps at the top that are not frame-rate changes. Drop more than any reorder depth.
+        pts = pts[: len(pts) - 32]
+    steps = np.diff(pts)
+    steps = steps[steps > 0]
+    # Timebase rounding makes CFR steps jitter by a tick (33/34 ms at 1/1000); VFR steps differ by frames.
+    return bool(steps.size >= 2 and steps.max() > 1.5 * steps.min())
+
+
+def probe(path: str) -> Probe:
+    """Probe a local file: container facts plus one decoded frame (proof that it decodes, and its rotation)."""
+    if os.path.getsize(path) == 0:
+        raise MediaError(Reason.EMPTY, "file is empty (0 bytes)")
+    with _open(path) as c:
+        if not c.streams.video:
+            kinds = sorted({s.type for s in c.streams}) or ["none"]
+            raise MediaError(Reason.NO_VIDEO, f"no video stream (streams: {', '.join(kinds)})")
+        s = c.streams.video[0]
+        tb = s.time_base
+        rate = s.average_rate or s.guessed_rate
+        fps = float(rate) if rate else None
+        if s.duration is not None and tb is not None:
+            duration = float(s.duration * tb)
+        elif c.duration is not None:
+            duration = c.duration / av.time_base
+        else:
+            duration = None
+        n_frames = s.frames or (round(duration * fps) if duration and fps else None)
+        vfr = _is_vfr(c, s)
+        try:
+            first = next(c.decode(s), None)
+        except av.FFmpegError as e:
+            raise MediaError(Reason.DECODE_ERROR, f"first frame does not decode: {e}") from e
+        if first is None:
+            raise MediaError(Reason.NO_FRAMES, "no frame decodes")
+        rotation = int(round(first.rotation or 0)) % 360
+        w, h = first.width, first.height
+        if rotation in (90, 270):
+            w, h = h, w
+        start = s.start_time if s.start_time is not None else first.pts
+        return Probe(
+            container=c.format.name,
+            codec=s.codec_context.name,
+            duration_s=duration,
+            fps=fps,
+            n_frames=n_frames,
+            width=w,
+            height=h,
+            rotation=int(round(first.rotation or 0)),
+            vfr=vfr,
+            stream_start_s=float(start * tb) if start is not None and tb is not None else 0.0,
+            has_audio=bool(c.streams.audio),
+        )
+
+
+# --------------------------------------------------------------------------------------------- decode
+
+
+@dataclass
+class Decoded:
+    """What a streaming decode learned about the timeline, filled while iterating."""
+
+    n_frames: int = 0
+    first_pts_s: float | None = None  # stream pts of frame 0 (seconds)
+    last_pts_s: float | None = None
+    last_duration_s: float | None = None
+    container_start_s: float = 0.0  # what ffmpeg's -ss counts from
+    fps: float | None = None
+
+    @property
+    def end_s(self) -> float:
+        """End of the last frame, from the first frame."""
+        if self.first_pts_s is None:
+            return 0.0
+        return self.last_pts_s - self.first_pts_s + (self.last_duration_s or 0.0)
+
+
+def iter_frames(path: str, width: int, decoded: Decoded, fmt: str = "bgr24") -> Iterator[tuple[float, np.ndarray]]:
+    """Decode every frame of the first video stream, yielding (seconds from frame 0, image `width` wide).
+
+    Memory stays flat: one frame at a time. `decoded` is filled as frames go by. Raises MediaError when
+    decoding fails part way.
+    """
+    with _open(path) as c:
+        if not c.streams.video:
+            raise MediaError(Reason.NO_VIDEO, "no video stream")
+        s = c.streams.video[0]
+        s.thread_type = "AUTO"
+        tb = s.time_base
+        rate = s.average_rate or s.guessed_rate
+        decoded.fps = float(rate) if rate else None
+        decoded.container_start_s = (c.start_time or 0) / av.time_base
+        default_dur = 1.0 / decoded.fps if decoded.fps else 0.0
+        height = None
+        prev_pts = None
+        try:
+            for frame in c.decode(s):
+                if frame.pts is None:
+                    # No timestamp: count on from the last one by the nominal rate.
+                    pts_s = (prev_pts + default_dur) if prev_pts is not None else 0.0
+                else:
+                    pts_s = float(frame.pts * tb)
+                if decoded.first_pts_s is None:
+                    decoded.first_pts_s = pts_s
+                    height = max(2, round(frame.height * width / frame.width / 2) * 2)
+                decoded.n_frames += 1
+                decoded.last_pts_s = pts_s
+                decoded.last_duration_s = float(frame.duration * tb) if frame.duration else default_dur
+                prev_pts = pts_s
+                yield pts_s - decoded.first_pts_s, frame.to_ndarray(width=width, height=height, format=fmt)
+        except av.FFmpegError as e:
+            raise MediaError(Reason.DECODE_ERROR, f"decoding failed after {decoded.n_frames} frames: {e}") from e
+
+
+# --------------------------------------------------------------------------------------------- encode
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    codec: str = "libx264"
+    crf: int = 18
+    preset: str = "veryfast"
+    max_height: int | None = None  # scale down (keeping aspect) when taller; None keeps the source size
+    audio: bool = False
+
+    def fingerprint(self) -> str:
+        return f"{self.codec}-crf{self.crf}-{self.preset}-h{self.max_height or 0}-a{int(self.audio)}"
+
+
+def write_clip(
+    src: str,
+    dst: str,
+    seek_s: float,
+    n_frames: int,
+    settings: EncodeSettings,
+    ffmpeg: str | None = None,
+) -> None:
+    """Write `n_frames` frames of `src` starting at the first frame whose time is at or after `seek_s`.
+
+    `seek_s` is on ffmpeg's input clock (container start = 0); callers pass the wanted frame's time
+    minus half a frame so rounding never drops or adds a frame. Writes `dst` through a temporary name.
+    """
+    if n_frames <= 0:
+        raise ValueError(f"n_frames must be positive, got {n_frames}")
+    args = [ffmpeg or ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
+    if seek_s > 0:
+        args += ["-ss", f"{seek_s:.6f}"]
+    args += ["-i", src, "-map", "0:v:0"]
+    if settings.audio:
+        args += ["-map", "0:a:0?", "-c:a", "aac", "-b:a", "128k"]
+    else:
+        args += ["-an"]
+    args += ["-sn", "-dn", "-frames:v", str(n_frames), "-fps_mode", "passthrough"]
+    if settings.max_height:
+        h = settings.max_height
+        args += ["-vf", f"scale=-2:'min({h},ih)':flags=bicubic"]
+    args += ["-c:v", settings.codec, "-pix_fmt", "yuv420p"]
+    if settings.codec in ("libx264", "libx265"):
+        args += ["-preset", settings.preset, "-crf", str(settings.crf)]
+    args += ["-movflags", "+faststart", "-map_metadata", "-1", "-fflags", "+bitexact", "-f", "mp4"]
+    tmp = f"{dst}.tmp-{os.getpid()}"
+    proc = subprocess.run(args + [tmp], capture_output=True, text=True)
+    if proc.returncode != 0:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        tail = proc.stderr.strip().splitlines()[-3:]
+        raise RuntimeError(f"ffmpeg exited {proc.returncode}: {' | '.join(tail)}")
+    os.replace(tmp, dst)
+
+
+def count_frames(path: str) -> int:
+    with _open(path) as c:
+        return sum(1 for _ in c.decode(c.streams.video[0]))
+
+
+__all__ = [
+    "Decoded",
+    "EncodeSettings",
+    "MediaError",
+    "Probe",
+    "count_frames",
+    "ffmpeg_exe",
+    "hash_file",
+    "iter_frames",
+    "local_copy",
+    "probe",
+    "write_clip",
+]

@@ -1,0 +1,118 @@
+"""Whole jobs through the CLI on the session's local Ray instance."""
+
+import json
+import shutil
+
+import pytest
+import webdataset as wds
+
+from curate.cli import main
+from curate.catalog import query
+from tests.conftest import ROOT, make_bad_files
+
+pytestmark = pytest.mark.ray
+
+FAST = ["--set", "split.encode.preset=ultrafast"]
+
+
+def q(out, sql):
+    return json.loads(query(str(out), sql, "json"))
+
+
+@pytest.fixture(scope="module")
+def demo_out(ray_session, tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["run", str(ROOT / "jobs" / "demo.yaml"), "--set", f"output={out}", *FAST]) == 0
+    return out
+
+
+def test_demo_job_writes_tables_clips_and_shards(demo_out, capsys):
+    counts = {r["status"]: r["n"] for r in q(demo_out, "select status, count(*) as n from clips group by 1")}
+    assert counts.get("kept", 0) > 0
+    sources = q(demo_out, "select * from sources")
+    assert sources and all(s["status"] == "ok" and s["license"] == "CC0-1.0" for s in sources)
+
+    # scenes start exactly at the cuts the sample generator made
+    truth = json.loads((demo_out / "samples" / "ground_truth.json").read_text())
+    assert len(truth["videos"]) == len(sources)
+    for name, video in truth["videos"].items():
+        got = [r["start_frame"] for r in q(demo_out, f"select start_frame from scenes join sources using (source_id) where uri like '%/{name}' order by 1")]
+        assert got == [0] + video["cuts"], name
+
+    # every kept clip is in exactly one shard, and every shard opens with webdataset and holds the keys
+    shards = q(demo_out, "select * from shards order by shard")
+    assert shards
+    seen = []
+    for shard in shards:
+        samples = list(wds.WebDataset(str(demo_out / shard["shard"]), shardshuffle=False))
+        assert len(samples) == shard["n_samples"]
+        for s in samples:
+            assert {"__key__", "mp4", "json"} <= set(s)
+            meta = json.loads(s["json"])
+            assert meta["clip_id"] == s["__key__"] and meta["license"] == "CC0-1.0"
+            assert s["mp4"][4:8] == b"ftyp"
+            seen.append(s["__key__"])
+    kept = [r["clip_id"] for r in q(demo_out, "select clip_id from clips where status = 'kept' order by 1")]
+    assert sorted(seen) == kept
+    in_table = q(demo_out, "select count(*) as n from clips where status = 'kept' and shard is not null")[0]["n"]
+    assert in_table == len(kept)
+
+    summary = json.loads((demo_out / "summary.json").read_text())
+    assert summary["clips_kept"] == len(kept) and summary["shards"] == len(shards)
+    assert summary["hours_out"] > 0
+
+
+def test_rerun_gives_the_same_tables_and_shards(demo_out, ray_session):
+    before = {t: q(demo_out, f"select * from {t} order by all") for t in ("sources", "scenes", "clips", "shards")}
+    clip_times = {p.name: p.stat().st_mtime_ns for p in (demo_out / "clips").iterdir()}
+    assert main(["run", str(ROOT / "jobs" / "demo.yaml"), "--set", f"output={demo_out}", *FAST]) == 0
+    after = {t: q(demo_out, f"select * from {t} order by all") for t in before}
+    assert after == before  # same ids, same rows, same shard sha256
+    # clips already written are not written again
+    assert {p.name: p.stat().st_mtime_ns for p in (demo_out / "clips").iterdir()} == clip_times
+
+
+def test_folder_with_bad_files_records_each_and_processes_the_rest(ray_session, tmp_path, videos, ffmpeg):
+    inputs = tmp_path / "in"
+    expected = make_bad_files(inputs, ffmpeg)
+    for good in ["bikes.mp4", "counter.mp4"]:
+        shutil.copyfile(videos / good, inputs / good)
+    (inputs / "readme.txt").write_text("not a video")
+    out = tmp_path / "out"
+    rc = main(["run", str(ROOT / "jobs" / "demo.yaml"), "--set", f"input.dir={inputs}", "--set", "input.license=MIT", "--set", f"output={out}", *FAST])
+    assert rc == 0
+    rows = {r["uri"].rsplit("/", 1)[1]: r for r in q(out, "select uri, status, reason, error from sources")}
+    assert set(rows) == set(expected) | {"bikes.mp4", "counter.mp4"}
+    for name, reason in expected.items():
+        assert (rows[name]["status"], rows[name]["reason"]) == ("error", reason), (name, rows[name])
+        assert rows[name]["error"]
+    kept = {r["uri"].rsplit("/", 1)[1]: r["n"] for r in q(out, "select uri, count(*) as n from clips join sources using (source_id) where clips.status = 'kept' group by 1")}
+    assert kept.get("bikes.mp4", 0) >= 4 and kept.get("counter.mp4", 0) >= 1
+
+
+def test_every_real_video_is_processed(ray_session, tmp_path, videos, ground_truth):
+    out = tmp_path / "real"
+    rc = main(["run", str(ROOT / "jobs" / "demo.yaml"), "--set", f"input.dir={videos}", "--set", "input.license=CC-BY-4.0",
+               "--set", f"output={out}", "--set", "split.encode.max_height=144", *FAST])
+    assert rc == 0
+    sources = q(out, "select uri, status, license, n_frames from sources")
+    assert len(sources) == len(list(videos.iterdir()))
+    assert all(s["status"] == "ok" and s["license"] == "CC-BY-4.0" for s in sources), sources
+    starts = [r["start_frame"] for r in q(out, "select start_frame from scenes join sources using (source_id) where uri like '%/bikes.mp4' order by 1")]
+    assert starts == [0, 30, 76, 137, 187, 242]
+    for s in sources:
+        name = s["uri"].rsplit("/", 1)[1]
+        frames = ground_truth.get(name, {}).get("frames") or ground_truth.get(name, {}).get("decoded_frames")
+        if frames:
+            assert s["n_frames"] == frames, name
+
+
+def test_bad_job_and_unreadable_input_exit_non_zero(tmp_path, capsys):
+    job = tmp_path / "job.yaml"
+    job.write_text("output: out\ninput: {dir: /nowhere}\nsplit: {min_clip: 1}\n")
+    assert main(["run", str(job)]) == 2
+    assert "split.min_clip: unknown key" in capsys.readouterr().err
+    job.write_text(f"output: {tmp_path / 'o'}\ninput: {{dir: {tmp_path / 'nowhere'}}}\n")
+    assert main(["run", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "not a readable folder" in err and len(err.strip().splitlines()) == 1
