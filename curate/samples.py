@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 from dataclasses import dataclass
+
+from stages.media import ffmpeg_exe
 
 LICENSE = "CC0-1.0"
 AUTHOR = "curate sample generator"
@@ -60,19 +61,6 @@ class SamplesConfig:
         if not self.scene_s or any(not s > 0 or round(s * self.fps) < 1 for s in self.scene_s):
             raise ValueError(f"scene_s must be a non-empty list of positive lengths of at least "
                              f"one frame, got {self.scene_s!r}")
-
-
-def ffmpeg_exe(ffmpeg: str | None = None) -> str:
-    """The binary: the argument, else $CURATE_FFMPEG, else `ffmpeg` on PATH, else imageio-ffmpeg's."""
-    if ffmpeg:
-        return ffmpeg
-    if os.environ.get("CURATE_FFMPEG"):
-        return os.environ["CURATE_FFMPEG"]
-    if shutil.which("ffmpeg"):
-        return shutil.which("ffmpeg")
-    import imageio_ffmpeg
-
-    return imageio_ffmpeg.get_ffmpeg_exe()
 
 
 def overlay_box(cfg: SamplesConfig) -> dict:
@@ -137,7 +125,7 @@ def generate_samples(out_dir: str, cfg: SamplesConfig = SamplesConfig(),
             previous = json.load(f)
     except (OSError, ValueError):
         previous = {}
-    exe = ffmpeg_exe(ffmpeg)
+    exe = ffmpeg or ffmpeg_exe()
     videos, recipes = [], {}
     for i in range(cfg.n_videos):
         name, plan = f"sample_{i:02d}.mp4", _plan(i, cfg)

@@ -64,6 +64,9 @@ def ingest_one(row: dict) -> dict:
     row = {k: row.get(k) for k in INPUT_COLUMNS}
     row["license_raw"] = row["license"]
     row["license"] = normalize_license(row["license"])
+    if not row["uri"]:
+        row["uri"] = ""
+        return _error_row(row, Reason.BAD_MANIFEST_ROW, "the row has no uri")
     try:
         sha, size = hash_file(row["uri"])
     except MediaError as e:

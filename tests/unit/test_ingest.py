@@ -68,6 +68,11 @@ def test_bad_files_become_error_rows(tmp_path, ffmpeg):
     assert rows["faststart_cut.mp4"]["status"] == "ok"
 
 
+def test_manifest_row_without_uri_is_an_error_row():
+    row = Ingest()(pa.table({"uri": pa.array([None], pa.string()), "license": ["MIT"]})).to_pylist()[0]
+    assert (row["status"], row["reason"], row["uri"]) == ("error", "bad_manifest_row", "")
+
+
 def test_same_bytes_under_two_names_is_one_source(tmp_path, videos):
     a, b = tmp_path / "a.mp4", tmp_path / "b copy.mp4"
     shutil.copyfile(videos / "counter.mp4", a)

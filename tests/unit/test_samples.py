@@ -10,7 +10,8 @@ import pytest
 from scenedetect import AdaptiveDetector
 from scenedetect.common import FrameTimecode
 
-from curate.samples import SamplesConfig, ffmpeg_exe, generate_samples
+from curate.samples import SamplesConfig, generate_samples
+from stages.media import ffmpeg_exe
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +131,9 @@ def test_bad_config_raises(kwargs):
 def test_ffmpeg_lookup_and_failure(tmp_path, monkeypatch):
     monkeypatch.setenv("CURATE_FFMPEG", "/opt/my/ffmpeg")
     assert ffmpeg_exe() == "/opt/my/ffmpeg"
-    assert ffmpeg_exe("/usr/bin/ffmpeg7") == "/usr/bin/ffmpeg7"
     with pytest.raises(RuntimeError, match="ffmpeg failed"):
         generate_samples(str(tmp_path), SamplesConfig(n_videos=1), ffmpeg="false")
     assert not os.path.exists(tmp_path / "sample_00.mp4")
+    monkeypatch.delenv("CURATE_FFMPEG")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no ffmpeg on PATH: the build imageio-ffmpeg ships
+    assert "imageio_ffmpeg" in ffmpeg_exe()
