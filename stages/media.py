@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import os
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from typing import Iterator
@@ -267,38 +266,43 @@ def write_clip(
     seek_s: float,
     n_frames: int,
     settings: EncodeSettings,
-    ffmpeg: str | None = None,
+    has_audio: bool = False,
+    ffmpeg_cmd: str | None = None,
 ) -> None:
     """Write `n_frames` frames of `src` starting at the first frame whose time is at or after `seek_s`.
 
     `seek_s` is on ffmpeg's input clock (container start = 0); callers pass the wanted frame's time
-    minus half a frame so rounding never drops or adds a frame. Writes `dst` through a temporary name.
+    minus half a frame so rounding never drops or adds a frame. Frames pass through one for one
+    (`-fps_mode passthrough`, so VFR stays VFR); ffmpeg applies rotation metadata, so the clip is
+    stored upright. Writes `dst` through a temporary name.
     """
+    import ffmpeg
+
     if n_frames <= 0:
         raise ValueError(f"n_frames must be positive, got {n_frames}")
-    args = [ffmpeg or ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
-    if seek_s > 0:
-        args += ["-ss", f"{seek_s:.6f}"]
-    args += ["-i", src, "-map", "0:v:0"]
-    if settings.audio:
-        args += ["-map", "0:a:0?", "-c:a", "aac", "-b:a", "128k"]
-    else:
-        args += ["-an"]
-    args += ["-sn", "-dn", "-frames:v", str(n_frames), "-fps_mode", "passthrough"]
+    source = ffmpeg.input(src, ss=f"{seek_s:.6f}") if seek_s > 0 else ffmpeg.input(src)
+    video = source["v:0"]
     if settings.max_height:
-        h = settings.max_height
-        args += ["-vf", f"scale=-2:'min({h},ih)':flags=bicubic"]
-    args += ["-c:v", settings.codec, "-pix_fmt", "yuv420p"]
+        video = video.filter("scale", -2, f"min({settings.max_height},ih)", flags="bicubic")
+    streams, opts = [video], {"an": None}
+    if settings.audio and has_audio:
+        streams, opts = [video, source["a:0"]], {"acodec": "aac", "audio_bitrate": "128k"}
     if settings.codec in ("libx264", "libx265"):
-        args += ["-preset", settings.preset, "-crf", str(settings.crf)]
-    args += ["-movflags", "+faststart", "-map_metadata", "-1", "-fflags", "+bitexact", "-f", "mp4"]
+        opts.update(preset=settings.preset, crf=settings.crf)
     tmp = f"{dst}.tmp-{os.getpid()}"
-    proc = subprocess.run(args + [tmp], capture_output=True, text=True)
-    if proc.returncode != 0:
+    out = ffmpeg.output(
+        *streams, tmp, vframes=n_frames, fps_mode="passthrough", vcodec=settings.codec, pix_fmt="yuv420p",
+        movflags="+faststart", map_metadata=-1, fflags="+bitexact", sn=None, dn=None, f="mp4", **opts,
+    )
+    try:
+        out.global_args("-nostdin", "-hide_banner", "-loglevel", "error").overwrite_output().run(
+            cmd=ffmpeg_cmd or ffmpeg_exe(), capture_stdout=True, capture_stderr=True
+        )
+    except ffmpeg.Error as e:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
-        tail = proc.stderr.strip().splitlines()[-3:]
-        raise RuntimeError(f"ffmpeg exited {proc.returncode}: {' | '.join(tail)}")
+        tail = (e.stderr or b"").decode(errors="replace").strip().splitlines()[-3:]
+        raise RuntimeError(f"ffmpeg failed writing {os.path.basename(dst)}: {' | '.join(tail)}") from e
     os.replace(tmp, dst)
 
 

@@ -174,7 +174,7 @@ class Split:
                 continue
             for a, b in windows:
                 clip = self._window(row, scene, a, b, t, end_s, status=ClipStatus.KEPT)
-                self._write(path, clip, seek_s=float(t[a]) + offset - half)
+                self._write(path, clip, float(t[a]) + offset - half, bool(row.get("has_audio")))
                 clips.append(clip)
         row["clips"] = clips
 
@@ -198,7 +198,7 @@ class Split:
             "error": None,
         }
 
-    def _write(self, src: str, clip: dict, seek_s: float) -> None:
+    def _write(self, src: str, clip: dict, seek_s: float, has_audio: bool) -> None:
         uri = f"{self.clips_root}/{clip['clip_id']}.mp4"
         n = clip["end_frame"] - clip["start_frame"]
         try:
@@ -206,7 +206,7 @@ class Split:
                 dst = local_path_of(uri)
                 if not os.path.exists(dst):  # written through a temporary name: existing means complete
                     os.makedirs(os.path.dirname(dst), exist_ok=True)
-                    write_clip(src, dst, seek_s, n, self.cfg.encode)
+                    write_clip(src, dst, seek_s, n, self.cfg.encode, has_audio)
                 written = _video_facts(dst)
             else:
                 fs, p = fsspec.core.url_to_fs(uri)
@@ -215,7 +215,7 @@ class Split:
                     if fs.exists(p):
                         fs.get_file(p, dst)
                     else:
-                        write_clip(src, dst, seek_s, n, self.cfg.encode)
+                        write_clip(src, dst, seek_s, n, self.cfg.encode, has_audio)
                         fs.put_file(dst, p + ".tmp")
                         fs.mv(p + ".tmp", p)
                     written = _video_facts(dst)

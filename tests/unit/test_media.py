@@ -1,0 +1,63 @@
+import subprocess
+
+import av
+import fsspec
+import pyarrow as pa
+import pytest
+
+from stages.ingest import Ingest
+from stages.media import EncodeSettings, MediaError, hash_file, probe, write_clip
+
+
+@pytest.fixture(scope="module")
+def with_audio(tmp_path_factory, ffmpeg):
+    path = tmp_path_factory.mktemp("media") / "tone.mp4"
+    subprocess.run(
+        [ffmpeg, "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=160x120:r=25:d=2", "-f", "lavfi", "-i", "sine=f=440:d=2",
+         "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "-shortest", str(path)],
+        check=True,
+    )
+    return path
+
+
+def streams(path):
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        return v.frames, v.codec_context.width, v.codec_context.height, len(c.streams.audio)
+
+
+def test_write_clip_scales_and_counts_frames(videos, tmp_path):
+    dst = tmp_path / "clip.mp4"
+    write_clip(str(videos / "counter.mp4"), str(dst), 0.95, 10, EncodeSettings(max_height=64, preset="ultrafast"))
+    assert streams(dst) == (10, 114, 64, 0)  # 1920x1080 -> 64 high, width even, no audio
+
+
+def test_audio_kept_or_dropped(with_audio, tmp_path):
+    assert probe(str(with_audio)).has_audio
+    kept, dropped = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    write_clip(str(with_audio), str(kept), 0.0, 25, EncodeSettings(audio=True, preset="ultrafast"), has_audio=True)
+    write_clip(str(with_audio), str(dropped), 0.0, 25, EncodeSettings(audio=False, preset="ultrafast"), has_audio=True)
+    assert streams(kept)[3] == 1 and streams(dropped)[3] == 0
+
+
+def test_encoder_failure_is_a_clear_error(videos, tmp_path):
+    with pytest.raises(RuntimeError, match="ffmpeg failed writing clip.mp4"):
+        write_clip(str(videos / "counter.mp4"), str(tmp_path / "clip.mp4"), 0.0, 5, EncodeSettings(codec="no_such_encoder"))
+    assert not list(tmp_path.iterdir())  # no temporary file left behind
+
+
+def test_audio_only_file_has_no_video_stream(tmp_path, ffmpeg):
+    path = tmp_path / "tone.m4a"
+    subprocess.run([ffmpeg, "-v", "error", "-f", "lavfi", "-i", "sine=d=1", "-c:a", "aac", str(path)], check=True)
+    with pytest.raises(MediaError) as e:
+        probe(str(path))
+    assert e.value.reason == "no_video_stream"
+
+
+def test_fsspec_uris_are_read(videos):
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/curate-test/bikes.mp4", (videos / "bikes.mp4").read_bytes())
+    sha, size = hash_file("memory://curate-test/bikes.mp4")
+    assert size == (videos / "bikes.mp4").stat().st_size
+    row = Ingest()(pa.table({"uri": ["memory://curate-test/bikes.mp4"], "license": ["MIT"]})).to_pylist()[0]
+    assert (row["status"], row["n_frames"], row["sha256"]) == ("ok", 250, sha)
