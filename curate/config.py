@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 
 from curate.samples import SamplesConfig
+from stages.policy import PolicyConfig
 from stages.shards import ShardConfig
 from stages.split import SplitConfig
 
@@ -64,6 +65,7 @@ class JobConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)  # which licences may reach a shard
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -204,4 +206,5 @@ def resolve_paths(cfg: JobConfig, base_dir: str) -> JobConfig:
         return os.path.abspath(os.path.join(base_dir, os.path.expanduser(p)))
 
     inp = dataclasses.replace(cfg.input, dir=fix(cfg.input.dir), manifest=fix(cfg.input.manifest))
+    cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, opt_out_file=fix(cfg.policy.opt_out_file)))
     return dataclasses.replace(cfg, output=fix(cfg.output), input=inp)

@@ -22,6 +22,7 @@ import yaml
 
 from curate.config import JobConfig, to_dict
 from curate.inputs import InputError, list_dir, read_manifest
+from curate.release import prepare_clips, write_release
 from curate.samples import generate_samples
 from curate.storage import Output
 from schemas import CLIPS, SCENES, SHARDS, SOURCES, ClipStatus, SourceStatus, conform
@@ -145,6 +146,9 @@ def run_job(cfg: JobConfig, address: str | None = None) -> Summary:
     clips = _clips_table(windows, sources)
     log.info("split: %d scenes, %d clips", scenes.num_rows, clips.num_rows)
 
+    # ---- policy: licences, opt-outs and recorded takedowns decide which clips may reach a shard
+    clips = prepare_clips(clips, sources, cfg.policy, out)
+
     # ---- shards: kept clips into WebDataset tars
     kept = clips.filter(pc.equal(clips["status"], ClipStatus.KEPT))
     shards = SHARDS.empty_table()
@@ -163,6 +167,8 @@ def run_job(cfg: JobConfig, address: str | None = None) -> Summary:
     out.write_table("scenes", conform(scenes, SCENES))
     out.write_table("clips", conform(clips, CLIPS))
     out.write_table("shards", conform(shards, SHARDS))
+    # ---- release: index.json, LICENSES.md, ATTRIBUTION.csv, the data card
+    write_release(out, to_dict(cfg), sources, conform(clips, CLIPS), conform(shards, SHARDS))
 
     summary = summarize(cfg, sources, scenes, clips, shards, time.time() - t0, len(skipped))
     out.write_text("summary.json", json.dumps(dataclasses.asdict(summary), indent=2) + "\n")

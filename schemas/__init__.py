@@ -45,6 +45,8 @@ class Reason:
     # clips
     TOO_SHORT = "too_short"  # the scene is shorter than split.min_clip_s
     ENCODE_ERROR = "encode_error"  # ffmpeg failed writing the clip
+    LICENCE = "licence"  # outside the job's licence policy (licence not allowed, attribution missing, opted out)
+    TAKEDOWN = "takedown"  # its source was taken down (`curate takedown`); recorded in the takedowns table
 
 
 _ATTRIBUTION = [
@@ -123,6 +125,7 @@ CLIPS = pa.schema(
         pa.field("license", pa.string()),
         *_ATTRIBUTION,
         pa.field("source_uri", pa.string()),
+        pa.field("source_sha256", pa.string()),  # sha256 of the source's bytes
         pa.field("caption", pa.string()),
         pa.field("status", pa.string(), nullable=False),
         pa.field("reason", pa.string()),
@@ -143,7 +146,23 @@ SHARDS = pa.schema(
     metadata={"curate.schema_version": str(SCHEMA_VERSION), "curate.table": "shards"},
 )
 
+# One row per `curate takedown`: what was asked, which source it matched, when, why, what it removed.
+TAKEDOWNS = pa.schema(
+    [
+        pa.field("source_id", pa.string(), nullable=False),
+        pa.field("request", pa.string()),  # the id or uri given on the command line
+        pa.field("uri", pa.string()),
+        pa.field("source_url", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("time", pa.timestamp("s", tz="UTC")),
+        pa.field("clips_removed", pa.int64()),
+        pa.field("shards_rewritten", pa.list_(pa.string())),
+    ],
+    metadata={"curate.schema_version": str(SCHEMA_VERSION), "curate.table": "takedowns"},
+)
+
 TABLES: dict[str, pa.Schema] = {"sources": SOURCES, "scenes": SCENES, "clips": CLIPS, "shards": SHARDS}
+TABLES["takedowns"] = TAKEDOWNS
 
 
 def empty(schema: pa.Schema) -> pa.Table:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import posixpath
+import re
 import uuid
 from dataclasses import dataclass
 
@@ -28,18 +29,55 @@ TAR_USER = "curate"
 TAR_MODE = 0o444
 # A sample's json holds the clip's CLIPS columns but these two: where it lives now, and where it used to.
 JSON_COLUMNS = [name for name in CLIPS.names if name not in ("shard", "clip_uri")]
+# Heavier per-clip files made by later stages: sample file name -> the column holding its URI. A file
+# goes into the sample when the batch has the column and the row a value; its column stays out of json.
+SAMPLE_FILES = {"latent.npy": "latent_uri", "text_embedding.npy": "text_embedding_uri"}
+JSON_COLUMNS = [name for name in JSON_COLUMNS if name not in SAMPLE_FILES.values()]
+GROUPS = ("license", "resolution", "length")
 
 
 @dataclass(frozen=True)
 class ShardConfig:
     max_samples: int = 1000  # samples per shard at most
     max_bytes: int = 1 << 30  # clip bytes per shard at most; a single larger clip gets a shard of its own
+    target_shards: int | None = None  # at least about this many shards: samples spread evenly (one per reader)
+    group_by: tuple[str, ...] = ()  # "license", "resolution", "length": one folder of shards per group
+    length_buckets_s: tuple[float, ...] = (2.0, 5.0, 10.0)  # edges of the length groups, in seconds
 
     def __post_init__(self):
         for name in ("max_samples", "max_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"ShardConfig.{name} must be a positive int, got {value!r}")
+        if self.target_shards is not None and (isinstance(self.target_shards, bool) or not isinstance(self.target_shards, int) or self.target_shards <= 0):
+            raise ValueError(f"ShardConfig.target_shards must be a positive int, got {self.target_shards!r}")
+        for g in self.group_by:
+            if g not in GROUPS:
+                raise ValueError(f"ShardConfig.group_by: unknown group {g!r}; choose from {', '.join(GROUPS)}")
+        if list(self.length_buckets_s) != sorted(set(self.length_buckets_s)) or any(e <= 0 for e in self.length_buckets_s):
+            raise ValueError(f"ShardConfig.length_buckets_s must be increasing positive numbers, got {self.length_buckets_s!r}")
+
+
+def _safe(text: str) -> str:
+    """A licence expression as a folder name: `MIT OR Apache-2.0` -> `MIT_OR_Apache-2.0`."""
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_.") or "none"
+
+
+def group_of(row: dict, cfg: ShardConfig) -> str:
+    """The shard group of a clip row, e.g. `CC-BY-4.0/640x272/len2-5s`; "" when not grouping."""
+    parts = []
+    for g in cfg.group_by:
+        if g == "license":
+            parts.append(_safe(row.get("license") or "NOASSERTION"))
+        elif g == "resolution":
+            parts.append(f"{row.get('width')}x{row.get('height')}")
+        else:
+            d = row.get("duration_s") or 0.0
+            edges = [0.0, *cfg.length_buckets_s]
+            lo = max(e for e in edges if e <= d)
+            hi = next((e for e in edges if e > d), None)
+            parts.append(f"len{lo:g}-{hi:g}s" if hi is not None else f"len{lo:g}s+")
+    return "/".join(parts)
 
 
 def _require(table: pa.Table, columns: list[str], what: str) -> None:
@@ -63,20 +101,34 @@ def assign_shards(clips: pa.Table, cfg: ShardConfig, prefix: str = "shards/shard
     """Sort `clips` by (source_id, start_frame, clip_id) and fill `shard` with f"{prefix}-{i:06d}.tar".
 
     Clips are packed in that order; a shard closes before it would exceed `cfg.max_samples` clips or
-    `cfg.max_bytes` of `clip_bytes` (the clip file's size). The input order does not matter.
+    `cfg.max_bytes` of `clip_bytes` (the clip file's size). The input order does not matter. With
+    `cfg.target_shards`, a shard holds at most ceil(clips / target_shards) samples. With `cfg.group_by`,
+    each group is packed on its own under `<dir of prefix>/<group>/`.
     """
     _require(clips, ["clip_id", "source_id", "start_frame", "clip_bytes"], "assign_shards")
     table = clips.sort_by(SORT_KEYS)
+    if cfg.group_by:
+        groups = [group_of(r, cfg) for r in table.select([c for c in ("license", "width", "height", "duration_s") if c in table.column_names]).to_pylist()]
+        order = sorted(range(table.num_rows), key=lambda i: (groups[i], i))
+        table, groups = table.take(order), [groups[i] for i in order]
+    else:
+        groups = [""] * table.num_rows
     clip_ids = table.column("clip_id").to_pylist()
     _check_clip_ids(clip_ids)
+    max_samples = cfg.max_samples
+    if cfg.target_shards:
+        max_samples = min(max_samples, max(1, math.ceil(table.num_rows / cfg.target_shards)))
 
-    shards, index, n, size = [], 0, 0, 0
-    for clip_id, clip_bytes in zip(clip_ids, table.column("clip_bytes").to_pylist()):
+    head, tail = posixpath.split(prefix)
+    shards, index, n, size, current = [], 0, 0, 0, None
+    for clip_id, clip_bytes, group in zip(clip_ids, table.column("clip_bytes").to_pylist(), groups):
         if not isinstance(clip_bytes, int) or clip_bytes < 0:
             raise ValueError(f"clip {clip_id!r}: clip_bytes must be a non-negative int, got {clip_bytes!r}")
-        if n > 0 and (n + 1 > cfg.max_samples or size + clip_bytes > cfg.max_bytes):
+        if group != current:
+            index, n, size, current = 0, 0, 0, group
+        elif n > 0 and (n + 1 > max_samples or size + clip_bytes > cfg.max_bytes):
             index, n, size = index + 1, 0, 0
-        shards.append(f"{prefix}-{index:06d}.tar")
+        shards.append(f"{posixpath.join(head, group, tail) if group else prefix}-{index:06d}.tar")
         n, size = n + 1, size + clip_bytes
 
     column = pa.array(shards, pa.string())
@@ -144,31 +196,37 @@ class WriteShards:
         _check_clip_ids([row["clip_id"] for row in rows])
         if len(rows) > self.cfg.max_samples:
             raise ValueError(f"shard {shard!r} has {len(rows)} samples, more than max_samples={self.cfg.max_samples}")
-        path = posixpath.join(root.rstrip("/"), shard)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        try:
-            with fs.open(tmp, "wb") as f:
-                sink = _HashingWriter(f)
-                writer = wds.TarWriter(
-                    sink, user=TAR_USER, group=TAR_USER, mode=TAR_MODE, mtime=TAR_MTIME, encoder=False, compress=False
-                )
-                for row in rows:
-                    writer.write(_sample(row))
-                writer.close()
-            fs.mv(tmp, path)
-        except BaseException:
-            if fs.exists(tmp):
-                fs.rm(tmp)
-            raise
+        size, sha256 = write_tar(fs, posixpath.join(root.rstrip("/"), shard), (_sample(row) for row in rows))
         licenses = sorted({row["license"] for row in rows if row.get("license") is not None})
         return {
             "shard": shard,
             "n_samples": len(rows),
-            "bytes": sink.size,
-            "sha256": sink.sha256.hexdigest(),
+            "bytes": size,
+            "sha256": sha256,
             "licenses": licenses,
         }
+
+
+def write_tar(fs, path: str, samples) -> tuple[int, str]:
+    """Write WebDataset `samples` (dicts of bytes) to `path` through a temporary name, with fixed
+    headers so the same samples give the same bytes; return (bytes, sha256 hex)."""
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    try:
+        with fs.open(tmp, "wb") as f:
+            sink = _HashingWriter(f)
+            writer = wds.TarWriter(
+                sink, user=TAR_USER, group=TAR_USER, mode=TAR_MODE, mtime=TAR_MTIME, encoder=False, compress=False
+            )
+            for sample in samples:
+                writer.write(sample)
+            writer.close()
+        fs.mv(tmp, path)
+    except BaseException:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+        raise
+    return sink.size, sink.sha256.hexdigest()
 
 
 def _sample(row: dict) -> dict:
@@ -183,4 +241,8 @@ def _sample(row: dict) -> dict:
     sample = {"__key__": clip_id, "mp4": mp4, "json": encode_json(clip_metadata(row))}
     if row.get("caption") is not None:
         sample["txt"] = row["caption"].encode("utf-8")
+    for name, column in SAMPLE_FILES.items():
+        if row.get(column):
+            with fsspec.open(row[column], "rb") as f:
+                sample[name] = f.read()
     return sample

@@ -1,0 +1,293 @@
+"""The released dataset: licence policy applied to clips, and the files that travel with the shards.
+
+    OUT/index.json        every shard: samples, bytes, sha256, licences
+    OUT/LICENSES.md       clips and hours per licence, with names and links
+    OUT/ATTRIBUTION.csv   one row per source whose licence asks for attribution
+    OUT/README.md         the data card: sources, filters and thresholds, counts per step, models, licences
+
+`prepare_clips` runs before sharding (the policy and recorded takedowns decide which clips are kept);
+`write_release` after (and again after every takedown). Everything here is deterministic: the same
+tables give the same bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.metadata
+import io
+import json
+import posixpath
+from collections import defaultdict
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import yaml
+
+from curate.storage import Output
+from schemas import SCHEMA_VERSION, TAKEDOWNS, ClipStatus, Reason, SourceStatus
+from stages.policy import LicencePolicy, PolicyConfig, alternatives
+
+# Names of the licences people meet most; any other SPDX id is shown by its id, linked to spdx.org.
+LICENSE_NAMES = {
+    "CC0-1.0": "Creative Commons Zero v1.0 Universal",
+    "PDDL-1.0": "Open Data Commons Public Domain Dedication & License 1.0",
+    "CC-PDDC": "Creative Commons Public Domain Dedication and Certification",
+    "CC-BY-3.0": "Creative Commons Attribution 3.0 Unported",
+    "CC-BY-4.0": "Creative Commons Attribution 4.0 International",
+    "CC-BY-SA-3.0": "Creative Commons Attribution Share Alike 3.0 Unported",
+    "CC-BY-SA-4.0": "Creative Commons Attribution Share Alike 4.0 International",
+    "CC-BY-NC-4.0": "Creative Commons Attribution Non Commercial 4.0 International",
+    "CC-BY-ND-4.0": "Creative Commons Attribution No Derivatives 4.0 International",
+    "CC-BY-NC-SA-4.0": "Creative Commons Attribution Non Commercial Share Alike 4.0 International",
+    "MIT": "MIT License",
+    "Apache-2.0": "Apache License 2.0",
+    "BSD-2-Clause": 'BSD 2-Clause "Simplified" License',
+    "BSD-3-Clause": 'BSD 3-Clause "New" or "Revised" License',
+    "GPL-2.0-only": "GNU General Public License v2.0 only",
+    "GPL-3.0-only": "GNU General Public License v3.0 only",
+    "NOASSERTION": "no licence information",
+}
+ATTRIBUTION_COLUMNS = ["source_id", "title", "author", "source_url", "license", "attribution", "clips"]
+OPT_OUT = "opted out (policy.opt_out)"
+
+
+class TakedownError(ValueError):
+    """A takedown request that matches no source, or an output folder that cannot take one."""
+
+
+# ------------------------------------------------------------------------------------------ policy
+
+
+def read_takedowns(out: Output) -> pa.Table:
+    return out.read_table("takedowns") if out.exists("tables/takedowns.parquet") else TAKEDOWNS.empty_table()
+
+
+def opt_out_entries(cfg: PolicyConfig) -> list[str]:
+    entries = list(cfg.opt_out)
+    if cfg.opt_out_file:
+        import fsspec
+
+        with fsspec.open(cfg.opt_out_file, "rt", encoding="utf-8") as f:
+            for line in f:
+                line = line.split("#", 1)[0].strip()
+                if line:
+                    entries.append(line)
+    return entries
+
+
+def match_sources(sources: pa.Table, wanted: list[str]) -> dict[str, str]:
+    """source_id -> the entry of `wanted` naming it, by source id, full sha256, uri, other name or source URL."""
+    wanted_set = {w.strip() for w in wanted if w and w.strip()}
+    found = {}
+    for row in sources.to_pylist():
+        names = [row.get("source_id"), row.get("sha256"), row.get("uri"), row.get("source_url"), *(row.get("alias_uris") or [])]
+        hit = next((n for n in names if n and n in wanted_set), None)
+        if hit:
+            found[row["source_id"]] = hit
+    return found
+
+
+def blocked_sources(cfg: PolicyConfig, sources: pa.Table, takedowns: pa.Table) -> dict[str, tuple[str, str]]:
+    """source_id -> (reason, message) for every source opted out or taken down."""
+    blocked = {sid: (Reason.LICENCE, f"{OPT_OUT}: {entry}") for sid, entry in match_sources(sources, opt_out_entries(cfg)).items()}
+    for row in takedowns.to_pylist():
+        blocked[row["source_id"]] = (Reason.TAKEDOWN, f"taken down {row['time']:%Y-%m-%dT%H:%M:%SZ}: {row.get('reason') or ''}".rstrip(": "))
+    return blocked
+
+
+def prepare_clips(clips: pa.Table, sources: pa.Table, cfg: PolicyConfig, out: Output) -> pa.Table:
+    """Clips with their source's sha256, and kept clips outside the policy (or taken down) filtered."""
+    sha = dict(zip(sources["source_id"].to_pylist(), sources["sha256"].to_pylist()))
+    clips = clips.set_column(clips.schema.get_field_index("source_sha256"), "source_sha256",
+                             pa.array([sha.get(s) for s in clips["source_id"].to_pylist()], pa.string()))
+    return LicencePolicy(cfg, blocked_sources(cfg, sources, read_takedowns(out)))(clips)
+
+
+def policy_of(job: dict) -> PolicyConfig:
+    """The policy of a resolved job (OUT/job.yaml as plain data)."""
+    from curate.config import from_dict
+
+    return from_dict(PolicyConfig, job.get("policy") or {}, "policy")
+
+
+def read_job(out: Output) -> dict:
+    if not out.exists("job.yaml"):
+        raise FileNotFoundError(f"no job.yaml in output {out.url!r}; has the job run?")
+    with out.fs.open(out.path("job.yaml"), "rt", encoding="utf-8") as f:
+        return yaml.safe_load(f) or {}
+
+
+# ------------------------------------------------------------------------------------------ files
+
+
+def _in_shards(clips: pa.Table) -> list[dict]:
+    if not clips.num_rows:
+        return []
+    mask = pc.and_(pc.equal(clips["status"], ClipStatus.KEPT), pc.is_valid(clips["shard"]))
+    return clips.filter(mask).to_pylist()
+
+
+def license_link(key: str) -> str | None:
+    if key == "NOASSERTION" or "LicenseRef-" in key:
+        return None
+    return f"https://spdx.org/licenses/{key}.html"
+
+
+def index_json(shards: pa.Table) -> str:
+    rows = sorted(shards.to_pylist(), key=lambda r: r["shard"])
+    doc = {
+        "schema_version": SCHEMA_VERSION,
+        "n_shards": len(rows),
+        "n_samples": sum(r["n_samples"] for r in rows),
+        "bytes": sum(r["bytes"] for r in rows),
+        "shards": [{k: r[k] for k in ("shard", "n_samples", "bytes", "sha256", "licenses")} for r in rows],
+    }
+    return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+
+
+def licenses_md(clips: pa.Table) -> str:
+    per = defaultdict(lambda: [0, 0.0])
+    for row in _in_shards(clips):
+        per[row["license"] or "NOASSERTION"][0] += 1
+        per[row["license"] or "NOASSERTION"][1] += row.get("duration_s") or 0.0
+    lines = ["# Licences", "", "Clips in the shards, per licence (SPDX expression). Every clip carries its licence in its `json`.", "",
+             "| licence | clips | hours | licences in it |", "| --- | ---: | ---: | --- |"]
+    for lic in sorted(per):
+        keys = sorted({k for alt in alternatives(lic) for k in alt})
+        names = "; ".join(f"[{LICENSE_NAMES.get(k, k)}]({license_link(k)})" if license_link(k) else LICENSE_NAMES.get(k, k) for k in keys)
+        lines.append(f"| `{lic}` | {per[lic][0]} | {per[lic][1] / 3600:.4f} | {names} |")
+    total = sum(v[0] for v in per.values())
+    lines += ["", f"Total: {total} clips, {sum(v[1] for v in per.values()) / 3600:.4f} hours.", ""]
+    return "\n".join(lines)
+
+
+def attribution_rows(clips: pa.Table, policy: PolicyConfig) -> list[dict]:
+    """One row per source in the shards whose licence asks for attribution, sorted by source_id."""
+    lp, rows = LicencePolicy(policy), {}
+    for clip in _in_shards(clips):
+        if not lp.decide(clip["license"], clip.get("author"), clip.get("attribution")).needs_attribution:
+            continue
+        row = rows.setdefault(clip["source_id"], {
+            "source_id": clip["source_id"], "title": clip.get("title"), "author": clip.get("author"),
+            "source_url": clip.get("source_url") or clip.get("source_uri"), "license": clip["license"],
+            "attribution": clip.get("attribution"), "clips": 0,
+        })  # fmt: skip
+        row["clips"] += 1
+    return [rows[k] for k in sorted(rows)]
+
+
+def attribution_csv(clips: pa.Table, policy: PolicyConfig) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, ATTRIBUTION_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in attribution_rows(clips, policy):
+        writer.writerow({k: "" if row[k] is None else row[k] for k in ATTRIBUTION_COLUMNS})
+    return buf.getvalue()
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def data_card(job: dict, sources: pa.Table, clips: pa.Table, shards: pa.Table, takedowns: pa.Table) -> str:
+    """The dataset's README.md: what went in, what was kept and why, with which models, under which licences."""
+    src = sources.to_pylist()
+    clip_rows = clips.to_pylist()
+    in_shards = _in_shards(clips)
+    ok = [s for s in src if s["status"] == SourceStatus.OK]
+    by_reason = defaultdict(int)
+    for c in clip_rows:
+        by_reason[(c["status"], c.get("reason") or "")] += 1
+    hours = lambda rows: sum(r.get("duration_s") or 0.0 for r in rows) / 3600  # noqa: E731
+
+    out = [f"# {job.get('name') or 'curate'}: a video clip dataset", "",
+           "Made by curate. WebDataset shards under `shards/` (listed in `index.json` with sha256); each sample is "
+           "`mp4` (the clip), `json` (its metadata: licence, attribution, source URI and sha256, frame range, scores, caption model), "
+           "`txt` (the caption, when made) and `latent.npy` / `text_embedding.npy` when made. "
+           "Licences: `LICENSES.md`; credits owed: `ATTRIBUTION.csv`. Check with `curate verify OUT`.", "",
+           "## Sources", "",
+           f"{len(src)} input files, {len(ok)} readable ({hours([{'duration_s': s.get('duration_s')} for s in ok]):.4f} hours); "
+           f"{len({c['source_id'] for c in in_shards})} sources have clips in the shards.", ""]
+    errors = defaultdict(int)
+    for s in src:
+        if s["status"] != SourceStatus.OK:
+            errors[s.get("reason") or ""] += 1
+    if errors:
+        out += ["Unreadable inputs: " + ", ".join(f"{r} {n}" for r, n in sorted(errors.items())) + ".", ""]
+
+    out += ["## Counts surviving each step", "", "| step | count |", "| --- | ---: |",
+            f"| input files | {len(src)} |", f"| sources ok | {len(ok)} |", f"| clip windows | {len(clip_rows)} |"]
+    kept = len(clip_rows)
+    for (status, reason), n in sorted(by_reason.items(), key=lambda kv: (kv[0][0] == ClipStatus.KEPT, kv[0])):
+        if status != ClipStatus.KEPT:
+            kept -= n
+            out.append(f"| after removing {status} `{reason}` ({n}) | {kept} |")
+    out += [f"| in shards | {len(in_shards)} clips, {hours(in_shards):.4f} hours, {shards.num_rows} shards |", ""]
+
+    settings = {k: v for k, v in job.items() if k not in ("input", "output", "ray", "name")}
+    out += ["## Filters and thresholds", "", "The job's settings (from `job.yaml`):", "", "```yaml",
+            yaml.safe_dump(settings, sort_keys=False).rstrip(), "```", ""]
+
+    models = [("shot detection", f"PySceneDetect {_version('scenedetect')} ({(job.get('split') or {}).get('detector', '?')} detector)"),
+              ("clip encoding", f"ffmpeg via PyAV {_version('av')} / ffmpeg-python; codec {((job.get('split') or {}).get('encode') or {}).get('codec', '?')}"),
+              ("shards", f"webdataset {_version('webdataset')}")]
+    for column in sorted(c for c in clips.column_names if c.endswith("_model") or c in ("vae_id", "model_id")):
+        for value in sorted({v for v in clips[column].to_pylist() if v}):
+            models.append((column, value))
+    out += ["## Models and tools", "", "| role | model / version |", "| --- | --- |", *(f"| {r} | {m} |" for r, m in models), ""]
+
+    out += ["## Licences", "", "| licence | clips | hours |", "| --- | ---: | ---: |"]
+    per = defaultdict(list)
+    for c in in_shards:
+        per[c["license"] or "NOASSERTION"].append(c)
+    out += [f"| `{lic}` | {len(rows)} | {hours(rows):.4f} |" for lic, rows in sorted(per.items())]
+    out += ["", "Details and links in `LICENSES.md`; attribution rows in `ATTRIBUTION.csv`.", ""]
+
+    if takedowns.num_rows:
+        out += ["## Takedowns", "", "| time (UTC) | source | reason | clips removed |", "| --- | --- | --- | ---: |"]
+        for t in takedowns.to_pylist():
+            out.append(f"| {t['time']:%Y-%m-%d %H:%M:%S} | `{t['source_id']}` | {t.get('reason') or ''} | {t['clips_removed']} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def write_release(out: Output, job: dict, sources: pa.Table, clips: pa.Table, shards: pa.Table) -> None:
+    """Write index.json, LICENSES.md, ATTRIBUTION.csv and README.md; remove shard files no table row names."""
+    policy = policy_of(job)
+    takedowns = read_takedowns(out)
+    out.write_text("index.json", index_json(shards))
+    out.write_text("LICENSES.md", licenses_md(clips))
+    out.write_text("ATTRIBUTION.csv", attribution_csv(clips, policy))
+    out.write_text("README.md", data_card(job, sources, clips, shards, takedowns))
+    remove_stray_shards(out, shards)
+    # The clip files of a taken-down source go too: no byte of it stays in the output.
+    gone = set(takedowns["source_id"].to_pylist())
+    for row in clips.select(["source_id", "clip_uri"]).to_pylist():
+        if row["source_id"] in gone and row["clip_uri"]:
+            _remove_uri(row["clip_uri"])
+
+
+def shard_files(out: Output) -> list[str]:
+    """Every .tar under OUT/shards, as paths relative to OUT, sorted."""
+    if not out.exists("shards"):
+        return []
+    root = out.path("")
+    return sorted(posixpath.relpath(p, root) for p in out.fs.find(out.path("shards")) if p.endswith(".tar"))
+
+
+def remove_stray_shards(out: Output, shards: pa.Table) -> None:
+    named = set(shards["shard"].to_pylist())
+    for rel in shard_files(out):
+        if rel not in named:
+            out.fs.rm(out.path(rel))
+
+
+def _remove_uri(uri: str) -> None:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(uri)
+    if fs.exists(path):
+        fs.rm(path)
