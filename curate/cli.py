@@ -2,6 +2,8 @@
 
     curate run JOB [--set key.path=value ...] [--address ADDR]
     curate query OUT "SQL" [--format table|csv|json]
+    curate verify OUT
+    curate takedown OUT --source ID_OR_URI [--reason TEXT]
 
 Exit codes: 0 the job ran (per-input errors are rows in `sources`); 2 a bad job file, override or
 input location, or a failed query, with a one-line message.
@@ -33,6 +35,28 @@ def _query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    from curate.verify import verify
+
+    problems = verify(args.out)
+    for p in problems:
+        print(p)
+    if problems:
+        print(f"curate verify: {len(problems)} problem{'s' if len(problems) != 1 else ''} in {args.out}", file=sys.stderr)
+        return 1
+    print(f"curate verify: {args.out} is consistent")
+    return 0
+
+
+def _takedown(args: argparse.Namespace) -> int:
+    from curate.takedown import takedown
+
+    done = takedown(args.out, args.source, args.reason)
+    print(f"curate takedown: source {', '.join(done['source_ids'])}: {done['clips_removed']} clips removed, "
+          f"{len(done['shards_rewritten'])} shards rewritten ({done['time']:%Y-%m-%dT%H:%M:%SZ})")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="curate", description="Video dataset curation for video diffusion models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -49,6 +73,16 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("sql")
     q.add_argument("--format", choices=["table", "csv", "json"], default="table")
     q.set_defaults(func=_query)
+
+    v = sub.add_parser("verify", help="re-read every shard; check sha256, sample keys, licences and the tables")
+    v.add_argument("out", help="the job's output folder")
+    v.set_defaults(func=_verify)
+
+    t = sub.add_parser("takedown", help="remove a source's clips from the shards and record it")
+    t.add_argument("out", help="the job's output folder")
+    t.add_argument("--source", required=True, metavar="ID_OR_URI", help="source_id, sha256, uri or source_url")
+    t.add_argument("--reason", help="why (recorded in the takedowns table and the data card)")
+    t.set_defaults(func=_takedown)
     return p
 
 
@@ -56,10 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from curate.config import ConfigError
     from curate.inputs import InputError
+    from curate.release import TakedownError
 
     try:
         return args.func(args)
-    except (ConfigError, InputError, FileNotFoundError) as e:
+    except (ConfigError, InputError, FileNotFoundError, TakedownError) as e:
         print(f"curate: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # a failed query: DuckDB's own message says what is wrong

@@ -154,7 +154,7 @@ TAKEDOWNS = pa.schema(
         pa.field("uri", pa.string()),
         pa.field("source_url", pa.string()),
         pa.field("reason", pa.string()),
-        pa.field("time", pa.timestamp("s", tz="UTC")),
+        pa.field("time", pa.timestamp("s")),  # UTC
         pa.field("clips_removed", pa.int64()),
         pa.field("shards_rewritten", pa.list_(pa.string())),
     ],
