@@ -40,7 +40,7 @@ GROUPS = ("license", "resolution", "length")
 class ShardConfig:
     max_samples: int = 1000  # samples per shard at most
     max_bytes: int = 1 << 30  # clip bytes per shard at most; a single larger clip gets a shard of its own
-    target_shards: int | None = None  # at least about this many shards: samples spread evenly (one per reader)
+    target_shards: int | None = None  # at least this many shards (when there are as many clips), filled evenly
     group_by: tuple[str, ...] = ()  # "license", "resolution", "length": one folder of shards per group
     length_buckets_s: tuple[float, ...] = (2.0, 5.0, 10.0)  # edges of the length groups, in seconds
 
@@ -102,7 +102,8 @@ def assign_shards(clips: pa.Table, cfg: ShardConfig, prefix: str = "shards/shard
 
     Clips are packed in that order; a shard closes before it would exceed `cfg.max_samples` clips or
     `cfg.max_bytes` of `clip_bytes` (the clip file's size). The input order does not matter. With
-    `cfg.target_shards`, a shard holds at most ceil(clips / target_shards) samples. With `cfg.group_by`,
+    `cfg.target_shards`, the clips are also cut into that many even runs (more shards when the limits
+    or groups ask for them; fewer only when there are fewer clips). With `cfg.group_by`,
     each group is packed on its own under `<dir of prefix>/<group>/`.
     """
     _require(clips, ["clip_id", "source_id", "start_frame", "clip_bytes"], "assign_shards")
@@ -115,19 +116,20 @@ def assign_shards(clips: pa.Table, cfg: ShardConfig, prefix: str = "shards/shard
         groups = [""] * table.num_rows
     clip_ids = table.column("clip_id").to_pylist()
     _check_clip_ids(clip_ids)
-    max_samples = cfg.max_samples
-    if cfg.target_shards:
-        max_samples = min(max_samples, max(1, math.ceil(table.num_rows / cfg.target_shards)))
+    # With a count target, clip k of N belongs to slot k * target // N: the slots split N evenly.
+    total, target = table.num_rows, cfg.target_shards or 1
 
     head, tail = posixpath.split(prefix)
-    shards, index, n, size, current = [], 0, 0, 0, None
-    for clip_id, clip_bytes, group in zip(clip_ids, table.column("clip_bytes").to_pylist(), groups):
+    shards, index, n, size, current, slot = [], 0, 0, 0, None, 0
+    for k, (clip_id, clip_bytes, group) in enumerate(zip(clip_ids, table.column("clip_bytes").to_pylist(), groups)):
         if not isinstance(clip_bytes, int) or clip_bytes < 0:
             raise ValueError(f"clip {clip_id!r}: clip_bytes must be a non-negative int, got {clip_bytes!r}")
+        new_slot = k * target // total
         if group != current:
             index, n, size, current = 0, 0, 0, group
-        elif n > 0 and (n + 1 > max_samples or size + clip_bytes > cfg.max_bytes):
+        elif n > 0 and (n + 1 > cfg.max_samples or size + clip_bytes > cfg.max_bytes or new_slot != slot):
             index, n, size = index + 1, 0, 0
+        slot = new_slot
         shards.append(f"{posixpath.join(head, group, tail) if group else prefix}-{index:06d}.tar")
         n, size = n + 1, size + clip_bytes
 
