@@ -233,3 +233,16 @@ def test_takedown_emptying_a_shard_removes_it_and_is_recorded(tmp_path):
     assert "DMCA 123" in (root / "README.md").read_text()
     assert json.loads((root / "index.json").read_text())["n_samples"] == 2
     assert verify(str(root)) == []
+
+
+def test_opt_out_file_and_source_url_match(tmp_path):
+    sources = [{"source_id": f"{i:016x}", "sha256": f"{i:064x}", "uri": f"/v/{i}.mp4", "license": "MIT",
+                "source_url": f"https://example.org/{i}"} for i in range(3)]  # fmt: skip
+    listing = tmp_path / "opt-out.txt"
+    listing.write_text("# people who asked\nhttps://example.org/1   # by URL\n\n")
+    clips = build(tmp_path / "out", PolicyConfig(opt_out=(sources[2]["source_id"],), opt_out_file=str(listing)), sources, [1, 1, 1])
+    got = {r["source_id"]: (r["status"], r["reason"], r["error"]) for r in clips.to_pylist()}
+    assert got[sources[0]["source_id"]][0] == "kept"
+    for i, entry in ((1, "https://example.org/1"), (2, sources[2]["source_id"])):
+        status, reason, error = got[sources[i]["source_id"]]
+        assert (status, reason) == ("filtered", "licence") and entry in error
