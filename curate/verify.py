@@ -24,7 +24,7 @@ from curate.release import (
 from curate.storage import Output
 from schemas import ClipStatus
 from stages.policy import LicencePolicy
-from stages.shards import SAMPLE_FILES, clip_metadata
+from stages.shards import SAMPLE_FILES, TAR_MODE, TAR_MTIME, TAR_USER, clip_metadata
 
 REQUIRED = {"mp4", "json"}
 KNOWN = REQUIRED | {"txt"} | set(SAMPLE_FILES)
@@ -106,6 +106,9 @@ def _check_shard(out: Output, name: str, row: dict, kept: dict, lp: LicencePolic
                 if not member.isfile():
                     problems.append(f"{name}: member {member.name!r} is not a regular file")
                     continue
+                if (member.mtime, member.mode, member.uname, member.gname) != (TAR_MTIME, TAR_MODE, TAR_USER, TAR_USER):
+                    problems.append(f"{name}: member {member.name!r} has mtime/mode/owner {member.mtime}/{oct(member.mode)}/{member.uname}, "
+                                    f"not the fixed {TAR_MTIME}/{oct(TAR_MODE)}/{TAR_USER} (not written by curate)")
                 key, dot, ext = member.name.partition(".")
                 if not dot or "/" in member.name:
                     problems.append(f"{name}: member {member.name!r} is not <key>.<ext>")
