@@ -221,7 +221,9 @@ def data_card(job: dict, sources: pa.Table, clips: pa.Table, shards: pa.Table, t
     out += ["## Counts surviving each step", "", "| step | count |", "| --- | ---: |",
             f"| input files | {len(src)} |", f"| sources ok | {len(ok)} |", f"| clip windows | {len(clip_rows)} |"]
     kept = len(clip_rows)
-    for (status, reason), n in sorted(by_reason.items(), key=lambda kv: (kv[0][0] == ClipStatus.KEPT, kv[0])):
+    # in the order the steps run: the split's reasons first, the policy's last, score filters between
+    step = {Reason.ENCODE_ERROR: 0, Reason.TOO_SHORT: 1, Reason.LICENCE: 8, Reason.TAKEDOWN: 9}
+    for (status, reason), n in sorted(by_reason.items(), key=lambda kv: (kv[0][0] == ClipStatus.KEPT, step.get(kv[0][1], 5), kv[0])):
         if status != ClipStatus.KEPT:
             kept -= n
             out.append(f"| after removing {status} `{reason}` ({n}) | {kept} |")

@@ -69,6 +69,15 @@ def verify(out_url: str) -> list[str]:
     for name, row in sorted(table.items()):
         problems += _check_shard(out, name, row, kept, lp, blocked, seen)
 
+    # clips inherit licence and hash from their source: the two tables agree
+    by_source = {r["source_id"]: r for r in sources.to_pylist()}
+    for clip_id in sorted(seen):
+        clip, src = kept[clip_id], by_source.get(kept[clip_id]["source_id"])
+        if src is None:
+            problems.append(f"{clip['shard']}: sample {clip_id}: source {clip['source_id']} is not in the sources table")
+        elif (clip["license"], clip["source_sha256"]) != (src["license"], src["sha256"]):
+            problems.append(f"{clip['shard']}: sample {clip_id}: licence or source_sha256 differs from source {src['source_id']} in the sources table")
+
     for clip_id in sorted(set(kept) - seen):
         problems.append(f"clips: {clip_id} is kept in {kept[clip_id]['shard']} but no shard holds it")
 

@@ -7,6 +7,7 @@ has its ATTRIBUTION row, and that after a takedown no byte of the source is left
 
 import csv
 import hashlib
+import io
 import json
 import tarfile
 import tempfile
@@ -195,6 +196,16 @@ def test_verify_names_a_tampered_tar_and_a_policy_breach(tmp_path):
     problems = verify(str(root))
     assert problems and all(p.startswith("shards/shard-000001.tar") for p in problems), problems
     assert "sha256" in problems[0]
+
+    # the same samples re-packed by another tool (headers not fixed) are told apart too
+    original = tampered.read_bytes()
+    with tarfile.open(fileobj=io.BytesIO(original)) as src, tarfile.open(tampered, "w") as dst:
+        for m in src:
+            data_m = src.extractfile(m).read()
+            m.mtime, m.uname = 1_700_000_000, "someone"
+            dst.addfile(m, io.BytesIO(data_m))
+    assert any("not written by curate" in p and p.startswith("shards/shard-000001.tar") for p in verify(str(root)))
+    tampered.write_bytes(original)
 
     # the policy in job.yaml changed after the shards were made: the MIT samples are named
     tampered.write_bytes(bytes(data[:700]) + bytes([data[700] ^ 0xFF]) + bytes(data[701:]))
