@@ -4,7 +4,7 @@
     curate query OUT "SQL" [--format table|csv|json]
 
 Exit codes: 0 the job ran (per-input errors are rows in `sources`); 2 a bad job file, override or
-input location, or a failed query, with a one-line message.
+input location, an output folder another run is writing, or a failed query, with a one-line message.
 """
 
 from __future__ import annotations
@@ -56,10 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from curate.config import ConfigError
     from curate.inputs import InputError
+    from curate.storage import OutputBusy
 
     try:
         return args.func(args)
-    except (ConfigError, InputError, FileNotFoundError) as e:
+    except (ConfigError, InputError, OutputBusy, FileNotFoundError) as e:
         print(f"curate: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # a failed query: DuckDB's own message says what is wrong
