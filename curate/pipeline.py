@@ -78,7 +78,8 @@ def init_ray(cfg: JobConfig, address: str | None = None) -> None:
         # Ship our packages to the cluster's workers; third-party libraries must be installed there.
         ray.init(address=address, runtime_env={"py_modules": [curate, stages, schemas]}, log_to_driver=True)
     else:
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=True)
+        # "local": a new instance even when `ray start` left a cluster address on this machine.
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=True)
 
 
 class Runner:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -158,3 +159,22 @@ def test_a_second_writer_is_refused(tmp_path, capsys):
         assert "is in use by another curate run" in code.stderr and '"pid"' in code.stderr
     with out.lock():  # released when the holder is done
         pass
+
+
+def test_a_lost_node_costs_nothing(inputs, uninterrupted, tmp_path):
+    out = tmp_path / "out"
+    ray_tmp = Path("/tmp") / f"crt{os.getpid()}"  # short: Ray's socket paths must stay under 107 chars
+    env = _ray_free_env() | {"RAY_TMPDIR": str(ray_tmp)}
+    overrides = args(inputs, out)[2:]
+    sets = [overrides[i + 1] for i in range(0, len(overrides), 2)]
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "tests" / "integration" / "multinode_run.py"), str(out), JOB, *sets],
+            env=env, capture_output=True, text=True, timeout=300,
+        )
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["removed_node"], "the worker node was not removed during the run"
+    assert state(out) == uninterrupted
