@@ -77,6 +77,11 @@ def make_corpus(folder: Path, ffmpeg: str) -> dict[str, tuple[str, str | None, i
         expect[name] = ("ok", None, 50)
     (folder / "a folder.mp4").mkdir()  # a directory with a video's name: unreadable as a file
     expect["a folder.mp4"] = ("error", "unreadable", None)
+    if os.geteuid() != 0:  # root reads whatever the mode says
+        locked = folder / "no_permission.mp4"
+        locked.write_bytes(b"x" * 100)
+        locked.chmod(0)
+        expect["no_permission.mp4"] = ("error", "unreadable", None)
     # a symlink loop (listed, not followed) and a link to a real file elsewhere (processed)
     (folder / "sub").mkdir()
     os.symlink("..", folder / "sub" / "loop")
