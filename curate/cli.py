@@ -2,6 +2,7 @@
 
     curate run JOB [--set key.path=value ...] [--address ADDR]
     curate query OUT "SQL" [--format table|csv|json]
+    curate report OUT
 
 Exit codes: 0 the job ran (per-input errors are rows in `sources`); 2 a bad job file, override or
 input location, an output folder another run is writing, or a failed query, with a one-line message.
@@ -33,6 +34,13 @@ def _query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from curate.report import write_report
+
+    print(write_report(args.out))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="curate", description="Video dataset curation for video diffusion models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -49,6 +57,10 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("sql")
     q.add_argument("--format", choices=["table", "csv", "json"], default="table")
     q.set_defaults(func=_query)
+
+    r = sub.add_parser("report", help="(re)write OUT/report.html from a job's tables")
+    r.add_argument("out", help="the job's output folder")
+    r.set_defaults(func=_report)
     return p
 
 

@@ -23,6 +23,7 @@ import yaml
 from curate.config import JobConfig, to_dict
 from curate.inputs import InputError, list_dir, read_manifest
 from curate.resume import CachedSplit, IngestCache, ShardPlans, cached_splits, shard_plan
+from curate.report import write_report
 from curate.samples import generate_samples
 from curate.storage import Output
 from schemas import CLIPS, SCENES, SHARDS, SOURCES, ClipStatus, SourceStatus, conform
@@ -47,6 +48,7 @@ class Summary:
     shards: int
     wall_s: float
     skipped_files: int = 0
+    stage_s: dict = dataclasses.field(default_factory=dict)  # wall seconds per step
 
     def text(self) -> str:
         return (
@@ -145,13 +147,27 @@ def run_job(cfg: JobConfig, address: str | None = None) -> Summary:
         return _run(cfg, out, Runner(cfg, address))
 
 
+class _Clock:
+    """Wall seconds per pipeline step, for the summary and the report."""
+
+    def __init__(self):
+        self.t, self.stages = time.time(), {}
+
+    def lap(self, name: str) -> None:
+        now = time.time()
+        self.stages[name] = round(now - self.t, 3)
+        self.t = now
+
+
 def _run(cfg: JobConfig, out: Output, runner: Runner) -> Summary:
     t0 = time.time()
+    clock = _Clock()
     if out.remove_temporaries():
         log.info("removed temporary files of an interrupted run")
     out.write_text("job.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     inputs, skipped = read_inputs(cfg, out)
     log.info("%d input files (%d other files skipped)", inputs.num_rows, len(skipped))
+    clock.lap("inputs")
 
     # ---- ingest: hash + probe every input not seen unchanged before; bad files become error rows
     cache = IngestCache(out)
@@ -161,6 +177,7 @@ def _run(cfg: JobConfig, out: Output, runner: Runner) -> Summary:
     sources = fold_duplicates(pa.concat_tables([pa.Table.from_pylist(reused, schema=SOURCES), ingested]))
     ok = pc.sum(pc.equal(sources["status"], SourceStatus.OK)).as_py() or 0
     log.info("ingest: %d sources, %d ok (%d unchanged since the last run)", sources.num_rows, ok, len(reused))
+    clock.lap("ingest")
 
     # ---- split: detect scenes on a low-resolution decode, write clips (sources split before are reused)
     done, todo = cached_splits(out, cfg.split, sources)
@@ -170,18 +187,23 @@ def _run(cfg: JobConfig, out: Output, runner: Runner) -> Summary:
     sources, scenes, windows = flatten(split)
     clips = _clips_table(windows, sources)
     log.info("split: %d scenes, %d clips (%d sources reused)", scenes.num_rows, clips.num_rows, len(done))
+    clock.lap("split")
 
     # ---- shards: kept clips into WebDataset tars (unchanged shards are not rewritten)
     clips, shards = _write_shards(cfg, out, runner, clips)
+    clock.lap("shards")
 
     # ---- tables
     out.write_table("sources", conform(sources, SOURCES))
     out.write_table("scenes", conform(scenes, SCENES))
     out.write_table("clips", conform(clips, CLIPS))
     out.write_table("shards", conform(shards, SHARDS))
+    clock.lap("tables")
 
     summary = summarize(cfg, sources, scenes, clips, shards, time.time() - t0, len(skipped))
+    summary.stage_s = clock.stages
     out.write_text("summary.json", json.dumps(dataclasses.asdict(summary), indent=2) + "\n")
+    write_report(out.url)
     return summary
 
 

@@ -46,6 +46,16 @@ def ray_session():
 
 
 @pytest.fixture(scope="session")
+def demo_out(ray_session, tmp_path_factory) -> Path:
+    """The demo job, run once per session (fast encoder settings)."""
+    from curate.cli import main
+
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["run", str(ROOT / "jobs" / "demo.yaml"), "--set", f"output={out}", "--set", "split.encode.preset=ultrafast"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def ffmpeg() -> str:
     from stages.media import ffmpeg_exe
 
