@@ -4,9 +4,10 @@
     curate query OUT "SQL" [--format table|csv|json]
     curate verify OUT
     curate takedown OUT --source ID_OR_URI [--reason TEXT]
+    curate report OUT
 
 Exit codes: 0 the job ran (per-input errors are rows in `sources`); 2 a bad job file, override or
-input location, or a failed query, with a one-line message.
+input location, an output folder another run is writing, or a failed query, with a one-line message.
 """
 
 from __future__ import annotations
@@ -57,6 +58,13 @@ def _takedown(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from curate.report import write_report
+
+    print(write_report(args.out))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="curate", description="Video dataset curation for video diffusion models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -83,6 +91,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--source", required=True, metavar="ID_OR_URI", help="source_id, sha256, uri or source_url")
     t.add_argument("--reason", help="why (recorded in the takedowns table and the data card)")
     t.set_defaults(func=_takedown)
+
+    r = sub.add_parser("report", help="(re)write OUT/report.html from a job's tables")
+    r.add_argument("out", help="the job's output folder")
+    r.set_defaults(func=_report)
     return p
 
 
@@ -91,10 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     from curate.config import ConfigError
     from curate.inputs import InputError
     from curate.release import TakedownError
+    from curate.storage import OutputBusy
 
     try:
         return args.func(args)
-    except (ConfigError, InputError, FileNotFoundError, TakedownError) as e:
+    except (ConfigError, InputError, OutputBusy, FileNotFoundError, TakedownError) as e:
         print(f"curate: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # a failed query: DuckDB's own message says what is wrong

@@ -30,7 +30,9 @@ def list_dir(cfg: InputConfig) -> tuple[pa.Table, list[str]]:
         fs, root = fsspec.core.url_to_fs(cfg.dir)
         if not fs.isdir(root):
             raise InputError(f"input.dir {cfg.dir} is not a readable folder")
-        found = sorted(fs.find(root))
+        # Folders too: one named like a video is an input that cannot be read, not something to drop.
+        found = sorted(p for p, info in fs.find(root, withdirs=True, detail=True).items()
+                       if info.get("type") != "directory" or p.lower().endswith(tuple(e.lower() for e in cfg.extensions)))
     except (OSError, ValueError) as e:
         raise InputError(f"input.dir {cfg.dir} cannot be listed: {e}") from e
     exts = tuple(e.lower() for e in cfg.extensions)

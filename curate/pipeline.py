@@ -23,12 +23,14 @@ import yaml
 from curate.config import JobConfig, to_dict
 from curate.inputs import InputError, list_dir, read_manifest
 from curate.release import prepare_clips, write_release
+from curate.resume import CachedSplit, IngestCache, ShardPlans, cached_splits, shard_plan
+from curate.report import write_report
 from curate.samples import generate_samples
 from curate.storage import Output
 from schemas import CLIPS, SCENES, SHARDS, SOURCES, ClipStatus, SourceStatus, conform
 from stages.ingest import Ingest, fold_duplicates
 from stages.shards import WriteShards, assign_shards
-from stages.split import SPLIT, Split, flatten
+from stages.split import SPLIT, flatten
 
 log = logging.getLogger("curate")
 
@@ -47,6 +49,7 @@ class Summary:
     shards: int
     wall_s: float
     skipped_files: int = 0
+    stage_s: dict = dataclasses.field(default_factory=dict)  # wall seconds per step
 
     def text(self) -> str:
         return (
@@ -78,31 +81,49 @@ def init_ray(cfg: JobConfig, address: str | None = None) -> None:
         # Ship our packages to the cluster's workers; third-party libraries must be installed there.
         ray.init(address=address, runtime_env={"py_modules": [curate, stages, schemas]}, log_to_driver=True)
     else:
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=True)
+        # "local": a new instance even when `ray start` left a cluster address on this machine.
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=True)
 
 
-def _map(table: pa.Table | list[pa.Table], stage, schema: pa.Schema, blocks: int = 0, batch_size: int | None = None) -> pa.Table:
-    """Run `stage` over `table` with Ray Data and collect the result on the driver, order kept.
+class Runner:
+    """Runs stages with Ray Data; starts (or joins) Ray only when there is work to hand out."""
 
-    `table` is cut into about `blocks` blocks (one Ray task each), or taken as given when a list.
-    """
-    import ray
+    def __init__(self, cfg: JobConfig, address: str | None):
+        self.cfg, self.address, self.started = cfg, address, False
 
-    if isinstance(table, pa.Table):
-        n = table.num_rows
-        size = max(1, math.ceil(n / max(1, blocks)))
-        table = [table.slice(i, size) for i in range(0, n, size)]
-    if not table:
-        return schema.empty_table()
-    ds = ray.data.from_arrow(table).map_batches(stage, batch_format="pyarrow", batch_size=batch_size)
-    parts = [t for t in ray.get(list(ds.to_arrow_refs())) if t.num_rows]
-    return pa.concat_tables([t.cast(schema) for t in parts]) if parts else schema.empty_table()
+    def map(self, table: pa.Table | list[pa.Table], stage, schema: pa.Schema, batch_size: int | None = None) -> pa.Table:
+        """Run `stage` over `table` and collect the result on the driver, order kept.
 
+        A table is cut into about `ray.blocks_per_cpu` blocks per CPU (one Ray task each); a list of
+        tables is taken as the blocks.
+        """
+        if isinstance(table, pa.Table):
+            if table.num_rows == 0:
+                return schema.empty_table()
+            size = max(1, math.ceil(table.num_rows / self._blocks()))
+            table = [table.slice(i, size) for i in range(0, table.num_rows, size)]
+        if not table:
+            return schema.empty_table()
+        import ray
 
-def _blocks(cfg: JobConfig) -> int:
-    import ray
+        self._start()
+        ds = ray.data.from_arrow(table).map_batches(stage, batch_format="pyarrow", batch_size=batch_size)
+        parts = [t for t in ray.get(list(ds.to_arrow_refs())) if t.num_rows]
+        return pa.concat_tables([t.cast(schema) for t in parts]) if parts else schema.empty_table()
 
-    return max(1, int(ray.available_resources().get("CPU", 1) * cfg.ray.blocks_per_cpu))
+    def _start(self) -> None:
+        if not self.started:
+            import ray
+
+            init_ray(self.cfg, self.address)
+            ray.data.DataContext.get_current().execution_options.preserve_order = True
+            self.started = True
+
+    def _blocks(self) -> int:
+        import ray
+
+        self._start()
+        return max(1, int(ray.available_resources().get("CPU", 1) * self.cfg.ray.blocks_per_cpu))
 
 
 # ------------------------------------------------------------------------------------------- the job
@@ -122,57 +143,102 @@ def read_inputs(cfg: JobConfig, out: Output) -> tuple[pa.Table, list[str]]:
 
 
 def run_job(cfg: JobConfig, address: str | None = None) -> Summary:
-    import ray
-
-    t0 = time.time()
     out = Output(cfg.output)
-    out.makedirs()
+    with out.lock():
+        return _run(cfg, out, Runner(cfg, address))
+
+
+class _Clock:
+    """Wall seconds per pipeline step, for the summary and the report."""
+
+    def __init__(self):
+        self.t, self.stages = time.time(), {}
+
+    def lap(self, name: str) -> None:
+        now = time.time()
+        self.stages[name] = round(now - self.t, 3)
+        self.t = now
+
+
+def _run(cfg: JobConfig, out: Output, runner: Runner) -> Summary:
+    t0 = time.time()
+    clock = _Clock()
+    if out.remove_temporaries():
+        log.info("removed temporary files of an interrupted run")
     out.write_text("job.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     inputs, skipped = read_inputs(cfg, out)
     log.info("%d input files (%d other files skipped)", inputs.num_rows, len(skipped))
+    clock.lap("inputs")
 
-    init_ray(cfg, address)
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
-    blocks = _blocks(cfg)
-
-    # ---- ingest: probe + hash every input; bad files become error rows
-    sources = fold_duplicates(_map(inputs, Ingest(), SOURCES, blocks))
+    # ---- ingest: hash + probe every input not seen unchanged before; bad files become error rows
+    cache = IngestCache(out)
+    reused, todo, keys = cache.split(inputs)
+    ingested = runner.map(todo, Ingest(), SOURCES)
+    cache.save(ingested, keys)
+    sources = fold_duplicates(pa.concat_tables([pa.Table.from_pylist(reused, schema=SOURCES), ingested]))
     ok = pc.sum(pc.equal(sources["status"], SourceStatus.OK)).as_py() or 0
-    log.info("ingest: %d sources, %d ok", sources.num_rows, ok)
+    log.info("ingest: %d sources, %d ok (%d unchanged since the last run)", sources.num_rows, ok, len(reused))
+    clock.lap("ingest")
 
-    # ---- split: detect scenes on a low-resolution decode, write clips
-    split = _map(sources, Split(cfg.split, out.uri("clips")), SPLIT, blocks, batch_size=1)
+    # ---- split: detect scenes on a low-resolution decode, write clips (sources split before are reused)
+    done, todo = cached_splits(out, cfg.split, sources)
+    fresh = runner.map(todo, CachedSplit(cfg.split, out.url), SPLIT, batch_size=1)
+    split = pa.concat_tables([pa.Table.from_pylist(done, schema=SPLIT), fresh])
+    split = split.take(pc.sort_indices(split, [("source_id", "ascending")]))
     sources, scenes, windows = flatten(split)
     clips = _clips_table(windows, sources)
-    log.info("split: %d scenes, %d clips", scenes.num_rows, clips.num_rows)
+    log.info("split: %d scenes, %d clips (%d sources reused)", scenes.num_rows, clips.num_rows, len(done))
+    clock.lap("split")
 
     # ---- policy: licences, opt-outs and recorded takedowns decide which clips may reach a shard
     clips = prepare_clips(clips, sources, cfg.policy, out)
 
-    # ---- shards: kept clips into WebDataset tars
-    kept = clips.filter(pc.equal(clips["status"], ClipStatus.KEPT))
-    shards = SHARDS.empty_table()
-    if kept.num_rows:
-        kept = assign_shards(kept, cfg.shards)
-        groups = [kept.filter(pc.equal(kept["shard"], s)) for s in pc.unique(kept["shard"]).to_pylist()]
-        shards = _map(groups, WriteShards(cfg.shards, out.url), SHARDS)
-        shard_of = dict(zip(kept["clip_id"].to_pylist(), kept["shard"].to_pylist()))
-        clips = clips.set_column(
-            clips.schema.get_field_index("shard"), "shard", pa.array([shard_of.get(c) for c in clips["clip_id"].to_pylist()], pa.string())
-        )
-    shards = shards.sort_by("shard")
+    # ---- shards: kept clips into WebDataset tars (unchanged shards are not rewritten)
+    clips, shards = _write_shards(cfg, out, runner, clips)
+    clock.lap("shards")
 
     # ---- tables
     out.write_table("sources", conform(sources, SOURCES))
     out.write_table("scenes", conform(scenes, SCENES))
     out.write_table("clips", conform(clips, CLIPS))
     out.write_table("shards", conform(shards, SHARDS))
+    clock.lap("tables")
     # ---- release: index.json, LICENSES.md, ATTRIBUTION.csv, the data card
     write_release(out, to_dict(cfg), sources, conform(clips, CLIPS), conform(shards, SHARDS))
 
     summary = summarize(cfg, sources, scenes, clips, shards, time.time() - t0, len(skipped))
+    summary.stage_s = clock.stages
     out.write_text("summary.json", json.dumps(dataclasses.asdict(summary), indent=2) + "\n")
+    write_report(out.url)
     return summary
+
+
+def _write_shards(cfg: JobConfig, out: Output, runner: Runner, clips: pa.Table) -> tuple[pa.Table, pa.Table]:
+    kept = clips.filter(pc.equal(clips["status"], ClipStatus.KEPT))
+    plans_store = ShardPlans(out)
+    rows, plans, todo = [], {}, []
+    if kept.num_rows:
+        kept = assign_shards(kept, cfg.shards)
+        for name in pc.unique(kept["shard"]).to_pylist():
+            group = kept.filter(pc.equal(kept["shard"], name))
+            plans[name] = shard_plan(group)
+            row = plans_store.reusable(name, plans[name])
+            rows.append(row) if row else todo.append(group)
+        shard_of = dict(zip(kept["clip_id"].to_pylist(), kept["shard"].to_pylist()))
+        clips = clips.set_column(
+            clips.schema.get_field_index("shard"), "shard", pa.array([shard_of.get(c) for c in clips["clip_id"].to_pylist()], pa.string())
+        )
+    written = runner.map(todo, WriteShards(cfg.shards, out.url), SHARDS)
+    shards = pa.concat_tables([pa.Table.from_pylist(rows, schema=SHARDS), written]).sort_by("shard")
+    # shards of an earlier run that the current plan no longer has
+    if out.exists("shards"):
+        current = set(plans)
+        for p in out.fs.find(out.path("shards")):
+            if p.rsplit("/", 2)[-2] == "shards" and f"shards/{p.rsplit('/', 1)[1]}" not in current:
+                out.fs.rm(p)
+    plans_store.save(plans, shards)
+    log.info("shards: %d (%d unchanged)", shards.num_rows, len(rows))
+    return clips, shards
 
 
 def _clips_table(windows: pa.Table, sources: pa.Table) -> pa.Table:

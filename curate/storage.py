@@ -6,16 +6,27 @@
     OUT/shards/shard-NNNNNN.tar
     OUT/tables/{sources,scenes,clips,shards}.parquet
     OUT/summary.json
+    OUT/work/                what a rerun reuses: ingest rows, per-source split results, shard plans
+    OUT/.curate.lock         held by the one run writing here
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
+import json
 import os
+import socket
+import time
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+
+class OutputBusy(RuntimeError):
+    """Another run is writing to the same output folder."""
 
 
 class Output:
@@ -61,3 +72,39 @@ class Output:
     def read_table(self, name: str) -> pa.Table:
         with self.fs.open(self.path(f"tables/{name}.parquet"), "rb") as f:
             return pq.read_table(f)
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the output folder for one run. A second run fails at once with who holds it.
+
+        A local folder uses flock, which the kernel releases even when the holder is killed. On
+        object stores there is no lock: one writer per output is then the user's to keep.
+        """
+        if not self.is_local:
+            yield
+            return
+        self.makedirs()
+        path = self.path(".curate.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
+                raise OutputBusy(f"output folder {self.url} is in use by another curate run ({holder})") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}).encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
+    def remove_temporaries(self) -> int:
+        """Delete `*.tmp-*` files a killed run left behind (only while holding the lock)."""
+        removed = 0
+        for sub in ("clips", "shards", "tables", "work"):
+            if self.exists(sub):
+                for p in self.fs.find(self.path(sub)):
+                    if ".tmp-" in os.path.basename(p):
+                        self.fs.rm(p)
+                        removed += 1
+        return removed

@@ -44,6 +44,11 @@ def takedown(out_url: str, source: str, reason: str | None = None, now: dt.datet
     Returns the takedowns row written. Raises TakedownError when nothing matches.
     """
     out = Output(out_url)
+    with out.lock():  # one writer per output: not while a run (or another takedown) writes here
+        return _takedown(out, out_url, source, reason, now)
+
+
+def _takedown(out: Output, out_url: str, source: str, reason: str | None, now: dt.datetime | None) -> dict:
     job = read_job(out)
     sources, clips, shards = (out.read_table(t) for t in ("sources", "clips", "shards"))
     ids = set(match_sources(sources, [source]))

@@ -38,6 +38,7 @@ class Reason:
     EMPTY = "empty_file"  # zero bytes
     NOT_MEDIA = "not_media"  # the container cannot be opened (not a video, no moov atom, ...)
     NO_VIDEO = "no_video_stream"  # a media file without a video stream (audio only)
+    UNSUPPORTED_CODEC = "unsupported_codec"  # no decoder for the video codec in this FFmpeg build
     DECODE_ERROR = "decode_error"  # opened, but decoding failed
     NO_FRAMES = "no_frames"  # opened, but not one frame decodes
     TRUNCATED = "truncated"  # an mp4 without its index, or fewer frames decode than the container declares

@@ -149,6 +149,8 @@ def probe(path: str) -> Probe:
             kinds = sorted({s.type for s in c.streams}) or ["none"]
             raise MediaError(Reason.NO_VIDEO, f"no video stream (streams: {', '.join(kinds)})")
         s = c.streams.video[0]
+        if s.codec_context is None:
+            raise MediaError(Reason.UNSUPPORTED_CODEC, "no decoder for the video codec in this FFmpeg build")
         tb = s.time_base
         rate = s.average_rate or s.guessed_rate
         fps = float(rate) if rate else None
@@ -284,6 +286,8 @@ def write_clip(
     video = source["v:0"]
     if settings.max_height:
         video = video.filter("scale", -2, f"min({settings.max_height},ih)", flags="bicubic")
+    # yuv420p needs even sides: an odd-sized source loses its last row/column rather than being resampled.
+    video = video.filter("crop", "trunc(iw/2)*2", "trunc(ih/2)*2", 0, 0)
     streams, opts = [video], {"an": None}
     if settings.audio and has_audio:
         streams, opts = [video, source["a:0"]], {"acodec": "aac", "audio_bitrate": "128k"}

@@ -40,9 +40,19 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def demo_out(ray_session, tmp_path_factory) -> Path:
+    """The demo job, run once per session (fast encoder settings)."""
+    from curate.cli import main
+
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["run", str(ROOT / "jobs" / "demo.yaml"), "--set", f"output={out}", "--set", "split.encode.preset=ultrafast"]) == 0
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -19,13 +19,6 @@ def q(out, sql):
     return json.loads(query(str(out), sql, "json"))
 
 
-@pytest.fixture(scope="module")
-def demo_out(ray_session, tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    assert main(["run", str(ROOT / "jobs" / "demo.yaml"), "--set", f"output={out}", *FAST]) == 0
-    return out
-
-
 def test_demo_job_writes_tables_clips_and_shards(demo_out, capsys):
     counts = {r["status"]: r["n"] for r in q(demo_out, "select status, count(*) as n from clips group by 1")}
     assert counts.get("kept", 0) > 0
