@@ -108,7 +108,11 @@ class Ingest:
 
 
 def fold_duplicates(sources: pa.Table) -> pa.Table:
-    """One row per source_id, sorted by it: the first uri (sorted) stays, the others go to `alias_uris`."""
+    """One row per source_id, sorted by it: the first uri (sorted) stays, the others go to `alias_uris`.
+
+    Attribution fields (title, author, source_url, attribution) the first row lacks are taken from
+    the others, in uri order; the licence is the first row's.
+    """
     by_id: dict[str, list[dict]] = {}
     for row in sorted(sources.to_pylist(), key=lambda r: r["uri"]):
         by_id.setdefault(row["source_id"], []).append(row)
@@ -116,5 +120,8 @@ def fold_duplicates(sources: pa.Table) -> pa.Table:
     for sid in sorted(by_id):
         first, *rest = by_id[sid]
         first["alias_uris"] = [r["uri"] for r in rest] + list(first.get("alias_uris") or [])
+        for field in ("title", "author", "source_url", "attribution"):  # credits given under another name count
+            if not first.get(field):
+                first[field] = next((r[field] for r in rest if r.get(field)), first.get(field))
         rows.append(first)
     return pa.Table.from_pylist(rows, schema=SOURCES)

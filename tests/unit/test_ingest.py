@@ -81,3 +81,12 @@ def test_same_bytes_under_two_names_is_one_source(tmp_path, videos):
     assert table.num_rows == 1
     row = table.to_pylist()[0]
     assert row["uri"] == str(a) and row["alias_uris"] == [str(b)]
+
+
+def test_folded_duplicate_keeps_the_credits_given_under_another_name(tmp_path, videos):
+    a, b = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    shutil.copyfile(videos / "counter.mp4", a)
+    shutil.copyfile(videos / "counter.mp4", b)
+    rows = {"uri": [str(a), str(b)], "license": ["CC-BY-4.0", "MIT"], "author": [None, "Ann"], "title": ["first", "second"]}
+    row = fold_duplicates(Ingest()(pa.table(rows))).to_pylist()[0]
+    assert (row["uri"], row["license"], row["author"], row["title"]) == (str(a), "CC-BY-4.0", "Ann", "first")
