@@ -23,6 +23,8 @@ import yaml
 from curate.config import JobConfig, to_dict
 from curate.inputs import InputError, list_dir, read_manifest
 from curate.samples import generate_samples
+from curate.score import check_scorers, score_clips
+from curate.select import apply_select
 from curate.storage import Output
 from schemas import CLIPS, SCENES, SHARDS, SOURCES, ClipStatus, SourceStatus, conform
 from stages.ingest import Ingest, fold_duplicates
@@ -124,6 +126,7 @@ def run_job(cfg: JobConfig, address: str | None = None) -> Summary:
     import ray
 
     t0 = time.time()
+    check_scorers(cfg)
     out = Output(cfg.output)
     out.makedirs()
     out.write_text("job.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -144,6 +147,12 @@ def run_job(cfg: JobConfig, address: str | None = None) -> Summary:
     sources, scenes, windows = flatten(split)
     clips = _clips_table(windows, sources)
     log.info("split: %d scenes, %d clips", scenes.num_rows, clips.num_rows)
+
+    # ---- score: motion, aesthetics, watermarks on the clip files (columns added, no row dropped)
+    clips = score_clips(cfg, clips, blocks)
+    # ---- select: the job's predicate over the scores; a kept clip that fails it becomes `filtered`
+    clips = apply_select(clips, cfg.select.where)
+    log.info("score + select: %d clips kept", int(pc.sum(pc.equal(clips["status"], ClipStatus.KEPT)).as_py() or 0) if clips.num_rows else 0)
 
     # ---- shards: kept clips into WebDataset tars
     kept = clips.filter(pc.equal(clips["status"], ClipStatus.KEPT))
