@@ -129,15 +129,20 @@ def head_from_state_dict(sd: dict, activation: str = "none"):
 
 def random_head(dim: int, seed: int = 0):
     """The improved predictor's shape over a `dim`-wide embedding, random (seeded) weights."""
+    return head_from_state_dict(random_head_state(dim, seed))
+
+
+def random_head_state(dim: int, seed: int = 0) -> dict:
+    """A state dict laid out like LAION's improved predictor files (`layers.{i}.weight`), random weights."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
     sizes = [dim, 1024, 128, 64, 16, 1]
     sd = {}
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        sd[f"layers.{i}.weight"] = torch.randn(b, a, generator=g) / a**0.5
-        sd[f"layers.{i}.bias"] = torch.zeros(b)
-    return head_from_state_dict(sd)
+        sd[f"layers.{2 * i}.weight"] = torch.randn(b, a, generator=g) / a**0.5  # odd indices: LAION's Dropouts
+        sd[f"layers.{2 * i}.bias"] = torch.zeros(b)
+    return sd
 
 
 # ------------------------------------------------------------------------------------------- CLIP

@@ -31,6 +31,7 @@ from schemas import MOTION_FIELDS
 from stages.columns import ScoreError, score_rows
 from stages.media import MediaError, local_copy
 
+FLOW_NOISE_PX = 0.25  # px between sampled frames at flow_width: smaller flow is noise, not motion
 CELL = 16  # px: the grid motion vectors are gathered on (the size of an H.264/HEVC macroblock)
 
 
@@ -146,7 +147,8 @@ def vector_windows(path: str, window_s: float) -> Iterator[np.ndarray]:
 def _magnitude(dx: np.ndarray, dy: np.ndarray, diag: float, rate: float | None) -> np.ndarray:
     if min(dx.shape) >= 3:
         dx, dy = cv2.medianBlur(dx, 3), cv2.medianBlur(dy, 3)
-    # A vector spans one frame interval (the reference distance is not exported; P-frames mostly use 1).
+    # Taken as one frame interval: the reference distance is not exported. With B-frames, P-frame
+    # vectors span several frames, so x264 clips read about 1.5x the true speed (4.0 reads as ~6).
     return np.hypot(dx, dy) / diag * (rate or 25.0) * 100.0
 
 
@@ -182,6 +184,7 @@ def flow_windows(path: str, fps: float, width: int) -> Iterator[np.ndarray]:
                 if prev is not None and t > prev[0]:
                     flow = cv2.calcOpticalFlowFarneback(prev[1], grey, None, 0.5, 3, 15, 3, 5, 1.2, 0)
                     mag = np.hypot(flow[..., 0], flow[..., 1])
+                    mag[mag < FLOW_NOISE_PX] = 0.0  # Farneback's sub-pixel jitter on noise and compression
                     yield mag / float(np.hypot(width, height)) / (t - prev[0]) * 100.0
                 prev = (t, grey)
         except av.FFmpegError as e:
