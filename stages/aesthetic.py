@@ -192,7 +192,9 @@ def load_model(cfg: AestheticConfig) -> AestheticModel:
     cfg.check()
     device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
     if cfg.weights == RANDOM:
-        clip, _, preprocess = open_clip.create_model_and_transforms(cfg.clip_model, pretrained=None)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # the same random weights every run: reruns give the same tables
+            clip, _, preprocess = open_clip.create_model_and_transforms(cfg.clip_model, pretrained=None)
         clip_name = f"{cfg.clip_model}/random"
     elif os.path.isdir(cfg.weights):
         # open_clip's local folder layout: open_clip_config.json + open_clip_pytorch_model.bin

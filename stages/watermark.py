@@ -38,8 +38,8 @@ class WatermarkConfig:
     frames: int = 16  # frames per clip, evenly spaced
     width: int = 256  # edges: frames scaled to this width
     cell: int = 16  # edges: grid cell size in pixels of the scaled frame
-    edge_threshold: float = 40.0  # edges: Sobel magnitude (grey levels) that counts as an edge
-    persist: float = 0.9  # edges: an edge in at least this share of the frames stays still
+    edge_threshold: float = 25.0  # edges: Sobel magnitude (grey levels, normalised frames) that counts as an edge
+    persist: float = 0.8  # edges: an edge in at least this share of the frames stays still
     moving_level: float = 6.0  # edges: per-pixel temporal standard deviation (grey levels, normalised frames) that counts as moving
     moving_full: float = 0.3  # edges: the picture counts as fully moving when this share of its pixels moves
     classifier_arch: str | None = None  # classifier: "timm:<model name>" or "open_clip:<model name>"
