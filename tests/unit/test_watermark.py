@@ -84,3 +84,24 @@ def test_classifier_config_is_checked():
         WatermarkConfig(method="classifier", classifier_arch="timm:resnet18")
     with pytest.raises(FileNotFoundError, match="no such file"):
         WatermarkConfig(method="classifier", classifier_arch="timm:resnet18", classifier_weights="/nonexistent.pth").check()
+
+
+def test_open_clip_classifier_loads_from_a_path(tmp_path):
+    import json
+
+    import open_clip
+    from torch import nn
+
+    from tests.unit.test_aesthetic import TINY
+
+    folder = tmp_path / "tiny-clip"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps(TINY))
+    clip = open_clip.CLIP(**TINY["model_cfg"])
+    torch.save(clip.state_dict(), folder / "open_clip_pytorch_model.bin")
+    model = nn.ModuleDict({"backbone": clip.visual, "head": nn.Linear(clip.visual.output_dim, 2)})
+    torch.save(model.state_dict(), tmp_path / "wm.pth")
+    classify = load_classifier(f"open_clip:local-dir:{folder}", str(tmp_path / "wm.pth"))
+    frames = [np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)]
+    p = classify(frames)
+    assert 0.0 <= p <= 1.0 and classify(frames) == pytest.approx(p)
