@@ -5,7 +5,7 @@ with an overlay burned in by ffmpeg (a filled box, a box outline, or a text logo
 and overlaid), at a varied position, size and opacity. AUC = the chance that an overlaid clip
 scores above a clean one (ties count half).
 
-    python -m curate.bench.watermark [--videos ../shared/data/videos] [--pairs 24] [--method edges]
+    python -m curate.bench.watermark [--videos ../shared/data/videos] [--pairs 28] [-v]
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ import subprocess
 import tempfile
 import time
 
+import av
 import cv2
 import numpy as np
 
 from stages.media import ffmpeg_exe
-from stages.watermark import ScoreWatermark, WatermarkConfig, detect, sample_grey
+from stages.watermark import WatermarkConfig, detect, sample_grey
 
 # (file, start_s, seconds): segments inside one shot, picture moving. vtest/traffic: static cameras.
 SEGMENTS = [
@@ -52,7 +53,7 @@ def make_pairs(videos: str, out: str, n: int, seed: int = 0, width: int = 480) -
         scale = f"scale={width}:-2"
         cut = ["-ss", f"{start:.3f}", "-t", f"{dur:.3f}", "-i", src]
         subprocess.run([ff, "-v", "error", "-y", *cut, "-vf", scale, *enc, clean], check=True)
-        with __import__("av").open(clean) as c:
+        with av.open(clean) as c:
             H = c.streams.video[0].codec_context.height
         kind = ["box", "outline", "logo"][i % 3]
         bw = int(width * rng.uniform(0.08, 0.25))
