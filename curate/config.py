@@ -17,8 +17,12 @@ from typing import Any, Literal
 import yaml
 
 from curate.samples import SamplesConfig
+from curate.select import SelectConfig
 from stages.policy import PolicyConfig
 from stages.shards import ShardConfig
+from stages.aesthetic import AestheticConfig
+from stages.motion import MotionConfig
+from stages.watermark import WatermarkConfig
 from stages.split import SplitConfig
 
 VIDEO_EXTENSIONS = (
@@ -64,6 +68,11 @@ class JobConfig:
     name: str = "curate"
     split: SplitConfig = field(default_factory=SplitConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
+    # Scorers (null switches one off); aesthetic is off unless the job names its weights.
+    motion: MotionConfig | None = field(default_factory=MotionConfig)
+    aesthetic: AestheticConfig | None = None
+    watermark: WatermarkConfig | None = field(default_factory=WatermarkConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)  # which licences may reach a shard
 
@@ -207,4 +216,14 @@ def resolve_paths(cfg: JobConfig, base_dir: str) -> JobConfig:
 
     inp = dataclasses.replace(cfg.input, dir=fix(cfg.input.dir), manifest=fix(cfg.input.manifest))
     cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, opt_out_file=fix(cfg.policy.opt_out_file)))
-    return dataclasses.replace(cfg, output=fix(cfg.output), input=inp)
+    cfg = dataclasses.replace(cfg, output=fix(cfg.output), input=inp)
+    if cfg.aesthetic is not None:
+        def fix_weights(p: str | None) -> str | None:
+            return p if p in (None, "random") else fix(p)
+
+        cfg = dataclasses.replace(cfg, aesthetic=dataclasses.replace(
+            cfg.aesthetic, weights=fix_weights(cfg.aesthetic.weights), head=fix_weights(cfg.aesthetic.head)))
+    if cfg.watermark is not None and cfg.watermark.classifier_weights:
+        cfg = dataclasses.replace(cfg, watermark=dataclasses.replace(
+            cfg.watermark, classifier_weights=fix(cfg.watermark.classifier_weights)))
+    return cfg

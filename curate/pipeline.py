@@ -26,6 +26,8 @@ from curate.release import prepare_clips, write_release
 from curate.resume import CachedSplit, IngestCache, ShardPlans, cached_splits, shard_plan
 from curate.report import write_report
 from curate.samples import generate_samples
+from curate.score import check_scorers, score_clips
+from curate.select import apply_select
 from curate.storage import Output
 from schemas import CLIPS, SCENES, SHARDS, SOURCES, ClipStatus, SourceStatus, conform
 from stages.ingest import Ingest, fold_duplicates
@@ -100,18 +102,18 @@ class Runner:
         if isinstance(table, pa.Table):
             if table.num_rows == 0:
                 return schema.empty_table()
-            size = max(1, math.ceil(table.num_rows / self._blocks()))
+            size = max(1, math.ceil(table.num_rows / self.blocks()))
             table = [table.slice(i, size) for i in range(0, table.num_rows, size)]
         if not table:
             return schema.empty_table()
         import ray
 
-        self._start()
+        self.start()
         ds = ray.data.from_arrow(table).map_batches(stage, batch_format="pyarrow", batch_size=batch_size)
         parts = [t for t in ray.get(list(ds.to_arrow_refs())) if t.num_rows]
         return pa.concat_tables([t.cast(schema) for t in parts]) if parts else schema.empty_table()
 
-    def _start(self) -> None:
+    def start(self) -> None:
         if not self.started:
             import ray
 
@@ -119,10 +121,10 @@ class Runner:
             ray.data.DataContext.get_current().execution_options.preserve_order = True
             self.started = True
 
-    def _blocks(self) -> int:
+    def blocks(self) -> int:
         import ray
 
-        self._start()
+        self.start()
         return max(1, int(ray.available_resources().get("CPU", 1) * self.cfg.ray.blocks_per_cpu))
 
 
@@ -143,6 +145,7 @@ def read_inputs(cfg: JobConfig, out: Output) -> tuple[pa.Table, list[str]]:
 
 
 def run_job(cfg: JobConfig, address: str | None = None) -> Summary:
+    check_scorers(cfg)  # missing weights stop the job before any work
     out = Output(cfg.output)
     with out.lock():
         return _run(cfg, out, Runner(cfg, address))
@@ -189,6 +192,14 @@ def _run(cfg: JobConfig, out: Output, runner: Runner) -> Summary:
     clips = _clips_table(windows, sources)
     log.info("split: %d scenes, %d clips (%d sources reused)", scenes.num_rows, clips.num_rows, len(done))
     clock.lap("split")
+
+    # ---- score: motion, aesthetics, watermarks on the clip files (columns added, no row dropped;
+    #      clips scored before with the same settings are not scored again)
+    clips = score_clips(cfg, clips, runner, out)
+    # ---- select: the job's predicate over the scores; a kept clip that fails it becomes `filtered`
+    clips = apply_select(clips, cfg.select.where)
+    log.info("score + select: %d clips kept", int(pc.sum(pc.equal(clips["status"], ClipStatus.KEPT)).as_py() or 0) if clips.num_rows else 0)
+    clock.lap("score")
 
     # ---- policy: licences, opt-outs and recorded takedowns decide which clips may reach a shard
     clips = prepare_clips(clips, sources, cfg.policy, out)

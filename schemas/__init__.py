@@ -48,6 +48,8 @@ class Reason:
     ENCODE_ERROR = "encode_error"  # ffmpeg failed writing the clip
     LICENCE = "licence"  # outside the job's licence policy (licence not allowed, attribution missing, opted out)
     TAKEDOWN = "takedown"  # its source was taken down (`curate takedown`); recorded in the takedowns table
+    SCORE_ERROR = "score_error"  # a scorer could not read or score the clip file (`error` says which and why)
+    SELECT = "select"  # failed the job's select.where predicate; `reason` is "select: <the failed conditions>"
 
 
 _ATTRIBUTION = [
@@ -112,6 +114,23 @@ CLIP_WINDOW_FIELDS = [
     pa.field("error", pa.string()),
 ]
 
+# Scores (issue 4): null where a clip was not scored (not kept, no clip file, scorer off) or could not be.
+BOX_TYPE = pa.struct([pa.field("x", pa.int32()), pa.field("y", pa.int32()), pa.field("w", pa.int32()), pa.field("h", pa.int32())])
+MOTION_FIELDS = [
+    pa.field("motion_score", pa.float64()),  # % of the frame diagonal per second, median over time windows
+    pa.field("motion_min_region", pa.float64()),  # the same, for the least moving cell of a regions x regions grid
+    pa.field("motion_method", pa.string()),  # vectors | flow (scores of the two methods are not on one scale)
+]
+AESTHETIC_FIELDS = [
+    pa.field("aesthetic_score", pa.float64()),  # LAION aesthetic head over CLIP embeddings of a few frames
+    pa.field("aesthetic_model", pa.string()),  # "<clip model>/<weights>+<head>"; "random" in it marks random weights
+]
+WATERMARK_FIELDS = [
+    pa.field("watermark_score", pa.float64()),  # 0..1: something stays still while the picture moves
+    pa.field("watermark_box", BOX_TYPE),  # that something's box in clip pixels (x, y from the top left)
+]
+SCORE_FIELDS = [*MOTION_FIELDS, *AESTHETIC_FIELDS, *WATERMARK_FIELDS]
+
 CLIPS = pa.schema(
     [
         pa.field("clip_id", pa.string(), nullable=False),
@@ -132,6 +151,7 @@ CLIPS = pa.schema(
         pa.field("reason", pa.string()),
         pa.field("error", pa.string()),
         pa.field("shard", pa.string()),  # path of the shard holding the clip, relative to the output
+        *SCORE_FIELDS,
     ],
     metadata={"curate.schema_version": str(SCHEMA_VERSION), "curate.table": "clips"},
 )

@@ -72,7 +72,7 @@ def test_folder_with_bad_files_records_each_and_processes_the_rest(ray_session, 
         shutil.copyfile(videos / good, inputs / good)
     (inputs / "readme.txt").write_text("not a video")
     out = tmp_path / "out"
-    rc = main(["run", str(ROOT / "jobs" / "demo.yaml"), "--set", f"input.dir={inputs}", "--set", "input.license=MIT", "--set", f"output={out}", *FAST])
+    rc = main(["run", str(ROOT / "jobs" / "demo.yaml"), "--set", f"input.dir={inputs}", "--set", "input.license=MIT", "--set", f"output={out}", "--set", "select.where=null", *FAST])
     assert rc == 0
     rows = {r["uri"].rsplit("/", 1)[1]: r for r in q(out, "select uri, status, reason, error from sources")}
     assert set(rows) == set(expected) | {"bikes.mp4", "counter.mp4"}
@@ -109,3 +109,31 @@ def test_bad_job_and_unreadable_input_exit_non_zero(tmp_path, capsys):
     assert main(["run", str(job)]) == 2
     err = capsys.readouterr().err
     assert "nowhere" in err and "not a readable folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_demo_job_scores_every_clip_and_names_the_failed_condition(demo_out):
+    rows = q(demo_out, "select c.*, s.uri from clips c join sources s using (source_id)")
+    truth = json.loads((demo_out / "samples" / "ground_truth.json").read_text())
+    scored = [r for r in rows if r["clip_uri"]]
+    assert scored and all(r["motion_score"] is not None and r["aesthetic_score"] is not None
+                          and r["watermark_score"] is not None for r in scored)
+    assert all("random" in r["aesthetic_model"] for r in scored)  # the demo's CLIP has random weights, marked
+    for r in scored:
+        scene = next(s for s in truth["videos"][r["uri"].rsplit("/", 1)[1]]["scenes"] if s["start_frame"] == r["start_frame"])
+        if scene["content"] == "frozen":
+            assert r["motion_score"] < 0.01 and r["status"] == "filtered"
+            assert r["reason"] == "select: motion_score >= 0.05"
+        else:
+            assert r["motion_score"] > 0.5
+    # filtered clips keep their scores, and SQL can replay other thresholds
+    replay = q(demo_out, "select count(*) as n from clips where clip_uri is not null and motion_score >= 0.05")[0]["n"]
+    assert replay == sum(1 for r in scored if r["motion_score"] >= 0.05)
+    # no kept clip fails the job's predicate
+    assert all(r["motion_score"] >= 0.05 and r["watermark_score"] < 0.5 for r in rows if r["status"] == "kept")
+
+
+def test_missing_aesthetic_weights_stop_the_job_at_start(tmp_path, capsys):
+    code = main(["run", str(ROOT / "jobs" / "demo.yaml"), "--set", f"output={tmp_path / 'out'}", "--set", "aesthetic.weights=null"])
+    assert code == 2
+    assert "aesthetic.weights is not set" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

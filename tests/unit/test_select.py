@@ -1,0 +1,51 @@
+"""The select predicate: cut at top-level ANDs, each condition judged, failing kept clips filtered."""
+
+import pyarrow as pa
+import pytest
+
+from curate.config import ConfigError, from_dict, JobConfig
+from curate.select import SelectConfig, apply_select, conditions, validate
+from schemas import CLIPS
+
+
+def test_conditions_split_only_at_top_level_and():
+    assert conditions("motion_score >= 0.5 AND aesthetic_score >= 4.5 and watermark_score < 0.5") == [
+        "motion_score >= 0.5", "aesthetic_score >= 4.5", "watermark_score < 0.5"]
+    assert conditions("(motion_score > 1 and motion_score < 2) or license = 'a and b'") == [
+        "(motion_score > 1 and motion_score < 2) or license = 'a and b'"]
+    assert conditions("motion_score between 0.5 and 2 and watermark_score < 0.5") == [
+        "motion_score between 0.5 and 2", "watermark_score < 0.5"]
+    assert conditions("brand = 'x' and band > 1") == ["brand = 'x'", "band > 1"]
+
+
+def _clips(rows):
+    return pa.Table.from_pylist([{f.name: r.get(f.name) for f in CLIPS} for r in rows], schema=CLIPS)
+
+
+def test_failing_kept_clips_are_filtered_with_the_failed_conditions():
+    clips = _clips([
+        {"clip_id": "a", "source_id": "s", "status": "kept", "motion_score": 1.0, "watermark_score": 0.1},
+        {"clip_id": "b", "source_id": "s", "status": "kept", "motion_score": 0.1, "watermark_score": 0.1},
+        {"clip_id": "c", "source_id": "s", "status": "kept", "motion_score": 0.1, "watermark_score": 0.9},
+        {"clip_id": "d", "source_id": "s", "status": "kept", "motion_score": None, "watermark_score": 0.1},
+        {"clip_id": "e", "source_id": "s", "status": "filtered", "reason": "too_short", "motion_score": None},
+    ])
+    out = apply_select(clips, "motion_score >= 0.5 and watermark_score < 0.5")
+    got = {r["clip_id"]: (r["status"], r["reason"]) for r in out.to_pylist()}
+    assert got == {
+        "a": ("kept", None),
+        "b": ("filtered", "select: motion_score >= 0.5"),
+        "c": ("filtered", "select: motion_score >= 0.5 and watermark_score < 0.5"),
+        "d": ("filtered", "select: motion_score >= 0.5"),  # no score: the condition is not true
+        "e": ("filtered", "too_short"),
+    }
+    assert out["motion_score"].to_pylist() == clips["motion_score"].to_pylist()  # scores stay
+    assert apply_select(clips, None).equals(clips)
+
+
+def test_bad_predicates_are_config_errors_naming_the_problem():
+    with pytest.raises(ValueError, match="nope_score"):
+        validate("nope_score > 1")
+    with pytest.raises(ConfigError, match="select"):
+        from_dict(JobConfig, {"output": "/tmp/x", "input": {"dir": "/tmp"}, "select": {"where": "motion_score >>> 1"}})
+    assert SelectConfig("motion_score > 0").where == "motion_score > 0"

@@ -1,0 +1,107 @@
+"""Watermark scores on generated media: a picture that moves, with and without a fixed overlay at a
+known place; a frozen picture; and the learned-classifier loader with a tiny timm model."""
+
+import subprocess
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from schemas import CLIPS
+from stages.watermark import ScoreWatermark, WatermarkConfig, load_classifier
+
+BOX = {"x": 224, "y": 16, "w": 72, "h": 32}
+
+
+def _make(ffmpeg, path, overlay=None, scroll=0.01, opacity=0.6):
+    graph = "testsrc2=s=320x240:r=25" if scroll else "testsrc=s=320x240:r=25,trim=end_frame=1,loop=loop=74:size=1,setpts=N/(25*TB)"
+    if scroll:
+        graph = "testsrc=s=320x240:r=25,trim=end_frame=1,loop=loop=74:size=1,setpts=N/(25*TB)," + f"scroll=h={scroll}:v={scroll / 2}"
+    if overlay:
+        # a logo with inner structure: a black plate with a white bar, both at `opacity`
+        graph += ",drawbox=x={x}:y={y}:w={w}:h={h}:color=black@{op}:t=fill".format(**overlay, op=opacity)
+        graph += ",drawbox=x={x}:y={y}:w={w}:h={h}:color=white@{op}:t=fill".format(
+            x=overlay["x"] + 8, y=overlay["y"] + 10, w=overlay["w"] - 16, h=overlay["h"] - 20, op=opacity)
+    subprocess.run([ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i", graph, "-frames:v", "75", "-c:v", "libx264",
+                    "-preset", "veryfast", "-crf", "20", "-pix_fmt", "yuv420p", str(path)], check=True)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory, ffmpeg):
+    d = tmp_path_factory.mktemp("watermark")
+    return {
+        "clean": _make(ffmpeg, d / "clean.mp4"),
+        "marked": _make(ffmpeg, d / "marked.mp4", BOX),
+        "faint": _make(ffmpeg, d / "faint.mp4", BOX, opacity=0.4),
+        "frozen": _make(ffmpeg, d / "frozen.mp4", BOX, scroll=0),
+    }
+
+
+def _table(uris):
+    rows = [{"clip_id": str(i), "source_id": "s", "status": "kept", "clip_uri": u} for i, u in enumerate(uris)]
+    return pa.Table.from_pylist([{f.name: r.get(f.name) for f in CLIPS} for r in rows], schema=CLIPS)
+
+
+def test_overlay_on_a_moving_picture_is_found_with_its_box(media):
+    out = ScoreWatermark(WatermarkConfig())(_table([media[k] for k in ("clean", "marked", "faint", "frozen")])).to_pylist()
+    clean, marked, faint, frozen = (r["watermark_score"] for r in out)
+    assert clean < 0.1 and marked >= 0.5 and clean < faint < marked, (clean, marked, faint)
+    # the box lies on the overlay (what stays still there: the plate's inner edges, whatever is under it)
+    box = out[1]["watermark_box"]
+    assert BOX["x"] - 4 <= box["x"] and box["x"] + box["w"] <= BOX["x"] + BOX["w"] + 4, box
+    assert BOX["y"] - 4 <= box["y"] and box["y"] + box["h"] <= BOX["y"] + BOX["h"] + 4, box
+    assert box["w"] * box["h"] >= 0.25 * BOX["w"] * BOX["h"], box
+    # a frozen picture: nothing moves, so nothing can be told apart from the scene
+    assert frozen < 0.1
+
+
+def test_timm_classifier_loads_from_a_path(tmp_path, media):
+    import timm
+
+    model = timm.create_model("resnet18", pretrained=False, num_classes=2)
+    torch.save(model.state_dict(), tmp_path / "wm.pth")
+    classify = load_classifier("timm:resnet18", str(tmp_path / "wm.pth"), size=64)
+    p = classify([np.zeros((120, 160, 3), np.uint8), np.full((120, 160, 3), 200, np.uint8)])
+    assert 0.0 <= p <= 1.0
+    with torch.no_grad():
+        model.eval()
+        x = torch.zeros(1, 3, 64, 64)
+        mean = torch.tensor(model.pretrained_cfg["mean"]).view(1, 3, 1, 1)
+        std = torch.tensor(model.pretrained_cfg["std"]).view(1, 3, 1, 1)
+        want = torch.softmax(model((x - mean) / std), -1)[0, 1].item()
+    assert classify([np.zeros((64, 64, 3), np.uint8)]) == pytest.approx(want, abs=1e-5)  # same weights, same answer
+    cfg = WatermarkConfig(method="classifier", classifier_arch="timm:resnet18", classifier_weights=str(tmp_path / "wm.pth"), classifier_size=64)
+    out = ScoreWatermark(cfg)(_table([media["marked"]]))
+    assert 0.0 <= out["watermark_score"][0].as_py() <= 1.0 and out["watermark_box"][0].as_py() is None
+
+
+def test_classifier_config_is_checked():
+    with pytest.raises(ValueError, match="timm:<name> or open_clip:<name>"):
+        WatermarkConfig(method="classifier", classifier_arch="resnet18", classifier_weights="x.pth")
+    with pytest.raises(ValueError, match="classifier_weights"):
+        WatermarkConfig(method="classifier", classifier_arch="timm:resnet18")
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        WatermarkConfig(method="classifier", classifier_arch="timm:resnet18", classifier_weights="/nonexistent.pth").check()
+
+
+def test_open_clip_classifier_loads_from_a_path(tmp_path):
+    import json
+
+    import open_clip
+    from torch import nn
+
+    from tests.unit.test_aesthetic import TINY
+
+    folder = tmp_path / "tiny-clip"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps(TINY))
+    clip = open_clip.CLIP(**TINY["model_cfg"])
+    torch.save(clip.state_dict(), folder / "open_clip_pytorch_model.bin")
+    model = nn.ModuleDict({"backbone": clip.visual, "head": nn.Linear(clip.visual.output_dim, 2)})
+    torch.save(model.state_dict(), tmp_path / "wm.pth")
+    classify = load_classifier(f"open_clip:local-dir:{folder}", str(tmp_path / "wm.pth"))
+    frames = [np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)]
+    p = classify(frames)
+    assert 0.0 <= p <= 1.0 and classify(frames) == pytest.approx(p)
