@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from curate.config import to_dict
 from curate.storage import Output
-from schemas import SOURCES, Reason, SourceStatus
+from schemas import SOURCES, ClipStatus, Reason, SourceStatus
 from stages.ingest import INPUT_COLUMNS, normalize_license
 from stages.shards import clip_metadata, encode_json
 from stages.split import SPLIT, Split, SplitConfig
@@ -99,7 +99,10 @@ class CachedSplit:
         rows = []
         for row in batch.to_pylist():
             result = self.split.split_one(row)
-            if result["reason"] not in _TRANSIENT:
+            # A clip that failed to encode may succeed next time (a full disk, a dying run deleting
+            # files under it): such a source is split again rather than remembered as failed.
+            failed_clip = any(c["status"] == ClipStatus.ERROR for c in result["clips"] or [])
+            if result["reason"] not in _TRANSIENT and not failed_clip:
                 _write_parquet(f"{self.root}/{row['source_id']}.parquet", pa.Table.from_pylist([result], schema=SPLIT))
             rows.append(result)
         return pa.Table.from_pylist(rows, schema=SPLIT)
