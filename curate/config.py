@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 
 from curate.samples import SamplesConfig
+from stages.caption import CaptionConfig
 from stages.shards import ShardConfig
 from stages.split import SplitConfig
 
@@ -64,6 +65,7 @@ class JobConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    caption: CaptionConfig | None = None  # caption kept clips with a vision-language model; off when absent
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -204,4 +206,12 @@ def resolve_paths(cfg: JobConfig, base_dir: str) -> JobConfig:
         return os.path.abspath(os.path.join(base_dir, os.path.expanduser(p)))
 
     inp = dataclasses.replace(cfg.input, dir=fix(cfg.input.dir), manifest=fix(cfg.input.manifest))
-    return dataclasses.replace(cfg, output=fix(cfg.output), input=inp)
+    cfg = dataclasses.replace(cfg, output=fix(cfg.output), input=inp)
+    if cfg.caption is not None:
+        # model folders given relative to the working directory (a hub id "org/name" is not a folder here)
+        def fix_model(p: str | None) -> str | None:
+            return fix(p) if p and os.path.isdir(os.path.join(base_dir, os.path.expanduser(p))) else p
+
+        cap = dataclasses.replace(cfg.caption, model=fix_model(cfg.caption.model), clip_model=fix_model(cfg.caption.clip_model))
+        cfg = dataclasses.replace(cfg, caption=cap)
+    return cfg

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
+from curate.captioning import caption_step
 from curate.config import JobConfig, to_dict
 from curate.inputs import InputError, list_dir, read_manifest
 from curate.resume import CachedSplit, IngestCache, ShardPlans, cached_splits, shard_plan
@@ -165,6 +166,8 @@ def _run(cfg: JobConfig, out: Output, runner: Runner) -> Summary:
     if out.remove_temporaries():
         log.info("removed temporary files of an interrupted run")
     out.write_text("job.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    if cfg.caption is not None:
+        cfg.caption.check()  # missing weights stop the job here, before any work
     inputs, skipped = read_inputs(cfg, out)
     log.info("%d input files (%d other files skipped)", inputs.num_rows, len(skipped))
     clock.lap("inputs")
@@ -188,6 +191,11 @@ def _run(cfg: JobConfig, out: Output, runner: Runner) -> Summary:
     clips = _clips_table(windows, sources)
     log.info("split: %d scenes, %d clips (%d sources reused)", scenes.num_rows, clips.num_rows, len(done))
     clock.lap("split")
+
+    # ---- caption: kept clips through the VLM (CPU preparation and generation as two actor pools)
+    if cfg.caption is not None:
+        clips = caption_step(cfg.caption, runner, clips)
+        clock.lap("caption")
 
     # ---- shards: kept clips into WebDataset tars (unchanged shards are not rewritten)
     clips, shards = _write_shards(cfg, out, runner, clips)
