@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from schemas import CAPTION_FIELDS, CaptionReason, CaptionStatus, ClipStatus
+from stages.media import MediaError, local_copy
 
 # The one place naming upstream weights: hub id -> revision to download (`huggingface-cli download ID
 # --revision REV`). Branch names until a commit is verified on a machine that reaches the hub.
@@ -476,12 +477,6 @@ def _captionable(row: dict) -> bool:
     return row.get("status") == ClipStatus.KEPT and bool(row.get("clip_uri"))
 
 
-def _local(uri: str) -> str:
-    if "://" in uri and not uri.startswith("file://"):
-        raise CaptionError(f"captioning reads local clip files; got {uri}")
-    return uri[len("file://") :] if uri.startswith("file://") else uri
-
-
 class PrepareCaptions:
     """CPU: CLIPS rows -> the same rows plus the `_caption_inputs` column (frames, processor output)."""
 
@@ -497,9 +492,10 @@ class PrepareCaptions:
                 continue
             try:
                 n = (row.get("end_frame") or 0) - (row.get("start_frame") or 0)
-                frames = sample_frames(_local(row["clip_uri"]), self.cfg.frames, self.cfg.frame_size, n if n > 0 else None)
+                with local_copy(row["clip_uri"]) as path:  # a temporary download for s3:// and the like
+                    frames = sample_frames(path, self.cfg.frames, self.cfg.frame_size, n if n > 0 else None)
                 item = {"frames": frames, "inputs": self.model.prepare(frames, self.cfg.text)}
-            except (OSError, CaptionError) as e:
+            except (OSError, CaptionError, MediaError) as e:
                 item = {"error": f"cannot read {row['clip_uri']}: {e}"}
             blobs.append(pickle.dumps(item, protocol=5))
         return _set(batch, [pa.field(PREPARED, pa.binary())], [{PREPARED: b} for b in blobs])

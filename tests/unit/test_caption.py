@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -22,6 +23,7 @@ from stages.caption import (
     retry_decoding,
     sample_frames,
 )
+from tests.conftest import VIDEOS
 from tests.fakes import FingerprintVLM
 
 # (clip file under ../shared/data/videos, end_frame): the same file with another frame count samples other frames
@@ -104,7 +106,7 @@ class Scripted:
         self.decodings: list[Decoding] = []
 
     def prepare(self, frames, prompt):
-        return {"input_ids": __import__("numpy").zeros((1, 4), "int64")}
+        return {"input_ids": np.zeros((1, 4), np.int64)}
 
     def generate(self, items, decoding):
         self.decodings.append(decoding)
@@ -225,3 +227,41 @@ def test_a_hub_model_not_downloaded_stops_with_what_to_run(tmp_path, monkeypatch
         CaptionConfig(model=str(tmp_path / "missing")).check()
     with pytest.raises(WeightsError, match="clip_weights"):
         CaptionConfig(model=str(tmp_path), clip_model="ViT-L-14").check()
+
+
+def test_make_tiny_command_writes_marked_models(tmp_path, capsys):
+    from curate.cli import main
+    from stages.caption import ClipAlignment, is_random
+
+    assert main(["models", "make-tiny", str(tmp_path), "--only", "clip"]) == 0
+    assert capsys.readouterr().out.split() == ["clip", str(tmp_path / "clip")]
+    assert is_random(str(tmp_path / "clip")) and not (tmp_path / "vlm").exists()
+    clip = ClipAlignment(CaptionConfig(clip_model=str(tmp_path / "clip")))
+    frames = [sample_frames(str(VIDEOS / "counter.mp4"), 2, 64, 30)]
+    assert -1.0 <= clip(frames, ["a counter"])[0] <= 1.0 and clip.name.endswith("(random weights)")
+
+
+def test_caption_keys_in_a_job_are_checked():
+    from curate.config import ConfigError, JobConfig, from_dict
+
+    base = {"output": "/tmp/x", "input": {"dir": "/tmp"}}
+    assert from_dict(JobConfig, base).caption is None
+    cfg = from_dict(JobConfig, {**base, "caption": {"style": "detailed", "max_new_tokens": 256}}).caption
+    assert cfg.style_name == "detailed" and "camera" in cfg.text and cfg.max_new_tokens == 256
+    with pytest.raises(ConfigError, match="caption.frmes: unknown key"):
+        from_dict(JobConfig, {**base, "caption": {"frmes": 4}})
+    with pytest.raises(ConfigError, match="caption.style: expected one of"):
+        from_dict(JobConfig, {**base, "caption": {"style": "long"}})
+    with pytest.raises(ConfigError, match="frames must be >= 1"):
+        from_dict(JobConfig, {**base, "caption": {"frames": 0}})
+
+
+@pytest.mark.gpu
+def test_tiny_qwen2vl_on_gpu_in_bfloat16(videos, tiny_models):
+    cfg = CaptionConfig(model=tiny_models["vlm"], clip_model=tiny_models["clip"], frames=4, frame_size=224, device="cuda")
+    stage = Caption(cfg)
+    out = stage(table(real_rows(videos)[:4])).to_pylist()
+    import torch
+
+    assert next(stage.model.model.parameters()).dtype == torch.bfloat16
+    assert all(r["caption_status"] in ("ok", "failed") for r in out) and any(r["caption"] for r in out)
