@@ -526,33 +526,29 @@ class GenerateCaptions:
                 todo.append(i)
         decoding = Decoding.of(self.cfg)
         first = self._generate({i: items[i]["inputs"] for i in todo}, decoding)
-        reasons = {i: check_caption(g, decoding.max_new_tokens, self.cfg.repeat_ngram) for i, g in first.items()}
-        again = [i for i in todo if reasons[i] is not None] if self.cfg.retry else []
+        reason1 = {i: check_caption(g, decoding.max_new_tokens, self.cfg.repeat_ngram) for i, g in first.items()}
         second: dict[int, Generated] = {}
-        if again:
+        reason2: dict[int, str | None] = {}
+        if self.cfg.retry:
             by_reason: dict[str, list[int]] = {}
-            for i in again:
-                by_reason.setdefault(reasons[i], []).append(i)
-            for reason, idx in sorted(by_reason.items()):
+            for i in todo:
+                if reason1[i] is not None:
+                    by_reason.setdefault(reason1[i], []).append(i)
+            for reason, idx in sorted(by_reason.items()):  # one retry batch per reason: its own settings
                 d2 = retry_decoding(decoding, reason)
-                got = self._generate({i: items[i]["inputs"] for i in idx}, d2)
-                for i, g in got.items():
-                    second[i] = g
-                    reasons[i] = (reason, check_caption(g, d2.max_new_tokens, self.cfg.repeat_ngram))
+                for i, g in self._generate({i: items[i]["inputs"] for i in idx}, d2).items():
+                    second[i], reason2[i] = g, check_caption(g, d2.max_new_tokens, self.cfg.repeat_ngram)
         for i in todo:
-            if i in second:
-                first_reason, last_reason = reasons[i]
-                g, attempts, failed = second[i], 2, last_reason is not None
-                reason = last_reason if failed else first_reason
-            else:
-                g, attempts, reason = first[i], 1, reasons[i]
-                failed = reason is not None
+            retried = i in second
+            g = second[i] if retried else first[i]
+            failed = (reason2[i] if retried else reason1[i]) is not None
             out[i] = {
                 **base,
                 "caption": None if failed else g.text,
                 "caption_status": CaptionStatus.FAILED if failed else CaptionStatus.OK,
-                "caption_reason": reason,
-                "caption_attempts": attempts,
+                # failed: why the last attempt failed; ok after a retry: why the first one was retried
+                "caption_reason": (reason2[i] if failed else reason1[i]) if retried else reason1[i],
+                "caption_attempts": 2 if retried else 1,
                 "caption_tokens": g.n_tokens,
             }
         ok = [i for i in todo if out[i]["caption"] is not None]
