@@ -72,7 +72,7 @@ def caption_rows(cfg: CaptionConfig, rows: pa.Table, make_model=None, block_rows
         return pa.table({"clip_id": pa.array([], pa.string())})
     cols = ["clip_id", *COLUMNS]
     out = pa.concat_tables([t.select(cols) for t in parts])
-    log.info("caption: %d clips on %d actor(s)%s", out.num_rows, cfg.actors, f", {gpus:g} GPU each" if gpus else "")
+    log.debug("caption: %d clips on %d actor(s)%s", out.num_rows, cfg.actors, f", {gpus:g} GPU each" if gpus else "")
     return out
 
 
@@ -97,8 +97,11 @@ def caption_step(cfg: CaptionConfig, runner, clips: pa.Table) -> pa.Table:
     kept = int(pc.sum(pc.equal(clips["status"], ClipStatus.KEPT)).as_py() or 0) if clips.num_rows else 0
     if not kept:
         return clips
-    runner._start()
+    runner._start()  # Ray up (the plan's Runner), then the two pools run on it
     captions = caption_rows(cfg, clips, block_rows=max(1, min(cfg.batch_size, math.ceil(kept / max(1, cfg.prep_actors)))))
+    if captions.num_rows:
+        status = captions["caption_status"].to_pylist()
+        log.info("caption: %d ok, %d failed (%s)", status.count("ok"), status.count("failed"), captions["caption_model"][0].as_py())
     return merge_captions(clips, captions)
 
 
