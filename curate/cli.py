@@ -5,6 +5,7 @@
     curate verify OUT
     curate takedown OUT --source ID_OR_URI [--reason TEXT]
     curate report OUT
+    curate models make-tiny DIR
 
 Exit codes: 0 the job ran (per-input errors are rows in `sources`); 2 a bad job file, override or
 input location, an output folder another run is writing, or a failed query, with a one-line message.
@@ -65,6 +66,14 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _make_tiny(args: argparse.Namespace) -> int:
+    from curate.tiny import make_tiny
+
+    for name, folder in make_tiny(args.dir, seed=args.seed, only=args.only).items():
+        print(f"{name}\t{folder}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="curate", description="Video dataset curation for video diffusion models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -95,6 +104,14 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="(re)write OUT/report.html from a job's tables")
     r.add_argument("out", help="the job's output folder")
     r.set_defaults(func=_report)
+
+    m = sub.add_parser("models", help="model files for offline trials")
+    msub = m.add_subparsers(dest="models_command", required=True)
+    t = msub.add_parser("make-tiny", help="write tiny randomly initialised models of real classes (vlm, clip) under DIR")
+    t.add_argument("dir", help="folder to write DIR/vlm, DIR/clip into")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--only", action="append", metavar="NAME", help="write only this model (repeatable)")
+    t.set_defaults(func=_make_tiny)
     return p
 
 
@@ -104,10 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     from curate.inputs import InputError
     from curate.release import TakedownError
     from curate.storage import OutputBusy
+    from stages.caption import WeightsError
 
     try:
         return args.func(args)
-    except (ConfigError, InputError, OutputBusy, FileNotFoundError, TakedownError) as e:
+    except (ConfigError, InputError, OutputBusy, FileNotFoundError, TakedownError, WeightsError) as e:
         print(f"curate: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # a failed query: DuckDB's own message says what is wrong

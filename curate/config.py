@@ -19,6 +19,7 @@ import yaml
 from curate.samples import SamplesConfig
 from curate.select import SelectConfig
 from stages.policy import PolicyConfig
+from stages.caption import CaptionConfig
 from stages.shards import ShardConfig
 from stages.aesthetic import AestheticConfig
 from stages.motion import MotionConfig
@@ -75,6 +76,7 @@ class JobConfig:
     select: SelectConfig = field(default_factory=SelectConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)  # which licences may reach a shard
+    caption: CaptionConfig | None = None  # caption kept clips with a vision-language model; off when absent
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -226,4 +228,11 @@ def resolve_paths(cfg: JobConfig, base_dir: str) -> JobConfig:
     if cfg.watermark is not None and cfg.watermark.classifier_weights:
         cfg = dataclasses.replace(cfg, watermark=dataclasses.replace(
             cfg.watermark, classifier_weights=fix(cfg.watermark.classifier_weights)))
+    if cfg.caption is not None:
+        # model folders given relative to the working directory (a hub id "org/name" is not a folder here)
+        def fix_model(p: str | None) -> str | None:
+            return fix(p) if p and os.path.isdir(os.path.join(base_dir, os.path.expanduser(p))) else p
+
+        cap = dataclasses.replace(cfg.caption, model=fix_model(cfg.caption.model), clip_model=fix_model(cfg.caption.clip_model))
+        cfg = dataclasses.replace(cfg, caption=cap)
     return cfg

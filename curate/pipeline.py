@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
+from curate.captioning import caption_step
 from curate.config import JobConfig, to_dict
 from curate.inputs import InputError, list_dir, read_manifest
 from curate.release import prepare_clips, write_release
@@ -27,7 +28,7 @@ from curate.resume import CachedSplit, IngestCache, ShardPlans, cached_splits, s
 from curate.report import write_report
 from curate.samples import generate_samples
 from curate.score import check_scorers, score_clips
-from curate.select import apply_select
+from curate.select import apply_select, split_where
 from curate.storage import Output
 from schemas import CLIPS, SCENES, SHARDS, SOURCES, ClipStatus, SourceStatus, conform
 from stages.ingest import Ingest, fold_duplicates
@@ -146,6 +147,8 @@ def read_inputs(cfg: JobConfig, out: Output) -> tuple[pa.Table, list[str]]:
 
 def run_job(cfg: JobConfig, address: str | None = None) -> Summary:
     check_scorers(cfg)  # missing weights stop the job before any work
+    if cfg.caption is not None:
+        cfg.caption.check()
     out = Output(cfg.output)
     with out.lock():
         return _run(cfg, out, Runner(cfg, address))
@@ -169,6 +172,8 @@ def _run(cfg: JobConfig, out: Output, runner: Runner) -> Summary:
     if out.remove_temporaries():
         log.info("removed temporary files of an interrupted run")
     out.write_text("job.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    if cfg.caption is not None:
+        cfg.caption.check()  # missing weights stop the job here, before any work
     inputs, skipped = read_inputs(cfg, out)
     log.info("%d input files (%d other files skipped)", inputs.num_rows, len(skipped))
     clock.lap("inputs")
@@ -197,12 +202,20 @@ def _run(cfg: JobConfig, out: Output, runner: Runner) -> Summary:
     #      clips scored before with the same settings are not scored again)
     clips = score_clips(cfg, clips, runner, out)
     # ---- select: the job's predicate over the scores; a kept clip that fails it becomes `filtered`
-    clips = apply_select(clips, cfg.select.where)
+    before_caption, after_caption = split_where(cfg.select.where)
+    clips = apply_select(clips, before_caption)
     log.info("score + select: %d clips kept", int(pc.sum(pc.equal(clips["status"], ClipStatus.KEPT)).as_py() or 0) if clips.num_rows else 0)
     clock.lap("score")
 
     # ---- policy: licences, opt-outs and recorded takedowns decide which clips may reach a shard
     clips = prepare_clips(clips, sources, cfg.policy, out)
+
+    # ---- caption: kept clips through the VLM (CPU preparation and generation as two actor pools);
+    #      conditions of the predicate on caption columns (caption_clip_score, ...) apply after it
+    if cfg.caption is not None:
+        clips = caption_step(cfg.caption, runner, clips)
+        clips = apply_select(clips, after_caption)
+        clock.lap("caption")
 
     # ---- shards: kept clips into WebDataset tars (unchanged shards are not rewritten)
     clips, shards = _write_shards(cfg, out, runner, clips)

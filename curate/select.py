@@ -89,3 +89,13 @@ def apply_select(clips: pa.Table, where: str | None) -> pa.Table:
             reason[i] = f"{Reason.SELECT}: " + " and ".join(failed)
     clips = clips.set_column(clips.schema.get_field_index("status"), clips.schema.field("status"), pa.array(status, pa.string()))
     return clips.set_column(clips.schema.get_field_index("reason"), clips.schema.field("reason"), pa.array(reason, pa.string()))
+
+
+def split_where(where: str | None) -> tuple[str | None, str | None]:
+    """(conditions decidable after scoring, conditions on caption columns, decidable after captioning)."""
+    if not where:
+        return None, None
+    before, after = [], []
+    for cond in conditions(where):
+        (after if re.search(r"\bcaption_", cond, re.I) else before).append(f"({cond})")
+    return " and ".join(before) or None, " and ".join(after) or None

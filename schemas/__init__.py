@@ -52,6 +52,23 @@ class Reason:
     SELECT = "select"  # failed the job's select.where predicate; `reason` is "select: <the failed conditions>"
 
 
+class CaptionStatus:
+    """`clips.caption_status`: null when the clip was not captioned (not kept, or captioning off)."""
+
+    OK = "ok"  # the caption passed every check (maybe after the one retry: caption_attempts = 2)
+    FAILED = "failed"  # no acceptable caption after the retry; `caption` is null, `caption_reason` says why
+
+
+class CaptionReason:
+    """`clips.caption_reason`: why the last attempt failed its checks (or why the first one did, when the retry passed)."""
+
+    EMPTY = "empty"  # nothing but whitespace or punctuation
+    TRUNCATED = "truncated"  # stopped at the output token limit without ending
+    REPETITIVE = "repetitive"  # an n-gram loop ("a cat a cat a cat ...")
+    REFUSAL = "refusal"  # "I'm sorry, I can't ..."
+    DECODE_ERROR = "decode_error"  # the clip's frames could not be read
+
+
 _ATTRIBUTION = [
     pa.field("title", pa.string()),
     pa.field("author", pa.string()),
@@ -130,6 +147,17 @@ WATERMARK_FIELDS = [
     pa.field("watermark_box", BOX_TYPE),  # that something's box in clip pixels (x, y from the top left)
 ]
 SCORE_FIELDS = [*MOTION_FIELDS, *AESTHETIC_FIELDS, *WATERMARK_FIELDS]
+# Filled by the caption step (stages/caption.py) for kept clips; null elsewhere.
+CAPTION_FIELDS = [
+    pa.field("caption_model", pa.string()),  # hub id or local folder of the VLM; "(random weights)" appended when so
+    pa.field("caption_style", pa.string()),  # the job's prompt style (short, detailed, ...)
+    pa.field("caption_status", pa.string()),  # CaptionStatus
+    pa.field("caption_reason", pa.string()),  # CaptionReason
+    pa.field("caption_attempts", pa.int32()),  # 1, or 2 when the first caption failed a check
+    pa.field("caption_tokens", pa.int32()),  # output tokens of the kept caption
+    pa.field("caption_clip_score", pa.float64()),  # CLIP cosine similarity of caption and frames (mean over frames), -1..1
+    pa.field("caption_clip_model", pa.string()),  # the CLIP that scored it; "(random weights)" appended when so
+]
 
 CLIPS = pa.schema(
     [
@@ -147,6 +175,7 @@ CLIPS = pa.schema(
         pa.field("source_uri", pa.string()),
         pa.field("source_sha256", pa.string()),  # sha256 of the source's bytes
         pa.field("caption", pa.string()),
+        *CAPTION_FIELDS,
         pa.field("status", pa.string(), nullable=False),
         pa.field("reason", pa.string()),
         pa.field("error", pa.string()),

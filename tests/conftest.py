@@ -92,3 +92,11 @@ def copy_video(name: str, dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(VIDEOS / name, dest)
     return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, str]:
+    """`curate models make-tiny`: a tiny random Qwen2-VL (vlm) and open_clip CLIP (clip), once per session."""
+    from curate.tiny import make_tiny
+
+    return make_tiny(str(tmp_path_factory.mktemp("tiny-models")))

@@ -1,0 +1,604 @@
+"""Captions for kept clips from a vision-language model, checked, and scored against the frames by CLIP.
+
+Two steps so a GPU never waits on a decoder: `PrepareCaptions` (CPU: decode `frames` evenly spaced
+frames of the clip file, resize, run the model's processor with the chat template) and
+`GenerateCaptions` (batched generation, caption checks, one retry, CLIP alignment). `Caption` runs
+both in one call for use without Ray. Every caption is written back by row index, never by position
+in a generation batch:
+
+    rows          r0  r1  r2  r3  r4           (the batch, any order)
+    by length     r3  r0  r4 | r1  r2          (sorted so a generation batch pads little)
+    generate      c3  c0  c4 | c1  c2
+    scatter       caption[r_i] = c_i           (by the index carried with each item)
+
+Models are named by hub id or local folder; `PINNED` is the one place naming upstream weights.
+Nothing here downloads: a hub id must already be in the Hugging Face cache (`huggingface-cli
+download ID --revision REV`), else `WeightsError` says so. `weights: random` (or a folder written by
+`curate models make-tiny`) gives random weights, and `caption_model` says "(random weights)".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import pickle
+import re
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import av
+import numpy as np
+import pyarrow as pa
+
+from schemas import CAPTION_FIELDS, CaptionReason, CaptionStatus, ClipStatus
+from stages.media import MediaError, local_copy
+
+# The one place naming upstream weights: hub id -> revision to download (`huggingface-cli download ID
+# --revision REV`). Branch names until a commit is verified on a machine that reaches the hub.
+PINNED = {
+    "vlm": {
+        "Qwen/Qwen2.5-VL-3B-Instruct": "main",  # default
+        "Qwen/Qwen2.5-VL-7B-Instruct": "main",
+        "Qwen/Qwen3-VL-4B-Instruct": "main",
+        "HuggingFaceTB/SmolVLM2-2.2B-Instruct": "main",
+    },
+    # open_clip name -> pretrained tag, for caption_clip_score
+    "clip": {"ViT-L-14": "openai", "ViT-B-32": "openai"},
+}
+DEFAULT_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
+RANDOM = "random"
+TINY_MARKER = "curate_tiny.json"  # written by `curate models make-tiny` next to random weights
+
+PROMPTS = {
+    "short": "Describe this video in one sentence: the main subject, what happens, and the setting.",
+    "detailed": (
+        "Describe this video in detail in one paragraph: the subjects and their appearance, the actions "
+        "and how they change over time, the camera motion and framing, the lighting, and the setting. "
+        "Do not speculate about anything that is not visible."
+    ),
+}
+
+_REFUSAL = re.compile(
+    r"^\W*(i'?m sorry|i am sorry|sorry[,.!]|i apologi[sz]e|i can(not|'t|not)\b|i am (not able|unable)|i'?m (not able|unable)|"
+    r"as an ai\b|unfortunately,? i (can|am|'m))"
+    r"|\bi (cannot|can't|am unable to|'m unable to) (describe|help|assist|provide|see|view|process)",
+    re.IGNORECASE,
+)
+
+
+class WeightsError(ValueError):
+    """Weights that are not there; the message says what to download or set."""
+
+
+class CaptionError(Exception):
+    """A clip whose frames cannot be read."""
+
+
+@dataclass(frozen=True)
+class CaptionConfig:
+    model: str = DEFAULT_MODEL  # hub id (must be in the HF cache) or a local folder (save_pretrained layout)
+    revision: str | None = None  # hub revision; default PINNED["vlm"][model]
+    weights: Literal["pretrained", "random"] = "pretrained"  # random: the model's architecture with random weights (marked)
+    backend: Literal["transformers", "vllm"] = "transformers"  # vllm only when it is installed
+    style: Literal["short", "detailed"] = "short"  # which of PROMPTS
+    prompt: str | None = None  # your own prompt instead of the style's (caption_style becomes "custom")
+    frames: int = 8  # frames per clip, evenly spaced over the clip
+    frame_size: int = 448  # the longer side of each frame, in pixels, before the processor
+    max_new_tokens: int = 128  # output token limit
+    decoding: Literal["greedy", "sample"] = "greedy"
+    temperature: float = 0.7  # sample only
+    top_p: float = 0.9  # sample only
+    seed: int = 0  # torch seed before each generation batch (sample, and the sampled retry)
+    retry: bool = True  # one retry with adjusted settings when a caption fails a check
+    repeat_ngram: int = 4  # an n-gram (n up to this) repeated 3 times in a row is a loop
+    batch_size: int = 8  # clips per generate() call
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto: bfloat16 on GPU, float32 on CPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_gpus: float = 1.0  # per generation actor, asked for only when the cluster has GPUs
+    actors: int = 1  # generation actors (one model each)
+    prep_actors: int = 1  # CPU preparation actors (decode + processor)
+    clip_model: str | None = None  # CLIP for caption_clip_score: an open_clip folder, or an open_clip name with clip_weights
+    clip_weights: str | None = None  # with an open_clip name: a weights file, the pretrained tag, or `random`
+
+    def __post_init__(self):
+        for name in ("frames", "frame_size", "max_new_tokens", "batch_size", "actors", "prep_actors", "repeat_ngram"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.num_gpus < 0:
+            raise ValueError(f"num_gpus must be >= 0, got {self.num_gpus}")
+
+    @property
+    def style_name(self) -> str:
+        return "custom" if self.prompt else self.style
+
+    @property
+    def text(self) -> str:
+        return self.prompt or PROMPTS[self.style]
+
+    def check(self) -> None:
+        """Raise WeightsError unless the model (and CLIP) can be loaded without a download; cheap."""
+        if self.backend == "vllm":
+            try:
+                import vllm  # noqa: F401
+            except ImportError as e:
+                raise WeightsError("caption.backend=vllm needs vLLM: pip install vllm (GPU machines)") from e
+        if not os.path.isdir(self.model):
+            rev = self.revision or PINNED["vlm"].get(self.model, "main")
+            if self.model.startswith((".", "/", "~")) or self.model.count("/") != 1:
+                raise WeightsError(f"caption.model: no such folder: {self.model}")
+            if _hub_cached(self.model, rev) is None:
+                raise WeightsError(
+                    f"caption.model {self.model} is not in the Hugging Face cache: run `huggingface-cli download "
+                    f"{self.model} --revision {rev}` on a machine that reaches the hub (or copy the folder here and "
+                    f"set caption.model=PATH); `curate models make-tiny DIR` writes a tiny random one for trials"
+                )
+        if self.clip_model and not os.path.isdir(self.clip_model):
+            if self.clip_weights is None:
+                raise WeightsError(
+                    f"caption.clip_model {self.clip_model} is not a folder: set caption.clip_weights to a weights "
+                    f"file, an open_clip pretrained tag ({PINNED['clip'].get(self.clip_model, 'openai')}) or `random`"
+                )
+
+
+def _hub_cached(repo: str, revision: str) -> str | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - transformers depends on it
+        return None
+    path = try_to_load_from_cache(repo, "config.json", revision=revision)
+    return path if isinstance(path, str) else None
+
+
+def is_random(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, TINY_MARKER))
+
+
+# ------------------------------------------------------------------------------------------- decoding settings
+
+
+@dataclass(frozen=True)
+class Decoding:
+    max_new_tokens: int
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int = 0
+
+    @classmethod
+    def of(cls, cfg: CaptionConfig) -> Decoding:
+        sample = cfg.decoding == "sample"
+        return cls(cfg.max_new_tokens, sample, cfg.temperature if sample else 1.0, cfg.top_p if sample else 1.0, 1.0, cfg.seed)
+
+
+def retry_decoding(d: Decoding, reason: str) -> Decoding:
+    """The settings of the one retry: more room when cut off, a repetition penalty for loops, sampling otherwise."""
+    if reason == CaptionReason.TRUNCATED:
+        return dataclasses.replace(d, max_new_tokens=d.max_new_tokens * 2, repetition_penalty=max(d.repetition_penalty, 1.05))
+    if reason == CaptionReason.REPETITIVE:
+        return dataclasses.replace(d, repetition_penalty=1.2, do_sample=True, temperature=0.7, top_p=0.9, seed=d.seed + 1)
+    return dataclasses.replace(d, do_sample=True, temperature=0.8, top_p=0.95, seed=d.seed + 1)
+
+
+# ------------------------------------------------------------------------------------------- checks
+
+
+@dataclass(frozen=True)
+class Generated:
+    text: str
+    n_tokens: int  # output tokens, the end-of-sequence token not counted
+    finished: bool  # ended with an end-of-sequence token (not at the token limit)
+
+
+def check_caption(g: Generated, max_new_tokens: int, repeat_ngram: int = 4) -> str | None:
+    """The CaptionReason a caption fails, or None when it passes."""
+    text = g.text.strip()
+    if not re.search(r"\w", text):
+        return CaptionReason.EMPTY
+    if _REFUSAL.search(text):
+        return CaptionReason.REFUSAL
+    if is_repetitive(text, repeat_ngram):
+        return CaptionReason.REPETITIVE
+    if not g.finished and g.n_tokens >= max_new_tokens:
+        return CaptionReason.TRUNCATED
+    return None
+
+
+def is_repetitive(text: str, max_n: int = 4, repeats: int = 3) -> bool:
+    """An n-gram loop: some n-gram (n <= max_n words) repeated `repeats` times in a row (one word: repeats+1),
+    or fewer than 60 % of the 3-grams distinct in a text of 12 or more words; or a character loop
+    (a 2-10 character chunk repeated 6 times) in text without spaces."""
+    words = re.findall(r"\w+|[^\w\s]", text.lower())
+    for n in range(1, max_n + 1):
+        need = repeats + 1 if n == 1 else repeats
+        for i in range(0, len(words) - n * need + 1):
+            gram = words[i : i + n]
+            if all(words[i + k * n : i + (k + 1) * n] == gram for k in range(1, need)):
+                if n == 1 and not gram[0].isalnum():
+                    continue  # "..." is not a loop
+                return True
+    tri = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
+    if len(words) >= 12 and len(set(tri)) < 0.6 * len(tri):
+        return True
+    return bool(re.search(r"(\S{2,10}?)\1{5,}", text))
+
+
+# ------------------------------------------------------------------------------------------- frames
+
+
+def sample_frames(path: str, n: int, size: int, n_frames: int | None = None) -> list[np.ndarray]:
+    """`n` evenly spaced RGB frames (decode order) of the video at `path`, the longer side scaled to `size`
+    (even sizes, never upscaled past the source)."""
+    try:
+        with av.open(path, metadata_errors="ignore") as c:
+            if not c.streams.video:
+                raise CaptionError("no video stream")
+            s = c.streams.video[0]
+            s.thread_type = "AUTO"
+            total = n_frames or s.frames or 0
+            want = sorted(set(np.linspace(0, total - 1, n).round().astype(int).tolist())) if total > 0 else None
+            frames, got = [], set()
+            for i, frame in enumerate(c.decode(s)):
+                if want is None or i in want:
+                    scale = min(1.0, size / max(frame.width, frame.height))
+                    w = max(2, round(frame.width * scale / 2) * 2)
+                    h = max(2, round(frame.height * scale / 2) * 2)
+                    frames.append(frame.to_ndarray(format="rgb24", width=w, height=h))
+                    got.add(i)
+                if want is not None and len(got) == len(want):
+                    break
+    except av.FFmpegError as e:
+        raise CaptionError(f"decoding failed: {e}") from e
+    if not frames:
+        raise CaptionError("no frames decoded")
+    if want is None and len(frames) > n:  # no frame count known: all were kept; pick evenly
+        frames = [frames[i] for i in np.linspace(0, len(frames) - 1, n).round().astype(int)]
+    while len(frames) < n:  # a clip shorter than `n` frames (or a short count): repeat the last one
+        frames.append(frames[-1])
+    return frames
+
+
+def fingerprint(frames: list[np.ndarray]) -> str:
+    """16 hex digits identifying exactly these frames (shapes and pixels)."""
+    h = hashlib.sha256()
+    for f in frames:
+        h.update(repr(f.shape).encode())
+        h.update(np.ascontiguousarray(f).tobytes())
+    return h.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------- models
+
+
+class VLM(Protocol):
+    """What the caption step needs of a model. `prepare` runs on CPU workers, `generate` where the model is."""
+
+    name: str  # hub id or folder, with " (random weights)" when so
+
+    def prepare(self, frames: list[np.ndarray], prompt: str) -> dict: ...  # picklable model inputs of one clip
+
+    def generate(self, items: list[dict], decoding: Decoding) -> list[Generated]: ...  # one per item, same order
+
+
+class TransformersVLM:
+    """transformers AutoProcessor + AutoModelForImageTextToText with the model's chat template.
+
+    The processor loads at once (CPU preparation needs only it); the weights on the first `generate`.
+    Frames go in as one video when the processor has a video processor (Qwen2-VL, Qwen2.5-VL, Qwen3-VL),
+    else as that many images (SmolVLM-style)."""
+
+    def __init__(self, cfg: CaptionConfig):
+        from transformers import AutoProcessor
+
+        self.cfg = cfg
+        self.source, self.revision = _source(cfg)
+        self.processor = AutoProcessor.from_pretrained(self.source, revision=self.revision)
+        tok = getattr(self.processor, "tokenizer", self.processor)
+        tok.padding_side = "left"
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.as_video = getattr(self.processor, "video_processor", None) is not None
+        self.random = cfg.weights == RANDOM or (os.path.isdir(cfg.model) and is_random(cfg.model))
+        self.name = cfg.model + (" (random weights)" if self.random else "")
+        self.model = None
+
+    def prepare(self, frames: list[np.ndarray], prompt: str) -> dict:
+        visual = [{"type": "video"}] if self.as_video else [{"type": "image"} for _ in frames]
+        messages = [{"role": "user", "content": [*visual, {"type": "text", "text": prompt}]}]
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        media = {"videos": [np.stack(frames)]} if self.as_video else {"images": [list(frames)]}
+        inputs = self.processor(text=[text], return_tensors="pt", **media)
+        return {k: v.numpy() for k, v in inputs.items() if hasattr(v, "numpy")}
+
+    def load(self):
+        import torch
+        from transformers import AutoConfig, AutoModelForImageTextToText
+
+        if self.model is not None:
+            return self.model
+        cuda = self.cfg.device == "cuda" or (self.cfg.device == "auto" and torch.cuda.is_available())
+        self.device = "cuda" if cuda else "cpu"
+        dtype = {"auto": torch.bfloat16 if cuda else torch.float32, "bfloat16": torch.bfloat16,
+                 "float16": torch.float16, "float32": torch.float32}[self.cfg.dtype]
+        if self.cfg.weights == RANDOM:
+            config = AutoConfig.from_pretrained(self.source, revision=self.revision)
+            model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
+        else:
+            model = AutoModelForImageTextToText.from_pretrained(self.source, revision=self.revision, dtype=dtype)
+        self.model = model.to(self.device).eval()
+        self.eos = _eos_ids(self.model, self.processor)
+        return self.model
+
+    def collate(self, items: list[dict]) -> dict:
+        import torch
+
+        width = max(it["input_ids"].shape[1] for it in items)
+        out = {}
+        for key in items[0]:
+            if key in ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids"):
+                fill = self.pad_id if key == "input_ids" else 0
+                rows = [np.concatenate([np.full((1, width - it[key].shape[1]), fill, it[key].dtype), it[key]], 1) for it in items]
+                out[key] = torch.from_numpy(np.concatenate(rows, 0))
+            else:  # visual inputs: Qwen's flattened patches and grids, SmolVLM's per-image stacks
+                out[key] = torch.from_numpy(np.concatenate([it[key] for it in items], 0))
+        return out
+
+    def generate(self, items: list[dict], decoding: Decoding) -> list[Generated]:
+        import torch
+
+        model = self.load()
+        inputs = {k: v.to(self.device) for k, v in self.collate(items).items()}
+        if "pixel_values_videos" in inputs or "pixel_values" in inputs:
+            key = "pixel_values_videos" if "pixel_values_videos" in inputs else "pixel_values"
+            inputs[key] = inputs[key].to(model.dtype)
+        torch.manual_seed(decoding.seed)
+        kwargs = dict(max_new_tokens=decoding.max_new_tokens, do_sample=decoding.do_sample,
+                      repetition_penalty=decoding.repetition_penalty, pad_token_id=self.pad_id)
+        if decoding.do_sample:
+            kwargs.update(temperature=decoding.temperature, top_p=decoding.top_p, top_k=0)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        with torch.inference_mode():
+            out = model.generate(**inputs, **kwargs)
+        new = out[:, inputs["input_ids"].shape[1] :].cpu().tolist()
+        return [self._result(ids) for ids in new]
+
+    def _result(self, ids: list[int]) -> Generated:
+        end = next((i for i, t in enumerate(ids) if t in self.eos), None)
+        kept = ids if end is None else ids[:end]
+        text = self.processor.batch_decode([kept], skip_special_tokens=True)[0]
+        return Generated(text.strip(), len(kept), end is not None)
+
+
+class VllmVLM:
+    """vLLM backend (imported only when chosen): the same prompts and frames, vLLM's own batching."""
+
+    def __init__(self, cfg: CaptionConfig):
+        from transformers import AutoProcessor
+
+        self.cfg = cfg
+        self.source, self.revision = _source(cfg)
+        self.processor = AutoProcessor.from_pretrained(self.source, revision=self.revision)
+        self.random = cfg.weights == RANDOM or (os.path.isdir(cfg.model) and is_random(cfg.model))
+        self.name = cfg.model + (" (random weights)" if self.random else "") + " [vllm]"
+        self.llm = None
+
+    def prepare(self, frames: list[np.ndarray], prompt: str) -> dict:
+        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return {"prompt": text, "video": np.stack(frames), "input_ids": np.zeros((1, len(text)), np.int32)}
+
+    def generate(self, items: list[dict], decoding: Decoding) -> list[Generated]:
+        from vllm import LLM, SamplingParams
+
+        if self.llm is None:
+            load_format = "dummy" if self.cfg.weights == RANDOM else "auto"
+            self.llm = LLM(self.source, revision=self.revision, load_format=load_format, dtype="auto", seed=self.cfg.seed,
+                           limit_mm_per_prompt={"video": 1})
+        params = SamplingParams(
+            max_tokens=decoding.max_new_tokens, temperature=decoding.temperature if decoding.do_sample else 0.0,
+            top_p=decoding.top_p, repetition_penalty=decoding.repetition_penalty, seed=decoding.seed,
+        )
+        reqs = [{"prompt": it["prompt"], "multi_modal_data": {"video": it["video"]}} for it in items]
+        outs = self.llm.generate(reqs, params, use_tqdm=False)
+        return [Generated(o.outputs[0].text.strip(), len(o.outputs[0].token_ids), o.outputs[0].finish_reason == "stop") for o in outs]
+
+
+def _source(cfg: CaptionConfig) -> tuple[str, str | None]:
+    if os.path.isdir(cfg.model):
+        return cfg.model, None
+    return cfg.model, cfg.revision or PINNED["vlm"].get(cfg.model, "main")
+
+
+def _eos_ids(model, processor) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
+    tok = getattr(processor, "tokenizer", processor)
+    if tok.eos_token_id is not None:
+        ids.add(tok.eos_token_id)
+    return ids
+
+
+def load_vlm(cfg: CaptionConfig) -> VLM:
+    """The configured VLM (processor now, weights on first use); raises WeightsError naming what is missing."""
+    cfg.check()
+    return VllmVLM(cfg) if cfg.backend == "vllm" else TransformersVLM(cfg)
+
+
+class ClipAlignment:
+    """caption + frames -> mean cosine similarity of the CLIP text embedding and each frame's image embedding."""
+
+    def __init__(self, cfg: CaptionConfig):
+        import open_clip
+        import torch
+
+        self.torch = torch
+        self.device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+        if os.path.isdir(cfg.clip_model):
+            spec = "local-dir:" + os.path.abspath(cfg.clip_model)
+            model, _, self.preprocess = open_clip.create_model_and_transforms(spec)
+            self.tokenizer = open_clip.get_tokenizer(spec)
+            random = is_random(cfg.clip_model)
+        else:
+            pretrained = None if cfg.clip_weights == RANDOM else cfg.clip_weights
+            model, _, self.preprocess = open_clip.create_model_and_transforms(cfg.clip_model, pretrained=pretrained)
+            self.tokenizer = open_clip.get_tokenizer(cfg.clip_model)
+            random = cfg.clip_weights == RANDOM
+        self.model = model.eval().to(self.device)
+        self.name = cfg.clip_model + (" (random weights)" if random else "")
+
+    def __call__(self, frames: list[list[np.ndarray]], captions: list[str]) -> list[float]:
+        from PIL import Image
+
+        torch = self.torch
+        with torch.inference_mode():
+            x = torch.stack([self.preprocess(Image.fromarray(f)) for fs in frames for f in fs]).to(self.device)
+            img = self.model.encode_image(x).float()
+            txt = self.model.encode_text(self.tokenizer(captions).to(self.device)).float()
+            img = img / img.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            txt = txt / txt.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        scores, start = [], 0
+        for i, fs in enumerate(frames):
+            scores.append(float((img[start : start + len(fs)] @ txt[i]).mean()))
+            start += len(fs)
+        return scores
+
+
+# ------------------------------------------------------------------------------------------- the stage
+
+PREPARED = "_caption_inputs"  # the column PrepareCaptions adds and GenerateCaptions consumes (pickled)
+
+
+def _captionable(row: dict) -> bool:
+    return row.get("status") == ClipStatus.KEPT and bool(row.get("clip_uri"))
+
+
+class PrepareCaptions:
+    """CPU: CLIPS rows -> the same rows plus the `_caption_inputs` column (frames, processor output)."""
+
+    def __init__(self, cfg: CaptionConfig, model: VLM | None = None):
+        self.cfg = cfg
+        self.model = model if model is not None else load_vlm(cfg)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        blobs = []
+        for row in batch.to_pylist():
+            if not _captionable(row):
+                blobs.append(None)
+                continue
+            try:
+                n = (row.get("end_frame") or 0) - (row.get("start_frame") or 0)
+                with local_copy(row["clip_uri"]) as path:  # a temporary download for s3:// and the like
+                    frames = sample_frames(path, self.cfg.frames, self.cfg.frame_size, n if n > 0 else None)
+                item = {"frames": frames, "inputs": self.model.prepare(frames, self.cfg.text)}
+            except (OSError, CaptionError, MediaError) as e:
+                item = {"error": f"cannot read {row['clip_uri']}: {e}"}
+            blobs.append(pickle.dumps(item, protocol=5))
+        return _set(batch, [pa.field(PREPARED, pa.binary())], [{PREPARED: b} for b in blobs])
+
+
+class GenerateCaptions:
+    """Where the model is: prepared rows -> caption + CAPTION_FIELDS, `_caption_inputs` dropped.
+
+    Items are sorted by prompt length and generated `batch_size` at a time; each result goes back to
+    the row whose index it carries. A caption failing a check is generated once more with
+    `retry_decoding`; if that fails too, caption is null and caption_status `failed`."""
+
+    def __init__(self, cfg: CaptionConfig, model: VLM | None = None, clip: ClipAlignment | None = None):
+        self.cfg = cfg
+        self.model = model if model is not None else load_vlm(cfg)
+        self.clip = clip if clip is not None else (ClipAlignment(cfg) if cfg.clip_model else None)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        blobs = batch[PREPARED].to_pylist() if PREPARED in batch.column_names else [None] * batch.num_rows
+        items = {i: pickle.loads(b) for i, b in enumerate(blobs) if b is not None}
+        out: list[dict] = [{} for _ in range(batch.num_rows)]
+        base = {"caption_model": self.model.name, "caption_style": self.cfg.style_name}
+        todo = []
+        for i, item in items.items():
+            if "error" in item:
+                out[i] = {**base, "caption_status": CaptionStatus.FAILED, "caption_reason": CaptionReason.DECODE_ERROR}
+            else:
+                todo.append(i)
+        decoding = Decoding.of(self.cfg)
+        first = self._generate({i: items[i]["inputs"] for i in todo}, decoding)
+        reason1 = {i: check_caption(g, decoding.max_new_tokens, self.cfg.repeat_ngram) for i, g in first.items()}
+        second: dict[int, Generated] = {}
+        reason2: dict[int, str | None] = {}
+        if self.cfg.retry:
+            by_reason: dict[str, list[int]] = {}
+            for i in todo:
+                if reason1[i] is not None:
+                    by_reason.setdefault(reason1[i], []).append(i)
+            for reason, idx in sorted(by_reason.items()):  # one retry batch per reason: its own settings
+                d2 = retry_decoding(decoding, reason)
+                for i, g in self._generate({i: items[i]["inputs"] for i in idx}, d2).items():
+                    second[i], reason2[i] = g, check_caption(g, d2.max_new_tokens, self.cfg.repeat_ngram)
+        for i in todo:
+            retried = i in second
+            g = second[i] if retried else first[i]
+            failed = (reason2[i] if retried else reason1[i]) is not None
+            out[i] = {
+                **base,
+                "caption": None if failed else g.text,
+                "caption_status": CaptionStatus.FAILED if failed else CaptionStatus.OK,
+                # failed: why the last attempt failed; ok after a retry: why the first one was retried
+                "caption_reason": (reason2[i] if failed else reason1[i]) if retried else reason1[i],
+                "caption_attempts": 2 if retried else 1,
+                "caption_tokens": g.n_tokens,
+            }
+        ok = [i for i in todo if out[i]["caption"] is not None]
+        if self.clip is not None and ok:
+            scores = self.clip([items[i]["frames"] for i in ok], [out[i]["caption"] for i in ok])
+            for i, s in zip(ok, scores):
+                out[i].update(caption_clip_score=s, caption_clip_model=self.clip.name)
+        if PREPARED in batch.column_names:
+            batch = batch.drop_columns([PREPARED])
+        # rows not captioned here keep what they had (caption included)
+        keep = {f.name: batch[f.name].to_pylist() if f.name in batch.column_names else [None] * batch.num_rows
+                for f in [pa.field("caption", pa.string()), *CAPTION_FIELDS]}
+        rows = [o if i in items else {k: v[i] for k, v in keep.items()} for i, o in enumerate(out)]
+        return _set(batch, [pa.field("caption", pa.string()), *CAPTION_FIELDS], rows)
+
+    def _generate(self, inputs: dict[int, dict], decoding: Decoding) -> dict[int, Generated]:
+        """Row index -> its result. Sorted by prompt length (longest first), `batch_size` per call."""
+        order = sorted(inputs, key=lambda i: (-_length(inputs[i]), i))
+        results: dict[int, Generated] = {}
+        for s in range(0, len(order), self.cfg.batch_size):
+            idx = order[s : s + self.cfg.batch_size]
+            got = self.model.generate([inputs[i] for i in idx], decoding)
+            if len(got) != len(idx):
+                raise RuntimeError(f"{self.model.name} returned {len(got)} captions for {len(idx)} clips")
+            results.update(zip(idx, got))
+        return results
+
+
+def _length(inputs: dict) -> int:
+    ids = inputs.get("input_ids")
+    return int(ids.shape[-1]) if ids is not None else 0
+
+
+class Caption:
+    """Both steps in one call (no Ray): CLIPS rows -> the same rows with captions."""
+
+    def __init__(self, cfg: CaptionConfig, model: VLM | None = None, clip: ClipAlignment | None = None):
+        self.model = model if model is not None else load_vlm(cfg)
+        self.prepare = PrepareCaptions(cfg, self.model)
+        self.generate = GenerateCaptions(cfg, self.model, clip)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.generate(self.prepare(batch))
+
+
+def _set(table: pa.Table, fields: list[pa.Field], rows: list[dict]) -> pa.Table:
+    """`table` with `fields` set from `rows` (one dict per row): replaced in place if present, else appended."""
+    for f in fields:
+        values = pa.array([r.get(f.name) for r in rows], f.type)
+        i = table.schema.get_field_index(f.name)
+        table = table.set_column(i, f, values) if i >= 0 else table.append_column(f, values)
+    return table
+

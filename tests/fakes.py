@@ -1,0 +1,41 @@
+"""Deterministic stand-ins for models, importable by Ray workers (tests/ is a package)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stages.caption import Decoding, Generated, fingerprint
+
+
+class FingerprintVLM:
+    """A captioner that writes a fingerprint of the frames it was given into its caption.
+
+    Prompt lengths differ per clip (so batches are re-sorted by length), and a clip whose fingerprint
+    starts with a digit below 6 is "cut off at the token limit" while max_new_tokens < 1000 (use 600:
+    the retry doubles it), so the retry path re-batches it.
+    """
+
+    name = "fake-fingerprint"
+
+    def __init__(self, truncate_first: bool = True):
+        self.truncate_first = truncate_first
+        self.calls: list[int] = []  # batch sizes seen by generate
+
+    def prepare(self, frames: list[np.ndarray], prompt: str) -> dict:
+        n = 5 + int(fingerprint(frames)[:2], 16) % 23
+        return {"input_ids": np.zeros((1, n), np.int64), "pixels": np.stack(frames)}
+
+    def generate(self, items: list[dict], decoding: Decoding) -> list[Generated]:
+        self.calls.append(len(items))
+        out = []
+        for it in items:
+            fp = fingerprint(list(it["pixels"]))
+            if self.truncate_first and fp[0] in "012345" and decoding.max_new_tokens < 1000:
+                out.append(Generated(f"frames {fp} and then the camera", decoding.max_new_tokens, False))
+            else:
+                out.append(Generated(f"frames {fp} seen by the model.", 6, True))
+        return out
+
+
+def fingerprint_vlm() -> FingerprintVLM:
+    return FingerprintVLM()
