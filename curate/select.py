@@ -97,5 +97,5 @@ def split_where(where: str | None) -> tuple[str | None, str | None]:
         return None, None
     before, after = [], []
     for cond in conditions(where):
-        (after if re.search(r"\bcaption_", cond, re.I) else before).append(f"({cond})")
+        (after if re.search(r"\bcaption_", cond, re.I) else before).append(cond)
     return " and ".join(before) or None, " and ".join(after) or None

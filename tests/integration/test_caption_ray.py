@@ -39,7 +39,7 @@ def test_curate_run_captions_real_clips_with_tiny_models(ray_session, tiny_model
     copy_video("counter.mp4", src / "counter.mp4")
     out = tmp_path / "out"
     args = ["run", str(ROOT / "jobs" / "demo.yaml"), "--set", f"output={out}", "--set", f"input.dir={src}",
-            "--set", "split.encode.preset=ultrafast", "--set", f"caption.model={tiny_models['vlm']}",
+            "--set", "input.license=CC0-1.0", "--set", "select.where=null", "--set", "split.encode.preset=ultrafast", "--set", f"caption.model={tiny_models['vlm']}",
             "--set", f"caption.clip_model={tiny_models['clip']}", "--set", "caption.frames=4",
             "--set", "caption.frame_size=224", "--set", "caption.max_new_tokens=24"]  # fmt: skip
     assert main(args) == 0

@@ -49,3 +49,12 @@ def test_bad_predicates_are_config_errors_naming_the_problem():
     with pytest.raises(ConfigError, match="select"):
         from_dict(JobConfig, {"output": "/tmp/x", "input": {"dir": "/tmp"}, "select": {"where": "motion_score >>> 1"}})
     assert SelectConfig("motion_score > 0").where == "motion_score > 0"
+
+
+def test_conditions_on_caption_columns_wait_for_the_captions():
+    from curate.select import split_where
+
+    before, after = split_where("motion_score >= 0.5 and caption_clip_score > 0.2 and (watermark_score < 0.5 or aesthetic_score > 5)")
+    assert before == "motion_score >= 0.5 and (watermark_score < 0.5 or aesthetic_score > 5)"
+    assert after == "caption_clip_score > 0.2"
+    assert split_where(None) == (None, None) and split_where("motion_score > 1") == ("motion_score > 1", None)
