@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 
 from curate.samples import SamplesConfig
+from stages.latents import LatentsConfig
 from stages.shards import ShardConfig
 from stages.split import SplitConfig
 
@@ -64,6 +65,7 @@ class JobConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    latents: LatentsConfig | None = None  # VAE latents (+ caption embeddings) of kept clips; off when unset
 
 
 # ----------------------------------------------------------------------------------------- loading

@@ -22,6 +22,7 @@ import yaml
 
 from curate.config import JobConfig, to_dict
 from curate.inputs import InputError, list_dir, read_manifest
+from curate.latents import check_latents, encode_clips
 from curate.resume import CachedSplit, IngestCache, ShardPlans, cached_splits, shard_plan
 from curate.report import write_report
 from curate.samples import generate_samples
@@ -142,6 +143,8 @@ def read_inputs(cfg: JobConfig, out: Output) -> tuple[pa.Table, list[str]]:
 
 
 def run_job(cfg: JobConfig, address: str | None = None) -> Summary:
+    if cfg.latents is not None:
+        check_latents(cfg.latents)
     out = Output(cfg.output)
     with out.lock():
         return _run(cfg, out, Runner(cfg, address))
@@ -188,6 +191,13 @@ def _run(cfg: JobConfig, out: Output, runner: Runner) -> Summary:
     clips = _clips_table(windows, sources)
     log.info("split: %d scenes, %d clips (%d sources reused)", scenes.num_rows, clips.num_rows, len(done))
     clock.lap("split")
+
+    # ---- encode: VAE latents (+ caption embeddings) of the kept clips, files under OUT/latents/
+    if cfg.latents is not None and clips.num_rows:
+        runner._start()
+        clips = encode_clips(cfg.latents, out.url, clips)
+        log.info("latents: %d clips encoded", pc.sum(pc.is_valid(clips["latent_uri"])).as_py() or 0)
+        clock.lap("latents")
 
     # ---- shards: kept clips into WebDataset tars (unchanged shards are not rewritten)
     clips, shards = _write_shards(cfg, out, runner, clips)

@@ -46,6 +46,8 @@ class Reason:
     # clips
     TOO_SHORT = "too_short"  # the scene is shorter than split.min_clip_s
     ENCODE_ERROR = "encode_error"  # ffmpeg failed writing the clip
+    NO_BUCKET = "no_bucket"  # shorter than every latents bucket at latents.fps
+    LATENT_ERROR = "latent_error"  # the clip could not be decoded for the VAE
 
 
 _ATTRIBUTION = [
@@ -110,6 +112,40 @@ CLIP_WINDOW_FIELDS = [
     pa.field("error", pa.string()),
 ]
 
+# VAE latents of a kept clip (stages/latents.py): the file, its shape, and how to use it.
+LATENT_FIELDS = [
+    pa.field("latent_uri", pa.string()),  # OUT/latents/<clip_id>.npy: latent mean [C, T, h, w], float16
+    pa.field("latent_logvar_uri", pa.string()),  # its log-variance, same shape (latents.logvar)
+    pa.field("latent_shape", pa.list_(pa.int32())),  # [C, T, h, w]
+    pa.field("latent_dtype", pa.string()),
+    pa.field("latent_frames", pa.int32()),  # video frames encoded (the bucket's)
+    pa.field("latent_fps", pa.float64()),  # the rate they were taken at from the clip's start
+    pa.field("latent_bucket", pa.string()),  # "FRAMESxHEIGHTxWIDTH"
+    pa.field("vae_class", pa.string()),  # diffusers class
+    pa.field("vae_id", pa.string()),  # hub id[/subfolder] or local folder; "(random weights)" when random
+    pa.field("vae_revision", pa.string()),  # hub commit loaded, or sha256 of a local folder's files
+    pa.field("vae_temporal_factor", pa.int32()),
+    pa.field("vae_spatial_factor", pa.int32()),
+    pa.field("latent_scaling_factor", pa.float64()),
+    pa.field("latent_shift_factor", pa.float64()),
+    pa.field("latent_channel_mean", pa.list_(pa.float64())),
+    pa.field("latent_channel_std", pa.list_(pa.float64())),
+]
+# Caption embeddings (latents.text): float16 [L, D] and the attention mask (uint8 [L]).
+TEXT_EMBEDDING_FIELDS = [
+    pa.field("text_emb_uri", pa.string()),
+    pa.field("text_mask_uri", pa.string()),
+    pa.field("text_emb_shape", pa.list_(pa.int32())),
+    pa.field("text_encoder", pa.string()),
+]
+# Files next to a clip that go into its shard sample: column holding the uri -> the sample's extension.
+SAMPLE_FILES = {
+    "latent_uri": "latent.npy",
+    "latent_logvar_uri": "latent_logvar.npy",
+    "text_emb_uri": "text_emb.npy",
+    "text_mask_uri": "text_mask.npy",
+}
+
 CLIPS = pa.schema(
     [
         pa.field("clip_id", pa.string(), nullable=False),
@@ -129,6 +165,8 @@ CLIPS = pa.schema(
         pa.field("reason", pa.string()),
         pa.field("error", pa.string()),
         pa.field("shard", pa.string()),  # path of the shard holding the clip, relative to the output
+        *LATENT_FIELDS,
+        *TEXT_EMBEDDING_FIELDS,
     ],
     metadata={"curate.schema_version": str(SCHEMA_VERSION), "curate.table": "clips"},
 )
