@@ -374,7 +374,7 @@ def load_vae(cfg: LatentsConfig) -> VAE:
         size = "tiny" if cfg.weights == RANDOM_TINY else "full"
         return VAE(random_vae(cfg.vae_class, size), f"{cfg.vae_class}/{cfg.weights} (random weights)", None, **opts)
     folder, vae_id, revision = _resolve(cfg)
-    model = getattr(diffusers, cfg.vae_class).from_pretrained(folder)
+    model = getattr(diffusers, cfg.vae_class).from_pretrained(folder, low_cpu_mem_usage=False)
     if _is_random(folder):
         vae_id += " (random weights)"
     return VAE(model, vae_id, revision, **opts)
