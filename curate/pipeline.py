@@ -194,8 +194,7 @@ def _run(cfg: JobConfig, out: Output, runner: Runner) -> Summary:
 
     # ---- encode: VAE latents (+ caption embeddings) of the kept clips, files under OUT/latents/
     if cfg.latents is not None and clips.num_rows:
-        runner._start()
-        clips = encode_clips(cfg.latents, out.url, clips)
+        clips = encode_clips(cfg.latents, out, clips, start_ray=runner._start)
         log.info("latents: %d clips encoded", pc.sum(pc.is_valid(clips["latent_uri"])).as_py() or 0)
         clock.lap("latents")
 
