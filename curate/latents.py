@@ -16,7 +16,7 @@ import pyarrow as pa
 from curate.config import ConfigError, to_dict
 from curate.storage import Output
 from schemas import CLIPS, LATENT_FIELDS, SAMPLE_FILES, TEXT_EMBEDDING_FIELDS, ClipStatus, Reason, conform
-from stages.latents import PRETRAINED, EncodeLatents, LatentsConfig, WeightsError, _resolve, check_buckets, geometry_of, vae_config
+from stages.latents import PRETRAINED, EncodeLatents, LatentsConfig, WeightsError, check_buckets, geometry_of, resolve_vae, vae_config
 
 CACHE = "work/latents.json"
 # What the stage decides for a clip: reused as a whole on a rerun.
@@ -36,7 +36,7 @@ def check_latents(cfg: LatentsConfig) -> None:
 def settings_key(cfg: LatentsConfig) -> str:
     """A hash of everything that shapes a latent's bytes: the settings and the VAE's revision."""
     settings = {k: v for k, v in to_dict(cfg).items() if k not in NOT_IN_KEY}
-    revision = _resolve(cfg)[2] if cfg.weights == PRETRAINED else None
+    revision = resolve_vae(cfg)[2] if cfg.weights == PRETRAINED else None
     return hashlib.sha256(json.dumps([settings, revision], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

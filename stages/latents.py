@@ -208,7 +208,7 @@ def vae_config(cfg: LatentsConfig) -> dict:
         params = inspect.signature(cls.__init__).parameters
         defaults = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
         return {**defaults, **(TINY[cfg.vae_class] if cfg.weights == RANDOM_TINY else FULL.get(cfg.vae_class, {}))}
-    return dict(cls.load_config(_resolve(cfg)[0]))
+    return dict(cls.load_config(resolve_vae(cfg)[0]))
 
 
 def check_buckets(cfg: LatentsConfig, geometry: Geometry) -> None:
@@ -339,7 +339,7 @@ def _folder_revision(folder: str) -> str:
     return "sha256:" + h.hexdigest()[:16]
 
 
-def _resolve(cfg: LatentsConfig) -> tuple[str, str, str | None]:
+def resolve_vae(cfg: LatentsConfig) -> tuple[str, str, str | None]:
     """(folder holding the VAE's config.json and weights, vae_id, revision) of a pretrained VAE."""
     src = cfg.source()
     sub = src["subfolder"]
@@ -373,7 +373,7 @@ def load_vae(cfg: LatentsConfig) -> VAE:
     if cfg.weights != PRETRAINED:
         size = "tiny" if cfg.weights == RANDOM_TINY else "full"
         return VAE(random_vae(cfg.vae_class, size), f"{cfg.vae_class}/{cfg.weights} (random weights)", None, **opts)
-    folder, vae_id, revision = _resolve(cfg)
+    folder, vae_id, revision = resolve_vae(cfg)
     model = getattr(diffusers, cfg.vae_class).from_pretrained(folder, low_cpu_mem_usage=False)
     if _is_random(folder):
         vae_id += " (random weights)"
