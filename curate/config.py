@@ -20,6 +20,7 @@ from curate.samples import SamplesConfig
 from curate.select import SelectConfig
 from stages.policy import PolicyConfig
 from stages.caption import CaptionConfig
+from stages.latents import LatentsConfig
 from stages.shards import ShardConfig
 from stages.aesthetic import AestheticConfig
 from stages.motion import MotionConfig
@@ -77,6 +78,7 @@ class JobConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)  # which licences may reach a shard
     caption: CaptionConfig | None = None  # caption kept clips with a vision-language model; off when absent
+    latents: LatentsConfig | None = None  # VAE latents (+ caption embeddings) of kept clips; off when unset
 
 
 # ----------------------------------------------------------------------------------------- loading

@@ -24,6 +24,7 @@ from curate.captioning import caption_step
 from curate.config import JobConfig, to_dict
 from curate.inputs import InputError, list_dir, read_manifest
 from curate.release import prepare_clips, write_release
+from curate.latents import check_latents, encode_clips
 from curate.resume import CachedSplit, IngestCache, ShardPlans, cached_splits, shard_plan
 from curate.report import write_report
 from curate.samples import generate_samples
@@ -149,6 +150,8 @@ def run_job(cfg: JobConfig, address: str | None = None) -> Summary:
     check_scorers(cfg)  # missing weights stop the job before any work
     if cfg.caption is not None:
         cfg.caption.check()
+    if cfg.latents is not None:
+        check_latents(cfg.latents)
     out = Output(cfg.output)
     with out.lock():
         return _run(cfg, out, Runner(cfg, address))
@@ -216,6 +219,12 @@ def _run(cfg: JobConfig, out: Output, runner: Runner) -> Summary:
         clips = caption_step(cfg.caption, runner, clips)
         clips = apply_select(clips, after_caption)
         clock.lap("caption")
+
+    # ---- encode: VAE latents (+ caption embeddings) of the kept clips, files under OUT/latents/
+    if cfg.latents is not None and clips.num_rows:
+        clips = encode_clips(cfg.latents, out, clips, start_ray=runner.start)
+        log.info("latents: %d clips encoded", pc.sum(pc.is_valid(clips["latent_uri"])).as_py() or 0)
+        clock.lap("latents")
 
     # ---- shards: kept clips into WebDataset tars (unchanged shards are not rewritten)
     clips, shards = _write_shards(cfg, out, runner, clips)

@@ -206,7 +206,7 @@ def data_card(job: dict, sources: pa.Table, clips: pa.Table, shards: pa.Table, t
     out = [f"# {job.get('name') or 'curate'}: a video clip dataset", "",
            "Made by curate. WebDataset shards under `shards/` (listed in `index.json` with sha256); each sample is "
            "`mp4` (the clip), `json` (its metadata: licence, attribution, source URI and sha256, frame range, scores, caption model), "
-           "`txt` (the caption, when made) and `latent.npy` / `text_embedding.npy` when made. "
+           "`txt` (the caption, when made) and `latent.npy` (+ `latent_logvar.npy`) and `text_emb.npy` / `text_mask.npy` when made. "
            "Licences: `LICENSES.md`; credits owed: `ATTRIBUTION.csv`. Check with `curate verify OUT`.", "",
            "## Sources", "",
            f"{len(src)} input files, {len(ok)} readable ({hours([{'duration_s': s.get('duration_s')} for s in ok]):.4f} hours); "

@@ -101,7 +101,7 @@ class Output:
     def remove_temporaries(self) -> int:
         """Delete `*.tmp-*` files a killed run left behind (only while holding the lock)."""
         removed = 0
-        for sub in ("clips", "shards", "tables", "work"):
+        for sub in ("clips", "shards", "tables", "work", "latents"):
             if self.exists(sub):
                 for p in self.fs.find(self.path(sub)):
                     if ".tmp-" in os.path.basename(p):

@@ -6,6 +6,7 @@ same code path as a model from the hub (no hub is reachable here):
     DIR/vlm    a Qwen2-VL (transformers `Qwen2VLForConditionalGeneration`) with a byte-level BPE
                tokenizer trained locally, its chat template and `Qwen2VLProcessor`
     DIR/clip   an open_clip CLIP (open_clip_config.json + open_clip_pytorch_model.bin)
+    DIR/vae    a diffusers AutoencoderKLWan (save_pretrained)
 
 Each maker is one entry of `MAKERS` (name -> function(folder, seed)); add one there (a tiny VAE, ...)
 and the command writes it too. Captions made with these are marked random in `clips.caption_model`.
@@ -138,10 +139,18 @@ def _mark(folder: str, cls: str, seed: int) -> None:
         json.dump({"weights": "random", "class": cls, "seed": seed, "made_by": "curate models make-tiny"}, f)
 
 
-# name -> maker(folder, seed). The lead adds "vae" (stages/latents.py, issue 7) here at merge.
+def write_tiny_vae(folder: str, seed: int = 0) -> str:
+    """A tiny random AutoencoderKLWan, loadable as `latents.vae: FOLDER` (marked random in `vae_id`)."""
+    from stages.latents import save_tiny_vae
+
+    return save_tiny_vae(folder, seed=seed)
+
+
+# name -> maker(folder, seed)
 MAKERS: dict[str, Callable[[str, int], str]] = {
     "vlm": write_tiny_vlm,
     "clip": write_tiny_clip,
+    "vae": write_tiny_vae,
 }
 
 

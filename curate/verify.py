@@ -27,7 +27,7 @@ from stages.policy import LicencePolicy
 from stages.shards import SAMPLE_FILES, TAR_MODE, TAR_MTIME, TAR_USER, clip_metadata
 
 REQUIRED = {"mp4", "json"}
-KNOWN = REQUIRED | {"txt"} | set(SAMPLE_FILES)
+KNOWN = REQUIRED | {"txt"} | set(SAMPLE_FILES.values())
 
 
 def verify(out_url: str) -> list[str]:

@@ -67,6 +67,8 @@ class CaptionReason:
     REPETITIVE = "repetitive"  # an n-gram loop ("a cat a cat a cat ...")
     REFUSAL = "refusal"  # "I'm sorry, I can't ..."
     DECODE_ERROR = "decode_error"  # the clip's frames could not be read
+    NO_BUCKET = "no_bucket"  # shorter than every latents bucket at latents.fps
+    LATENT_ERROR = "latent_error"  # the clip could not be decoded for the VAE
 
 
 _ATTRIBUTION = [
@@ -158,6 +160,39 @@ CAPTION_FIELDS = [
     pa.field("caption_clip_score", pa.float64()),  # CLIP cosine similarity of caption and frames (mean over frames), -1..1
     pa.field("caption_clip_model", pa.string()),  # the CLIP that scored it; "(random weights)" appended when so
 ]
+# VAE latents of a kept clip (stages/latents.py): the file, its shape, and how to use it.
+LATENT_FIELDS = [
+    pa.field("latent_uri", pa.string()),  # OUT/latents/<clip_id>.npy: latent mean [C, T, h, w], float16
+    pa.field("latent_logvar_uri", pa.string()),  # its log-variance, same shape (latents.logvar)
+    pa.field("latent_shape", pa.list_(pa.int32())),  # [C, T, h, w]
+    pa.field("latent_dtype", pa.string()),
+    pa.field("latent_frames", pa.int32()),  # video frames encoded (the bucket's)
+    pa.field("latent_fps", pa.float64()),  # the rate they were taken at from the clip's start
+    pa.field("latent_bucket", pa.string()),  # "FRAMESxHEIGHTxWIDTH"
+    pa.field("vae_class", pa.string()),  # diffusers class
+    pa.field("vae_id", pa.string()),  # hub id[/subfolder] or local folder; "(random weights)" when random
+    pa.field("vae_revision", pa.string()),  # hub commit loaded, or sha256 of a local folder's files
+    pa.field("vae_temporal_factor", pa.int32()),
+    pa.field("vae_spatial_factor", pa.int32()),
+    pa.field("latent_scaling_factor", pa.float64()),
+    pa.field("latent_shift_factor", pa.float64()),
+    pa.field("latent_channel_mean", pa.list_(pa.float64())),
+    pa.field("latent_channel_std", pa.list_(pa.float64())),
+]
+# Caption embeddings (latents.text): float16 [L, D] and the attention mask (uint8 [L]).
+TEXT_EMBEDDING_FIELDS = [
+    pa.field("text_emb_uri", pa.string()),
+    pa.field("text_mask_uri", pa.string()),
+    pa.field("text_emb_shape", pa.list_(pa.int32())),
+    pa.field("text_encoder", pa.string()),
+]
+# Files next to a clip that go into its shard sample: column holding the uri -> the sample's extension.
+SAMPLE_FILES = {
+    "latent_uri": "latent.npy",
+    "latent_logvar_uri": "latent_logvar.npy",
+    "text_emb_uri": "text_emb.npy",
+    "text_mask_uri": "text_mask.npy",
+}
 
 CLIPS = pa.schema(
     [
@@ -181,6 +216,8 @@ CLIPS = pa.schema(
         pa.field("error", pa.string()),
         pa.field("shard", pa.string()),  # path of the shard holding the clip, relative to the output
         *SCORE_FIELDS,
+        *LATENT_FIELDS,
+        *TEXT_EMBEDDING_FIELDS,
     ],
     metadata={"curate.schema_version": str(SCHEMA_VERSION), "curate.table": "clips"},
 )

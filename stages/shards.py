@@ -19,7 +19,7 @@ import fsspec
 import pyarrow as pa
 import webdataset as wds
 
-from schemas import CLIPS, SCHEMA_VERSION, SHARDS
+from schemas import CLIPS, SAMPLE_FILES, SCHEMA_VERSION, SHARDS
 
 # The order of samples: inside a shard, and of shards within a run.
 SORT_KEYS = [("source_id", "ascending"), ("start_frame", "ascending"), ("clip_id", "ascending")]
@@ -29,10 +29,7 @@ TAR_USER = "curate"
 TAR_MODE = 0o444
 # A sample's json holds the clip's CLIPS columns but these two: where it lives now, and where it used to.
 JSON_COLUMNS = [name for name in CLIPS.names if name not in ("shard", "clip_uri")]
-# Heavier per-clip files made by later stages: sample file name -> the column holding its URI. A file
-# goes into the sample when the batch has the column and the row a value; its column stays out of json.
-SAMPLE_FILES = {"latent.npy": "latent_uri", "text_embedding.npy": "text_embedding_uri"}
-JSON_COLUMNS = [name for name in JSON_COLUMNS if name not in SAMPLE_FILES.values()]
+JSON_COLUMNS = [name for name in JSON_COLUMNS if name not in SAMPLE_FILES]  # files travel in the sample itself
 GROUPS = ("license", "resolution", "length")
 
 
@@ -243,8 +240,8 @@ def _sample(row: dict) -> dict:
     sample = {"__key__": clip_id, "mp4": mp4, "json": encode_json(clip_metadata(row))}
     if row.get("caption") is not None:
         sample["txt"] = row["caption"].encode("utf-8")
-    for name, column in SAMPLE_FILES.items():
+    for column, ext in SAMPLE_FILES.items():  # latents, text embeddings: files next to the clip
         if row.get(column):
             with fsspec.open(row[column], "rb") as f:
-                sample[name] = f.read()
+                sample[ext] = f.read()
     return sample

@@ -43,6 +43,8 @@ def state(out: Path) -> dict:
     }
     for row in tables["clips"]:
         row["clip_uri"] = row["clip_uri"] and os.path.relpath(row["clip_uri"], out)
+        for col in ("latent_uri", "latent_logvar_uri", "text_emb_uri", "text_mask_uri"):  # files under the output too
+            row[col] = row.get(col) and os.path.relpath(row[col], out)
     shards = {p.name: p.read_bytes() for p in sorted((out / "shards").iterdir())}
     return {"tables": tables, "shards": shards}
 
@@ -122,11 +124,11 @@ def test_rerun_of_a_finished_job_redoes_nothing(inputs, uninterrupted, ray_sessi
     t0 = time.time()
     assert main(args(inputs, out)) == 0
     first = time.time() - t0
-    times = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.suffix in (".mp4", ".tar")}
+    times = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.suffix in (".mp4", ".tar", ".npy")}
     t0 = time.time()
     assert main(args(inputs, out)) == 0
     again = time.time() - t0
-    assert {p: p.stat().st_mtime_ns for p in times} == times  # no clip or shard written again
+    assert {p: p.stat().st_mtime_ns for p in times} == times  # no clip, shard or latent written again
     assert state(out) == uninterrupted
     print(f"first run {first:.1f} s, rerun {again:.2f} s ({again / first:.1%})")
 

@@ -98,9 +98,9 @@ def test_latent_and_text_embedding_files_decode_with_plain_webdataset(tmp_path):
     np.save(tmp_path / "l.npy", latent)
     np.save(tmp_path / "e.npy", emb)
     clips = clips.append_column("latent_uri", pa.array([str(tmp_path / "l.npy"), None]))
-    clips = clips.append_column("text_embedding_uri", pa.array([str(tmp_path / "e.npy"), None]))
+    clips = clips.append_column("text_emb_uri", pa.array([str(tmp_path / "e.npy"), None]))
     shards = WriteShards(ShardConfig(), str(tmp_path / "out"))(clips)
     samples = list(wds.WebDataset(str(tmp_path / "out" / shards["shard"][0].as_py()), shardshuffle=False).decode())
     assert np.array_equal(samples[0]["latent.npy"], latent) and samples[0]["latent.npy"].dtype == np.float16
-    assert np.array_equal(samples[0]["text_embedding.npy"], emb)
+    assert np.array_equal(samples[0]["text_emb.npy"], emb)
     assert "latent.npy" not in samples[1] and "latent_uri" not in samples[0]["json"]
