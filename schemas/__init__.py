@@ -50,6 +50,8 @@ class Reason:
     TAKEDOWN = "takedown"  # its source was taken down (`curate takedown`); recorded in the takedowns table
     SCORE_ERROR = "score_error"  # a scorer could not read or score the clip file (`error` says which and why)
     SELECT = "select"  # failed the job's select.where predicate; `reason` is "select: <the failed conditions>"
+    NO_BUCKET = "no_bucket"  # shorter than every latents bucket at latents.fps
+    LATENT_ERROR = "latent_error"  # the clip could not be decoded for the VAE
 
 
 class CaptionStatus:
@@ -67,8 +69,6 @@ class CaptionReason:
     REPETITIVE = "repetitive"  # an n-gram loop ("a cat a cat a cat ...")
     REFUSAL = "refusal"  # "I'm sorry, I can't ..."
     DECODE_ERROR = "decode_error"  # the clip's frames could not be read
-    NO_BUCKET = "no_bucket"  # shorter than every latents bucket at latents.fps
-    LATENT_ERROR = "latent_error"  # the clip could not be decoded for the VAE
 
 
 _ATTRIBUTION = [
