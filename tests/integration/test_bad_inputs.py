@@ -58,7 +58,7 @@ def test_job_over_the_corpus_and_a_manifest(corpus, ray_session, tmp_path, video
     before = snapshot(folder)
     out = tmp_path / "out"
     job = str(ROOT / "jobs" / "demo.yaml")
-    fast = ["--set", "split.encode.preset=ultrafast", "--set", "split.min_clip_s=0.5"]
+    fast = ["--set", "split.encode.preset=ultrafast", "--set", "split.min_clip_s=0.5", "--set", "select.where=null"]
     assert main(["run", job, "--set", f"input.dir={folder}", "--set", "input.license=MIT", "--set", f"output={out}", *fast]) == 0
     rows = json.loads(query(str(out), "select uri, status, reason from sources", "json"))
     got = {os.path.basename(r["uri"]): (r["status"], r["reason"]) for r in rows}

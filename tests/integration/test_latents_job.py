@@ -43,7 +43,7 @@ def test_a_saved_vae_folder_is_loaded_by_the_job(ray_session, tmp_path):
     copy_video("counter.mp4", tmp_path / "in" / "counter.mp4")
     out = tmp_path / "out"
     args = ["run", str(ROOT / "jobs" / "demo.yaml"), "--set", f"input.dir={tmp_path / 'in'}", "--set", f"output={out}",
-            "--set", "split.encode.preset=ultrafast", "--set", "latents.weights=pretrained", "--set", f"latents.vae={vae}"]
+            "--set", "input.license=CC0-1.0", "--set", "split.encode.preset=ultrafast", "--set", "select.where=null", "--set", "latents.weights=pretrained", "--set", f"latents.vae={vae}"]
     assert main(args) == 0
     rows = json.loads(query(str(out), "select status, latent_uri, vae_id, vae_revision from clips", "json"))
     assert rows and all(r["status"] == "kept" and r["latent_uri"] for r in rows)
