@@ -45,6 +45,8 @@ class Reason:
     # clips
     TOO_SHORT = "too_short"  # the scene is shorter than split.min_clip_s
     ENCODE_ERROR = "encode_error"  # ffmpeg failed writing the clip
+    BLANK = "blank"  # black or nearly constant frames (split.blank_max_std)
+    TRANSITION = "transition"  # a fade or dissolve, with split.transition_margin_s on each side
 
 
 _ATTRIBUTION = [
