@@ -70,6 +70,12 @@ class FrameStats:
     def curve(self) -> np.ndarray:
         return np.asarray(self._curve, np.float64)
 
+    def slice(self, a: int, b: int) -> "FrameStats":
+        """The statistics of frames [a, b) (each value keeps its meaning: diff is still to frame k-1)."""
+        out = FrameStats()
+        out._mean, out._std, out._diff, out._curve = self._mean[a:b], self._std[a:b], self._diff[a:b], self._curve[a:b]
+        return out
+
 
 MIN_CUT_DIFF = 1.0  # luma levels: below this two frames are the same picture (codec noise is ~0.1)
 
@@ -179,6 +185,11 @@ class SceneDetectDetector:
             raise ValueError(f"not a PySceneDetect detector: {kind!r}")
         self.cuts: list[int] = []
         self.n = 0
+        self.delay = msl + 8  # a cut is reported at most this many frames after its frame (flash filter, window)
+
+    def known(self) -> int:
+        """Cuts before this frame have all been reported (streaming)."""
+        return self.n - self.delay
 
     def push(self, t: float, bgr: np.ndarray) -> None:
         # Our own decode index, not PySceneDetect's timestamp x nominal rate (wrong on VFR and B-frame AVIs).
@@ -206,6 +217,9 @@ class StrideDetector:
             while self.next_s <= t + 1e-9:
                 self.next_s += self.stride_s
         self.n += 1
+
+    def known(self) -> int:
+        return self.n
 
     def finish(self) -> list[int]:
         return self.cuts
@@ -245,6 +259,10 @@ class TransNetV2Detector:
         self.buf: list[np.ndarray] = []  # padded frames not yet fully used
         self.preds: list[np.ndarray] = []
         self.n = 0
+        self.cuts: list[int] = []  # reported as predictions arrive
+
+    def known(self) -> int:
+        return len(self.preds) * self.STEP - 1
 
     def push(self, t: float, bgr: np.ndarray) -> None:
         rgb = cv2.cvtColor(cv2.resize(bgr, (48, 27), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
@@ -263,6 +281,15 @@ class TransNetV2Detector:
         with torch.no_grad():
             single, _ = self.model.predict_raw(x)
         self.preds.append(single[0, self.CONTEXT : self.CONTEXT + self.STEP, 0].float().cpu().numpy())
+        self.cuts = self._cuts(np.concatenate(self.preds)[: self.n], final=False)
+
+    def _cuts(self, p: np.ndarray, final: bool) -> list[int]:
+        above = p > self.threshold
+        n = len(p)
+        ends = [i for i in range(n - 1) if above[i] and not above[i + 1]]
+        if final and n and above[-1]:
+            ends.append(n - 1)
+        return [i + 1 for i in ends if i + 1 < self.n]
 
     def finish(self) -> list[int]:
         if self.n == 0:
@@ -278,6 +305,4 @@ class TransNetV2Detector:
                 done += self.STEP
         p = np.concatenate(self.preds)[: self.n]
         self.probabilities = p
-        above = p > self.threshold
-        ends = [i for i in range(self.n) if above[i] and (i + 1 == self.n or not above[i + 1])]
-        return [i + 1 for i in ends if i + 1 < self.n]
+        return self._cuts(p, final=True)

@@ -15,9 +15,11 @@ source's split is all or nothing and a source that fails to decode is marked on 
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Literal
@@ -29,6 +31,7 @@ import pyarrow as pa
 
 from schemas import CLIP_WINDOW_FIELDS, SCENE_FIELDS, SOURCES, ClipStatus, Reason, SourceStatus
 from stages.media import Decoded, EncodeSettings, MediaError, is_local, iter_frames, local_copy, local_path_of, write_clip
+from stages.stream import stream_split
 from stages.shots import (
     BLANK,
     CONTENT,
@@ -67,6 +70,7 @@ class SplitConfig:
     ramp_max_curve: float = 0.6  # ... with every pixel changing linearly: |second difference| <= this x |first difference|
     transition_margin_s: float = 0.2  # trimmed on each side of a gradual transition
     transitions: bool = True  # label blank and gradual-transition frames; false: every frame of a scene is content
+    one_pass: bool = True  # decode once, detect and encode in one streaming pass; false: analysis decode + ffmpeg per clip
 
     def __post_init__(self):
         if self.analysis_width < 16 or self.analysis_width % 2:
@@ -207,6 +211,10 @@ class Split:
         return row
 
     def _split(self, row: dict, path: str) -> None:
+        if self.cfg.one_pass and not (self.cfg.encode.audio and row.get("has_audio")):
+            with tempfile.TemporaryDirectory(prefix="curate-split-") as workdir:
+                self._split_one_pass(row, path, workdir)
+            return
         cfg = self.cfg
         decoded = Decoded()
         times: list[float] = []
@@ -246,6 +254,66 @@ class Split:
                     self._write(path, clip, float(t[wa]) + offset - half, bool(row.get("has_audio")))
                     clips.append(clip)
         row["clips"] = clips
+
+    def _check_decoded(self, row: dict, decoded: Decoded) -> None:
+        declared = row.get("n_frames")
+        if decoded.n_frames == 0:
+            raise MediaError(Reason.NO_FRAMES, "no frame decodes")
+        if (row.get("container") or "").startswith("mov") and declared and decoded.n_frames < declared - max(2, declared // 50):
+            # mp4/mov declare an exact sample count: far fewer decoded frames means the file was cut short.
+            raise MediaError(Reason.TRUNCATED, f"{decoded.n_frames} of {declared} declared frames decode")
+        row["n_frames"] = decoded.n_frames
+
+    def _split_one_pass(self, row: dict, path: str, workdir: str) -> None:
+        """Decode once: detection, labels and clip encoding in one streaming pass (stages.stream)."""
+        cfg = self.cfg
+        fps = row.get("fps") or 0.0
+        decoded = Decoded()
+        detector = make_detector(cfg, fps, self.model)
+        labels = label_settings(cfg, fps) if cfg.transitions else None
+        cuts, times, pieces = stream_split(path, fps, cfg, detector, labels, decoded, workdir, int(row.get("rotation") or 0))
+        self._check_decoded(row, decoded)
+        t = np.asarray(times, dtype=np.float64)
+        end_s = decoded.end_s
+        row["scenes"] = scenes_from_cuts(cuts, t, end_s)
+        starts = [sc["start_frame"] for sc in row["scenes"]]
+        reasons = {"blank": Reason.BLANK, "transition": Reason.TRANSITION, "too_short": Reason.TOO_SHORT}
+        clips = []
+        for p in pieces:
+            scene = row["scenes"][bisect.bisect_right(starts, p.a) - 1]
+            if p.kind != "clip":
+                clips.append(self._window(row, scene, p.a, p.b, t, end_s, status=ClipStatus.FILTERED, reason=reasons[p.kind]))
+                continue
+            clip = self._window(row, scene, p.a, p.b, t, end_s, status=ClipStatus.KEPT)
+            self._store(p.path, clip)
+            clips.append(clip)
+        row["clips"] = clips
+
+    def _store(self, local: str, clip: dict) -> None:
+        """Move an encoded clip to its final uri (an existing file there is complete and kept)."""
+        uri = f"{self.clips_root}/{clip['clip_id']}.mp4"
+        try:
+            written = _video_facts(local)
+            if is_local(uri):
+                dst = local_path_of(uri)
+                if not os.path.exists(dst):
+                    os.makedirs(os.path.dirname(dst), exist_ok=True)
+                    shutil.move(local, f"{dst}.tmp-{os.getpid()}")
+                    os.replace(f"{dst}.tmp-{os.getpid()}", dst)
+            else:
+                fs, p = fsspec.core.url_to_fs(uri)
+                if not fs.exists(p):
+                    fs.put_file(local, p + ".tmp")
+                    fs.mv(p + ".tmp", p)
+        except (RuntimeError, OSError, av.FFmpegError) as e:
+            clip.update(status=ClipStatus.ERROR, reason=Reason.ENCODE_ERROR, error=str(e))
+            return
+        frames, width, height, size = written
+        n = clip["end_frame"] - clip["start_frame"]
+        if frames != n:
+            clip.update(status=ClipStatus.ERROR, reason=Reason.ENCODE_ERROR, error=f"wrote {frames} frames, expected {n}")
+            return
+        clip.update(clip_uri=uri, clip_bytes=size, width=width, height=height)
 
     def _window(self, row, scene, a, b, t, end_s, status, reason=None) -> dict:
         start_s = float(t[a])

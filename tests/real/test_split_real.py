@@ -135,3 +135,21 @@ def test_clips_hold_exactly_their_source_frames(split_real, videos, name, rotate
             # The clip's first/last frame is the source frame it should be, not a neighbour. Frozen
             # stretches make neighbours identical, so accept any frame within noise of the best match.
             assert errors[want] <= errors[best] + 0.5, (clip["clip_id"], want, errors)
+
+
+def test_two_pass_writer_gives_the_same_clips(split_real, videos, tmp_path):
+    """`one_pass: false` (analysis decode, then ffmpeg per clip) cuts the same frames on VFR footage."""
+    sources, _, clips = split_real
+    name = "goldeneye-vfr-drop3.mp4"
+    src = Ingest()(pa.table({"uri": [str(videos / name)], "license": ["CC-BY-4.0"]}))
+    cfg = SplitConfig(min_clip_s=0.3, max_clip_s=60.0, encode=_fast(), one_pass=False)
+    _, _, two = flatten(Split(cfg, str(tmp_path))(src))
+    one = [c for c in clips if c["source_id"] == sources[name]["source_id"]]
+    assert [(c["start_frame"], c["end_frame"], c["status"]) for c in two.to_pylist()] == [
+        (c["start_frame"], c["end_frame"], c["status"]) for c in one
+    ]
+    source = [small(f) for f in gray_frames(videos / name)]
+    for clip in two.to_pylist():
+        frames = gray_frames(clip["clip_uri"])
+        assert len(frames) == clip["end_frame"] - clip["start_frame"]
+        assert np.abs(small(frames[0]) - source[clip["start_frame"]]).mean() < 3
