@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import bisect
 import os
+import queue
+import threading
 from collections import deque
 from dataclasses import dataclass
 from fractions import Fraction
@@ -62,6 +64,8 @@ class _Encoder:
         if settings.codec in ("libx264", "libx265"):
             opts = {"crf": str(settings.crf), "preset": settings.preset}
         s.options = opts
+        # PyAV asks for slice threads; the ffmpeg CLI gives x264 frame threads (faster, same as the floor).
+        s.thread_type = "FRAME"
         self.stream = s
         self.time_base = time_base  # the muxer changes the stream's own time base once it writes the header
         self.first_pts = None
@@ -90,6 +94,52 @@ class _Encoder:
     def discard(self) -> None:
         self.close()
         os.remove(self.path)
+
+
+def _decode_small(c, s, width: int):
+    """(full frame, BGR copy `width` wide) for every frame of stream `s`."""
+    height = None
+    for frame in c.decode(s):
+        if height is None:
+            height = max(2, round(frame.height * width / frame.width / 2) * 2)
+        yield frame, frame.to_ndarray(width=width, height=height, format="bgr24")
+
+
+def _prefetch(it, depth: int = 8):
+    """Run iterator `it` in a thread, `depth` items ahead: decoding and scaling (C code that releases
+    the GIL) overlap with detection and encoding in the caller's thread. Exceptions are re-raised here."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def run():
+        try:
+            for item in it:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        pass
+                if stop.is_set():
+                    return
+            q.put(end)
+        except BaseException as e:  # handed to the consumer
+            q.put(e)
+
+    th = threading.Thread(target=run, name="curate-decode", daemon=True)
+    th.start()
+    try:
+        while True:
+            item = q.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        th.join()
 
 
 def stream_split(
@@ -129,7 +179,6 @@ def stream_split(
         decoded.fps = float(rate) if rate else None
         decoded.container_start_s = (c.start_time or 0) / av.time_base
         default_dur = 1.0 / decoded.fps if decoded.fps else 0.0
-        height = None
 
         def close_piece(b: int) -> None:
             kind, a, enc = state["kind"], state["a"], state["enc"]
@@ -185,7 +234,7 @@ def stream_split(
             done = upto
 
         try:
-            for frame in c.decode(s):
+            for frame, small in _prefetch(_decode_small(c, s, cfg.analysis_width)):
                 if frame.pts is None:
                     pts_s = (decoded.last_pts_s + default_dur) if decoded.last_pts_s is not None else 0.0
                     pts = round(pts_s / tb)
@@ -193,12 +242,10 @@ def stream_split(
                     pts, pts_s = frame.pts, float(frame.pts * tb)
                 if decoded.first_pts_s is None:
                     decoded.first_pts_s = pts_s
-                    height = max(2, round(frame.height * cfg.analysis_width / frame.width / 2) * 2)
                 decoded.n_frames += 1
                 decoded.last_pts_s = pts_s
                 decoded.last_duration_s = float(frame.duration * tb) if frame.duration else default_dur
                 t = pts_s - decoded.first_pts_s
-                small = frame.to_ndarray(width=cfg.analysis_width, height=height, format="bgr24")
                 detector.push(t, small)
                 stats.push(small)
                 times.append(t)

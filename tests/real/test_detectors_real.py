@@ -53,3 +53,15 @@ def test_stride_cuts_by_timestamp_on_vfr(videos):
     cuts, _ = analyse(frames, 23.976, SplitConfig(detector="stride", stride_s=2.0))
     times = np.array([t for t, _ in frames])
     assert cuts and all(times[c] >= 2.0 * (i + 1) - 1e-6 > times[c - 1] for i, c in enumerate(cuts))
+
+
+@pytest.mark.gpu
+def test_transnetv2_runs_on_the_gpu_with_the_same_cuts(videos, ground_truth):
+    import torch
+
+    model = load_transnetv2()
+    assert torch.cuda.is_available() and str(model.device).startswith("cuda")
+    det = TransNetV2Detector(0.5, model)
+    for t, img in frames_of(videos, "testvideo.mp4"):
+        det.push(t, img)
+    assert det.finish() == ground_truth["testvideo.mp4"]["transnetv2_0.5"]
