@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from schemas import CLIP_WINDOW_FIELDS, SCENE_FIELDS, SOURCES, ClipStatus, Reason, SourceStatus
 from stages.media import Decoded, EncodeSettings, MediaError, is_local, iter_frames, local_copy, local_path_of, write_clip
-from stages.stream import stream_split
+from stages.stream import EncodeError, stream_split
 from stages.shots import (
     BLANK,
     CONTENT,
@@ -206,6 +206,8 @@ class Split:
                 self._split(row, path)
         except MediaError as e:
             row.update(status=SourceStatus.ERROR, reason=e.reason, error=str(e), scenes=[], clips=[])
+        except EncodeError as e:  # one pass: the encoder failed, not the source
+            row.update(status=SourceStatus.ERROR, reason=Reason.ENCODE_ERROR, error=str(e), scenes=[], clips=[])
         except (OSError, av.FFmpegError) as e:
             row.update(status=SourceStatus.ERROR, reason=Reason.UNREADABLE, error=str(e), scenes=[], clips=[])
         return row

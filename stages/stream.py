@@ -44,10 +44,20 @@ class Piece:
     path: str | None = None
 
 
+class EncodeError(RuntimeError):
+    """The clip encoder failed (unknown codec, no NVENC device, bad options): not the source's fault."""
+
+
 class _Encoder:
     """One clip file: frames in, H.264 (or the configured codec) mp4 with +faststart out."""
 
-    def __init__(self, path: str, settings: EncodeSettings, template: av.VideoFrame, rotation: int, time_base, rate):
+    def __init__(self, *args):
+        try:
+            self._open(*args)
+        except (av.FFmpegError, ValueError) as e:
+            raise EncodeError(f"cannot open encoder {args[1].codec}: {e}") from e
+
+    def _open(self, path: str, settings: EncodeSettings, template: av.VideoFrame, rotation: int, time_base, rate):
         self.path = path
         self.k = (round(rotation / 90) % 4) if rotation else 0  # np.rot90 turns, to store the picture upright
         w, h = (template.height, template.width) if self.k % 2 else (template.width, template.height)
@@ -72,6 +82,12 @@ class _Encoder:
         self.n = 0
 
     def add(self, frame: av.VideoFrame, pts: int) -> None:
+        try:
+            self._add(frame, pts)
+        except av.FFmpegError as e:
+            raise EncodeError(f"encoding {os.path.basename(self.path)} failed: {e}") from e
+
+    def _add(self, frame: av.VideoFrame, pts: int) -> None:
         if self.first_pts is None:
             self.first_pts = pts
         if self.k:
@@ -87,9 +103,12 @@ class _Encoder:
         self.n += 1
 
     def close(self) -> None:
-        for p in self.stream.encode():
-            self.container.mux(p)
-        self.container.close()
+        try:
+            for p in self.stream.encode():
+                self.container.mux(p)
+            self.container.close()
+        except av.FFmpegError as e:
+            raise EncodeError(f"finishing {os.path.basename(self.path)} failed: {e}") from e
 
     def discard(self) -> None:
         self.close()
@@ -264,4 +283,4 @@ def stream_split(
     return cuts, times, pieces
 
 
-__all__ = ["Piece", "stream_split"]
+__all__ = ["EncodeError", "Piece", "stream_split"]

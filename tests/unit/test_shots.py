@@ -159,3 +159,14 @@ def test_blank_and_transition_rows(tmp_path, ffmpeg):
     assert {c["reason"] for c in clips if c["status"] == "filtered"} >= {"blank", "transition"}
     blank = [c for c in clips if c["reason"] == "blank"]
     assert any(c["start_frame"] <= 60 and c["end_frame"] >= 75 for c in blank)
+
+
+def test_an_unknown_encoder_is_an_encode_error_not_a_bad_source(videos, tmp_path):
+    from stages.ingest import Ingest
+    from stages.media import EncodeSettings
+    from stages.split import Split
+
+    src = Ingest()(pa.table({"uri": [str(videos / "counter.mp4")], "license": ["CC0-1.0"]}))
+    row = Split(SplitConfig(min_clip_s=0.3, encode=EncodeSettings(codec="no_such_encoder")), str(tmp_path))(src).to_pylist()[0]
+    assert (row["status"], row["reason"]) == ("error", "encode_error")
+    assert "no_such_encoder" in row["error"]
