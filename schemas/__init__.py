@@ -52,6 +52,8 @@ class Reason:
     SELECT = "select"  # failed the job's select.where predicate; `reason` is "select: <the failed conditions>"
     NO_BUCKET = "no_bucket"  # shorter than every latents bucket at latents.fps
     LATENT_ERROR = "latent_error"  # the clip could not be decoded for the VAE
+    BLANK = "blank"  # black or nearly constant frames (split.blank_max_std)
+    TRANSITION = "transition"  # a fade or dissolve, with split.transition_margin_s on each side
 
 
 class CaptionStatus:

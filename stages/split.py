@@ -15,9 +15,11 @@ source's split is all or nothing and a source that fails to decode is marked on 
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Literal
@@ -29,6 +31,19 @@ import pyarrow as pa
 
 from schemas import CLIP_WINDOW_FIELDS, SCENE_FIELDS, SOURCES, ClipStatus, Reason, SourceStatus
 from stages.media import Decoded, EncodeSettings, MediaError, is_local, iter_frames, local_copy, local_path_of, write_clip
+from stages.stream import EncodeError, stream_split
+from stages.shots import (
+    BLANK,
+    CONTENT,
+    FrameStats,
+    LabelSettings,
+    SceneDetectDetector,
+    StrideDetector,
+    TransNetV2Detector,
+    confirm_hard_cuts,
+    label_frames,
+    runs,
+)
 
 SCENE_TYPE = pa.struct(SCENE_FIELDS)
 CLIP_WINDOW_TYPE = pa.struct(CLIP_WINDOW_FIELDS)
@@ -37,13 +52,25 @@ SPLIT = SOURCES.append(pa.field("scenes", pa.list_(SCENE_TYPE))).append(pa.field
 
 @dataclass(frozen=True)
 class SplitConfig:
-    detector: Literal["adaptive"] = "adaptive"
+    detector: Literal["adaptive", "content", "threshold", "transnetv2", "stride"] = "adaptive"
     analysis_width: int = 128  # detection decodes frames scaled to this width
     adaptive_threshold: float = 3.0  # PySceneDetect AdaptiveDetector's threshold
     min_scene_s: float = 0.5  # no two cuts closer than this
     min_clip_s: float = 2.0  # a scene shorter than this makes no clip (reason too_short)
     max_clip_s: float = 10.0  # a longer scene is cut into equal windows no longer than this
     encode: EncodeSettings = field(default_factory=EncodeSettings)
+    content_threshold: float = 27.0  # PySceneDetect ContentDetector's threshold
+    threshold_level: float = 12.0  # PySceneDetect ThresholdDetector's threshold (mean pixel level of a fade)
+    transnetv2_threshold: float = 0.5  # TransNetV2 probability above which a frame ends a shot
+    stride_s: float = 10.0  # detector "stride": a cut every this many seconds
+    hard_cut_ratio: float = 1.5  # a detector's cut is kept when its frame difference is this many times its neighbours'; 0 keeps all
+    blank_max_std: float = 6.0  # a frame whose luma std (0..255) is at most this is blank (black or nearly constant)
+    ramp_min_frames: int = 6  # a gradual transition: luma mean or std moving one way for at least this many frames
+    ramp_min_step: float = 0.3  # ... by at least this much per frame (luma levels)
+    ramp_max_curve: float = 0.6  # ... with every pixel changing linearly: |second difference| <= this x |first difference|
+    transition_margin_s: float = 0.2  # trimmed on each side of a gradual transition
+    transitions: bool = True  # label blank and gradual-transition frames; false: every frame of a scene is content
+    one_pass: bool = True  # decode once, detect and encode in one streaming pass; false: analysis decode + ffmpeg per clip
 
     def __post_init__(self):
         if self.analysis_width < 16 or self.analysis_width % 2:
@@ -52,6 +79,12 @@ class SplitConfig:
             raise ValueError(f"need 0 < min_clip_s <= max_clip_s, got {self.min_clip_s} and {self.max_clip_s}")
         if self.min_scene_s < 0:
             raise ValueError(f"min_scene_s must be >= 0, got {self.min_scene_s}")
+        if self.stride_s <= 0:
+            raise ValueError(f"stride_s must be > 0, got {self.stride_s}")
+        if self.ramp_min_frames < 2:
+            raise ValueError(f"ramp_min_frames must be >= 2, got {self.ramp_min_frames}")
+        if self.transition_margin_s < 0 or self.hard_cut_ratio < 0:
+            raise ValueError("transition_margin_s and hard_cut_ratio must be >= 0")
 
 
 def make_clip_id(source_id: str, start_frame: int, end_frame: int, settings_tag: str) -> str:
@@ -66,22 +99,52 @@ def settings_tag(encode: EncodeSettings) -> str:
 # ------------------------------------------------------------------------------------------ detection
 
 
-def detect_cuts(frames: Iterable[tuple[float, np.ndarray]], fps: float, cfg: SplitConfig) -> list[int]:
-    """Decode indices of the first frame of every new shot (0 excluded), from (t, BGR image) pairs."""
-    from scenedetect import AdaptiveDetector
-    from scenedetect.common import FrameTimecode
-
+def make_detector(cfg: SplitConfig, fps: float, model=None):
+    """The detector `cfg.detector` names: an object with push(t, bgr) per frame and finish() -> cuts."""
     rate = fps or 25.0
-    det = AdaptiveDetector(adaptive_threshold=cfg.adaptive_threshold, min_scene_len=max(1, round(cfg.min_scene_s * rate)))
-    cuts: list[int] = []
-    n = 0
-    for _t, img in frames:
-        # Our own decode index, not PySceneDetect's timestamp x nominal rate (wrong on VFR and B-frame AVIs).
-        cuts += [tc.frame_num for tc in det.process_frame(FrameTimecode(n, rate), img)]
-        n += 1
-    if n:
-        cuts += [tc.frame_num for tc in det.post_process(FrameTimecode(n, rate))]
-    return sorted({c for c in cuts if 0 < c < n})
+    min_frames = round(cfg.min_scene_s * rate)
+    if cfg.detector == "adaptive":
+        return SceneDetectDetector("adaptive", rate, min_frames, cfg.adaptive_threshold)
+    if cfg.detector == "content":
+        return SceneDetectDetector("content", rate, min_frames, cfg.content_threshold)
+    if cfg.detector == "threshold":
+        return SceneDetectDetector("threshold", rate, min_frames, cfg.threshold_level)
+    if cfg.detector == "transnetv2":
+        return TransNetV2Detector(cfg.transnetv2_threshold, model)
+    return StrideDetector(cfg.stride_s)
+
+
+def analyse(frames: Iterable[tuple[float, np.ndarray]], fps: float, cfg: SplitConfig, model=None) -> tuple[list[int], FrameStats]:
+    """One pass over (t, BGR image) pairs: (hard cuts, per-frame statistics).
+
+    Cuts are decode indices of the first frame of every new shot (0 excluded): the detector's cuts,
+    of which only hard cuts are kept (see `stages.shots.confirm_hard_cuts`). The threshold detector
+    (cuts in the middle of fades to black, by design) and the stride are taken as they are.
+    """
+    det = make_detector(cfg, fps, model)
+    stats = FrameStats()
+    for t, img in frames:
+        det.push(t, img)
+        stats.push(img)
+    cuts = det.finish()
+    if cfg.detector not in ("stride", "threshold"):
+        cuts = confirm_hard_cuts(cuts, stats.diff, cfg.hard_cut_ratio)
+    return cuts, stats
+
+
+def detect_cuts(frames: Iterable[tuple[float, np.ndarray]], fps: float, cfg: SplitConfig, model=None) -> list[int]:
+    """Hard cuts only (see `analyse`)."""
+    return analyse(frames, fps, cfg, model)[0]
+
+
+def label_settings(cfg: SplitConfig, fps: float) -> LabelSettings:
+    return LabelSettings(
+        blank_max_std=cfg.blank_max_std,
+        ramp_min_frames=cfg.ramp_min_frames,
+        ramp_min_step=cfg.ramp_min_step,
+        ramp_max_curve=cfg.ramp_max_curve,
+        margin_frames=round(cfg.transition_margin_s * (fps or 25.0)),
+    )
 
 
 def _timed(frames: Iterator[tuple[float, np.ndarray]], times: list[float]) -> Iterator[tuple[float, np.ndarray]]:
@@ -124,10 +187,11 @@ def clip_windows(scene: dict, cfg: SplitConfig) -> list[tuple[int, int]]:
 class Split:
     """SOURCES rows -> SPLIT rows: scenes detected, clip windows made and written under `clips_root`."""
 
-    def __init__(self, cfg: SplitConfig, clips_root: str):
+    def __init__(self, cfg: SplitConfig, clips_root: str, model=None):
         self.cfg = cfg
         self.clips_root = clips_root.rstrip("/")
         self.tag = settings_tag(cfg.encode)
+        self.model = model  # an injected TransNetV2 (tests); None loads the shipped weights when needed
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = [self.split_one(r) for r in batch.to_pylist()]
@@ -142,16 +206,22 @@ class Split:
                 self._split(row, path)
         except MediaError as e:
             row.update(status=SourceStatus.ERROR, reason=e.reason, error=str(e), scenes=[], clips=[])
+        except EncodeError as e:  # one pass: the encoder failed, not the source
+            row.update(status=SourceStatus.ERROR, reason=Reason.ENCODE_ERROR, error=str(e), scenes=[], clips=[])
         except (OSError, av.FFmpegError) as e:
             row.update(status=SourceStatus.ERROR, reason=Reason.UNREADABLE, error=str(e), scenes=[], clips=[])
         return row
 
     def _split(self, row: dict, path: str) -> None:
+        if self.cfg.one_pass and not (self.cfg.encode.audio and row.get("has_audio")):
+            with tempfile.TemporaryDirectory(prefix="curate-split-") as workdir:
+                self._split_one_pass(row, path, workdir)
+            return
         cfg = self.cfg
         decoded = Decoded()
         times: list[float] = []
         frames = _timed(iter_frames(path, cfg.analysis_width, decoded), times)
-        cuts = detect_cuts(frames, row.get("fps") or 0.0, cfg)
+        cuts, stats = analyse(frames, row.get("fps") or 0.0, cfg, self.model)
         declared = row.get("n_frames")
         if decoded.n_frames == 0:
             raise MediaError(Reason.NO_FRAMES, "no frame decodes")
@@ -165,18 +235,87 @@ class Split:
         # ffmpeg's -ss counts from the container start; aim half a frame early so rounding never skips a frame.
         offset = decoded.first_pts_s - decoded.container_start_s
         half = 0.5 * float(np.min(np.diff(t))) if len(t) > 1 else 0.0
+        if cfg.transitions:
+            labels = label_frames(stats, label_settings(cfg, row.get("fps") or 0.0))
+        else:
+            labels = np.full(decoded.n_frames, CONTENT, np.int8)
         clips = []
         for scene in row["scenes"]:
-            windows = clip_windows(scene, cfg)
-            if not windows:
-                clips.append(self._window(row, scene, scene["start_frame"], scene["end_frame"], t, end_s,
-                                          status=ClipStatus.FILTERED, reason=Reason.TOO_SHORT))
-                continue
-            for a, b in windows:
-                clip = self._window(row, scene, a, b, t, end_s, status=ClipStatus.KEPT)
-                self._write(path, clip, float(t[a]) + offset - half, bool(row.get("has_audio")))
-                clips.append(clip)
+            for kind, a, b in runs(labels, scene["start_frame"], scene["end_frame"]):
+                if kind != CONTENT:
+                    reason = Reason.BLANK if kind == BLANK else Reason.TRANSITION
+                    clips.append(self._window(row, scene, a, b, t, end_s, status=ClipStatus.FILTERED, reason=reason))
+                    continue
+                part = {"start_frame": a, "end_frame": b, "start_s": float(t[a]), "end_s": float(t[b]) if b < len(t) else float(end_s)}
+                windows = clip_windows(part, cfg)
+                if not windows:
+                    clips.append(self._window(row, scene, a, b, t, end_s, status=ClipStatus.FILTERED, reason=Reason.TOO_SHORT))
+                    continue
+                for wa, wb in windows:
+                    clip = self._window(row, scene, wa, wb, t, end_s, status=ClipStatus.KEPT)
+                    self._write(path, clip, float(t[wa]) + offset - half, bool(row.get("has_audio")))
+                    clips.append(clip)
         row["clips"] = clips
+
+    def _check_decoded(self, row: dict, decoded: Decoded) -> None:
+        declared = row.get("n_frames")
+        if decoded.n_frames == 0:
+            raise MediaError(Reason.NO_FRAMES, "no frame decodes")
+        if (row.get("container") or "").startswith("mov") and declared and decoded.n_frames < declared - max(2, declared // 50):
+            # mp4/mov declare an exact sample count: far fewer decoded frames means the file was cut short.
+            raise MediaError(Reason.TRUNCATED, f"{decoded.n_frames} of {declared} declared frames decode")
+        row["n_frames"] = decoded.n_frames
+
+    def _split_one_pass(self, row: dict, path: str, workdir: str) -> None:
+        """Decode once: detection, labels and clip encoding in one streaming pass (stages.stream)."""
+        cfg = self.cfg
+        fps = row.get("fps") or 0.0
+        decoded = Decoded()
+        detector = make_detector(cfg, fps, self.model)
+        labels = label_settings(cfg, fps) if cfg.transitions else None
+        cuts, times, pieces = stream_split(path, fps, cfg, detector, labels, decoded, workdir, int(row.get("rotation") or 0))
+        self._check_decoded(row, decoded)
+        t = np.asarray(times, dtype=np.float64)
+        end_s = decoded.end_s
+        row["scenes"] = scenes_from_cuts(cuts, t, end_s)
+        starts = [sc["start_frame"] for sc in row["scenes"]]
+        reasons = {"blank": Reason.BLANK, "transition": Reason.TRANSITION, "too_short": Reason.TOO_SHORT}
+        clips = []
+        for p in pieces:
+            scene = row["scenes"][bisect.bisect_right(starts, p.a) - 1]
+            if p.kind != "clip":
+                clips.append(self._window(row, scene, p.a, p.b, t, end_s, status=ClipStatus.FILTERED, reason=reasons[p.kind]))
+                continue
+            clip = self._window(row, scene, p.a, p.b, t, end_s, status=ClipStatus.KEPT)
+            self._store(p.path, clip)
+            clips.append(clip)
+        row["clips"] = clips
+
+    def _store(self, local: str, clip: dict) -> None:
+        """Move an encoded clip to its final uri (an existing file there is complete and kept)."""
+        uri = f"{self.clips_root}/{clip['clip_id']}.mp4"
+        try:
+            written = _video_facts(local)
+            if is_local(uri):
+                dst = local_path_of(uri)
+                if not os.path.exists(dst):
+                    os.makedirs(os.path.dirname(dst), exist_ok=True)
+                    shutil.move(local, f"{dst}.tmp-{os.getpid()}")
+                    os.replace(f"{dst}.tmp-{os.getpid()}", dst)
+            else:
+                fs, p = fsspec.core.url_to_fs(uri)
+                if not fs.exists(p):
+                    fs.put_file(local, p + ".tmp")
+                    fs.mv(p + ".tmp", p)
+        except (RuntimeError, OSError, av.FFmpegError) as e:
+            clip.update(status=ClipStatus.ERROR, reason=Reason.ENCODE_ERROR, error=str(e))
+            return
+        frames, width, height, size = written
+        n = clip["end_frame"] - clip["start_frame"]
+        if frames != n:
+            clip.update(status=ClipStatus.ERROR, reason=Reason.ENCODE_ERROR, error=f"wrote {frames} frames, expected {n}")
+            return
+        clip.update(clip_uri=uri, clip_bytes=size, width=width, height=height)
 
     def _window(self, row, scene, a, b, t, end_s, status, reason=None) -> dict:
         start_s = float(t[a])

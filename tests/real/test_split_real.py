@@ -1,5 +1,7 @@
 """Split on the real footage in ../shared/data: cut frames against ground truth, clips frame-exact."""
 
+import dataclasses
+
 import av
 import cv2
 import numpy as np
@@ -9,9 +11,9 @@ import pytest
 from stages.ingest import Ingest
 from stages.split import Split, SplitConfig, flatten
 
-# Videos whose hard cuts the first-version split (adaptive detector) must get exactly. testvideo.mp4
-# (fades to black) and fades.mp4 need the transition handling of the split issue.
-EXACT = ["bikes.mp4", "goldeneye-vfr-drop3.mp4", "counter.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4", "vtest.avi"]
+# Every video of ground_truth.json with hard cuts: the split (adaptive detector) must get them exactly.
+# testvideo.mp4 has fades to and from black and a dissolve, where detectors fire but no hard cut is.
+EXACT = ["bikes.mp4", "goldeneye-vfr-drop3.mp4", "counter.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4", "vtest.avi", "testvideo.mp4"]
 
 
 def truth(gt, name):
@@ -21,10 +23,15 @@ def truth(gt, name):
 
 @pytest.fixture(scope="module")
 def split_real(videos, tmp_path_factory):
-    names = EXACT + ["delayed_start.mp4", "issue-134-rotate.mp4"]
+    names = EXACT + ["issue-134-rotate.mp4", "fades.mp4"]
     sources = Ingest()(pa.table({"uri": [str(videos / n) for n in names], "license": ["CC-BY-4.0"] * len(names)}))
     # min_clip_s low enough that every scene of these short videos becomes a clip we can check
-    split = Split(SplitConfig(min_clip_s=0.3, max_clip_s=60.0, encode=_fast()), str(tmp_path_factory.mktemp("clips")))(sources)
+    cfg = SplitConfig(min_clip_s=0.3, max_clip_s=60.0, encode=_fast())
+    clips_root = str(tmp_path_factory.mktemp("clips"))
+    split = Split(cfg, clips_root)(sources)
+    # delayed_start.mp4 is a grey ramp (blank frames by default): split it with blank/transition labels off
+    ramp = Ingest()(pa.table({"uri": [str(videos / "delayed_start.mp4")], "license": ["CC-BY-4.0"]}))
+    split = pa.concat_tables([split, Split(dataclasses.replace(cfg, transitions=False), clips_root)(ramp)])
     srcs, scenes, clips = flatten(split)
     by_name = {r["uri"].rsplit("/", 1)[1]: r for r in srcs.to_pylist()}
     return by_name, scenes.to_pylist(), clips.to_pylist()
@@ -49,6 +56,39 @@ def test_cut_frames_and_times_match_ground_truth(split_real, ground_truth, name)
     if seconds:  # VFR: times come from timestamps, not index / nominal rate
         got = [s["start_s"] for s in mine][1:]
         assert got == pytest.approx(seconds, abs=0.5 / fps)
+
+
+def test_every_ground_truth_video_with_hard_cuts_is_tested(ground_truth):
+    with_cuts = {k for k, v in ground_truth.items() if isinstance(v, dict) and ("hard_cuts" in v or "hard_cuts_decode_index" in v)}
+    assert with_cuts <= set(EXACT)
+
+
+def _clips_of(split_real, name):
+    sources, _, clips = split_real
+    sid = sources[name]["source_id"]
+    return sorted((c for c in clips if c["source_id"] == sid), key=lambda c: c["start_frame"])
+
+
+def test_testvideo_clips_avoid_fades_dissolve_and_black(split_real, ground_truth):
+    gt = ground_truth["testvideo.mp4"]
+    clips = _clips_of(split_real, "testvideo.mp4")
+    assert sum(c["end_frame"] - c["start_frame"] for c in clips) == gt["frames"]  # every frame in one row
+    kept = [(c["start_frame"], c["end_frame"]) for c in clips if c["status"] == "kept"]
+    # ground truth ranges are inclusive [first, last]; the dissolve is visible over ~540-564 (see its note)
+    bad = [tuple(g["frames"]) for g in gt["gradual"]] + [tuple(b) for b in gt["black_segments"]] + [(540, 564)]
+    for a, b in kept:
+        for lo, hi in bad:
+            assert b <= lo or a > hi, f"kept clip [{a}, {b}) overlaps [{lo}, {hi}]"
+    # the content between the transitions is kept, not thrown away with them
+    assert sum(b - a for a, b in kept) >= 0.8 * (150 + 90 + 118 + 105)
+    reasons = {c["reason"] for c in clips if c["status"] == "filtered"}
+    assert {"blank", "transition"} <= reasons
+
+
+def test_fades_give_no_clip_of_half_a_fade(split_real):
+    clips = _clips_of(split_real, "fades.mp4")
+    assert clips and not [c for c in clips if c["status"] == "kept"]
+    assert {c["reason"] for c in clips} <= {"blank", "transition"}
 
 
 def test_bikes_scenes_start_where_the_issue_says(split_real):
@@ -95,3 +135,21 @@ def test_clips_hold_exactly_their_source_frames(split_real, videos, name, rotate
             # The clip's first/last frame is the source frame it should be, not a neighbour. Frozen
             # stretches make neighbours identical, so accept any frame within noise of the best match.
             assert errors[want] <= errors[best] + 0.5, (clip["clip_id"], want, errors)
+
+
+def test_two_pass_writer_gives_the_same_clips(split_real, videos, tmp_path):
+    """`one_pass: false` (analysis decode, then ffmpeg per clip) cuts the same frames on VFR footage."""
+    sources, _, clips = split_real
+    name = "goldeneye-vfr-drop3.mp4"
+    src = Ingest()(pa.table({"uri": [str(videos / name)], "license": ["CC-BY-4.0"]}))
+    cfg = SplitConfig(min_clip_s=0.3, max_clip_s=60.0, encode=_fast(), one_pass=False)
+    _, _, two = flatten(Split(cfg, str(tmp_path))(src))
+    one = [c for c in clips if c["source_id"] == sources[name]["source_id"]]
+    assert [(c["start_frame"], c["end_frame"], c["status"]) for c in two.to_pylist()] == [
+        (c["start_frame"], c["end_frame"], c["status"]) for c in one
+    ]
+    source = [small(f) for f in gray_frames(videos / name)]
+    for clip in two.to_pylist():
+        frames = gray_frames(clip["clip_uri"])
+        assert len(frames) == clip["end_frame"] - clip["start_frame"]
+        assert np.abs(small(frames[0]) - source[clip["start_frame"]]).mean() < 3

@@ -9,8 +9,12 @@ def solid(value, n):
 
 
 def noisy(seed, n):
+    """A smooth random picture panning one pixel per frame (pixel noise would change as much per frame as a cut)."""
+    import cv2
+
     rng = np.random.default_rng(seed)
-    base = rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)
+    base = cv2.resize(rng.uniform(0, 255, (4, 5, 3)).astype(np.float32), (32, 24), interpolation=cv2.INTER_CUBIC)
+    base = base.clip(0, 255).astype(np.uint8)
     return [(i / 25, np.roll(base, i, axis=1)) for i in range(n)]
 
 

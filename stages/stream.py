@@ -1,0 +1,286 @@
+"""One streaming pass per source: decode once, detect on a small frame, encode clips as frames go by.
+
+Each decoded frame is scaled to the analysis width for the detector and the frame statistics, and
+the full frame waits in a short look-ahead queue until its fate is known: which scene (the detector
+has seen far enough past it), which label (blank / transition / content, which needs the frames
+around it), which clip window. Then it goes straight to that window's encoder (PyAV, libx264 by
+default) or is dropped. Memory is the look-ahead queue, whatever the length of the video.
+
+    decoded   ... k-L ............................ k        (L = look-ahead frames)
+    decided   ...   ^ frames up to here have a scene, a label and a window; they are encoded
+    pending         [k-L+1 .. k] full frames held; their small copies already went to the detector
+
+Content runs are cut greedily into windows of `max_clip_s` (a long run's last window is what is left;
+shorter than `min_clip_s` it is a `too_short` piece whose encoded file is discarded).
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import queue
+import threading
+from collections import deque
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import numpy as np
+
+from schemas import Reason
+from stages.media import Decoded, EncodeSettings, MediaError, _open
+from stages.shots import CONTENT, FrameStats, LabelSettings, confirm_hard_cuts, label_frames
+
+DECIDE_EVERY = 32  # frames between two decisions (labels are recomputed over a small slice each time)
+
+
+@dataclass
+class Piece:
+    """A run of frames [a, b) of one scene with one fate. `path` is the encoded file of a content window."""
+
+    kind: str  # "clip" | "blank" | "transition" | "too_short"
+    a: int
+    b: int
+    path: str | None = None
+
+
+class EncodeError(RuntimeError):
+    """The clip encoder failed (unknown codec, no NVENC device, bad options): not the source's fault."""
+
+
+class _Encoder:
+    """One clip file: frames in, H.264 (or the configured codec) mp4 with +faststart out."""
+
+    def __init__(self, *args):
+        try:
+            self._open(*args)
+        except (av.FFmpegError, ValueError) as e:
+            raise EncodeError(f"cannot open encoder {args[1].codec}: {e}") from e
+
+    def _open(self, path: str, settings: EncodeSettings, template: av.VideoFrame, rotation: int, time_base, rate):
+        self.path = path
+        self.k = (round(rotation / 90) % 4) if rotation else 0  # np.rot90 turns, to store the picture upright
+        w, h = (template.height, template.width) if self.k % 2 else (template.width, template.height)
+        if settings.max_height and h > settings.max_height:
+            w, h = max(2, round(w * settings.max_height / h / 2) * 2), settings.max_height
+        self.size = (w - w % 2, h - h % 2)
+        self.container = av.open(path, "w", format="mp4", options={"movflags": "+faststart"})
+        s = self.container.add_stream(settings.codec, rate=rate or Fraction(25))
+        s.width, s.height = self.size
+        s.pix_fmt = "yuv420p"
+        s.time_base = time_base
+        s.codec_context.time_base = time_base
+        opts = {}
+        if settings.codec in ("libx264", "libx265"):
+            opts = {"crf": str(settings.crf), "preset": settings.preset}
+        s.options = opts
+        # PyAV asks for slice threads; the ffmpeg CLI gives x264 frame threads (faster, same as the floor).
+        s.thread_type = "FRAME"
+        self.stream = s
+        self.time_base = time_base  # the muxer changes the stream's own time base once it writes the header
+        self.first_pts = None
+        self.n = 0
+
+    def add(self, frame: av.VideoFrame, pts: int) -> None:
+        try:
+            self._add(frame, pts)
+        except av.FFmpegError as e:
+            raise EncodeError(f"encoding {os.path.basename(self.path)} failed: {e}") from e
+
+    def _add(self, frame: av.VideoFrame, pts: int) -> None:
+        if self.first_pts is None:
+            self.first_pts = pts
+        if self.k:
+            img = np.rot90(frame.to_ndarray(format="rgb24"), self.k)
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+        w, h = self.size
+        if (frame.width, frame.height, frame.format.name) != (w, h, "yuv420p"):
+            frame = frame.reformat(width=w, height=h, format="yuv420p", interpolation="BICUBIC")
+        frame.pts = pts - self.first_pts
+        frame.time_base = self.time_base
+        for p in self.stream.encode(frame):
+            self.container.mux(p)
+        self.n += 1
+
+    def close(self) -> None:
+        try:
+            for p in self.stream.encode():
+                self.container.mux(p)
+            self.container.close()
+        except av.FFmpegError as e:
+            raise EncodeError(f"finishing {os.path.basename(self.path)} failed: {e}") from e
+
+    def discard(self) -> None:
+        self.close()
+        os.remove(self.path)
+
+
+def _decode_small(c, s, width: int):
+    """(full frame, BGR copy `width` wide) for every frame of stream `s`."""
+    height = None
+    for frame in c.decode(s):
+        if height is None:
+            height = max(2, round(frame.height * width / frame.width / 2) * 2)
+        yield frame, frame.to_ndarray(width=width, height=height, format="bgr24")
+
+
+def _prefetch(it, depth: int = 8):
+    """Run iterator `it` in a thread, `depth` items ahead: decoding and scaling (C code that releases
+    the GIL) overlap with detection and encoding in the caller's thread. Exceptions are re-raised here."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def run():
+        try:
+            for item in it:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        pass
+                if stop.is_set():
+                    return
+            q.put(end)
+        except BaseException as e:  # handed to the consumer
+            q.put(e)
+
+    th = threading.Thread(target=run, name="curate-decode", daemon=True)
+    th.start()
+    try:
+        while True:
+            item = q.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        th.join()
+
+
+def stream_split(
+    path: str,
+    fps: float,
+    cfg,
+    detector,
+    labels: LabelSettings | None,
+    decoded: Decoded,
+    workdir: str,
+    rotation: int = 0,
+) -> tuple[list[int], list[float], list[Piece]]:
+    """Decode `path` once; return (hard cuts, frame times from frame 0, pieces in frame order).
+
+    `cfg` is the SplitConfig (analysis_width, min/max_clip_s, hard_cut_ratio, detector, encode);
+    content windows are encoded under `workdir` as piece files. `labels` None: every frame is content.
+    """
+    pad = (labels.ramp_min_frames + labels.margin_frames + 4) if labels else 0
+    confirm = cfg.detector not in ("stride", "threshold")
+    stats = FrameStats()
+    times: list[float] = []
+    pts_of: list[int] = []
+    pending: deque = deque()  # (index, frame)
+    cuts: list[int] = []  # confirmed hard cuts, sorted
+    seen: set[int] = set()  # detector cuts already looked at
+    pieces: list[Piece] = []
+    state = {"kind": None, "a": 0, "enc": None, "scene": 0}
+    done = 0  # frames decided
+
+    with _open(path) as c:
+        if not c.streams.video:
+            raise MediaError(Reason.NO_VIDEO, "no video stream")
+        s = c.streams.video[0]
+        s.thread_type = "AUTO"
+        tb = s.time_base
+        rate = s.average_rate or s.guessed_rate
+        decoded.fps = float(rate) if rate else None
+        decoded.container_start_s = (c.start_time or 0) / av.time_base
+        default_dur = 1.0 / decoded.fps if decoded.fps else 0.0
+
+        def close_piece(b: int) -> None:
+            kind, a, enc = state["kind"], state["a"], state["enc"]
+            if kind is None or b <= a:
+                return
+            if enc is None:
+                pieces.append(Piece(kind, a, b))
+                return
+            end_t = times[b] if b < len(times) else None
+            duration = (end_t if end_t is not None else decoded.end_s) - times[a]
+            if duration < cfg.min_clip_s - 1e-9:
+                enc.discard()
+                pieces.append(Piece("too_short", a, b))
+            else:
+                enc.close()
+                pieces.append(Piece("clip", a, b, enc.path))
+            state["enc"] = None
+
+        def open_piece(kind: str, j: int, frame) -> None:
+            state["kind"], state["a"] = kind, j
+            if kind == "clip":
+                state["enc"] = _Encoder(os.path.join(workdir, f"{j:08d}.mp4"), cfg.encode, frame, rotation, tb, rate)
+
+        def decide(upto: int, final: bool) -> None:
+            nonlocal done
+            if upto <= done:
+                return
+            # hard cuts among the detector's cuts whose neighbourhood has been seen
+            diff = None
+            for k in sorted(set(detector.cuts) - seen):
+                if not (final or k + 3 <= len(times)):
+                    continue
+                seen.add(k)
+                if diff is None:
+                    diff = np.asarray(stats._diff, np.float64)
+                if done <= k < len(times) and k > 0 and (not confirm or confirm_hard_cuts([k], diff, cfg.hard_cut_ratio)):
+                    bisect.insort(cuts, k)
+            if labels:
+                lo, hi = max(0, done - pad), len(times) if final else min(len(times), upto + pad)
+                lab = label_frames(stats.slice(lo, hi), labels)[done - lo : upto - lo]
+            else:
+                lab = np.full(upto - done, CONTENT, np.int8)
+            for j in range(done, upto):
+                _, frame = pending.popleft()
+                kind = ("clip", "transition", "blank")[int(lab[j - done])]
+                new_scene = bool(cuts) and bisect.bisect_left(cuts, j) < len(cuts) and cuts[bisect.bisect_left(cuts, j)] == j
+                new_window = kind == "clip" and state["kind"] == "clip" and times[j] - times[state["a"]] >= cfg.max_clip_s - 1e-9
+                if j == 0 or new_scene or kind != state["kind"] or new_window:
+                    close_piece(j)
+                    open_piece(kind, j, frame)
+                if state["enc"] is not None:
+                    state["enc"].add(frame, pts_of[j])
+            done = upto
+
+        try:
+            for frame, small in _prefetch(_decode_small(c, s, cfg.analysis_width)):
+                if frame.pts is None:
+                    pts_s = (decoded.last_pts_s + default_dur) if decoded.last_pts_s is not None else 0.0
+                    pts = round(pts_s / tb)
+                else:
+                    pts, pts_s = frame.pts, float(frame.pts * tb)
+                if decoded.first_pts_s is None:
+                    decoded.first_pts_s = pts_s
+                decoded.n_frames += 1
+                decoded.last_pts_s = pts_s
+                decoded.last_duration_s = float(frame.duration * tb) if frame.duration else default_dur
+                t = pts_s - decoded.first_pts_s
+                detector.push(t, small)
+                stats.push(small)
+                times.append(t)
+                pts_of.append(pts)
+                pending.append((len(times) - 1, frame))
+                safe = min(detector.known(), len(times) - 3) - pad
+                if safe - done >= DECIDE_EVERY:
+                    decide(safe, final=False)
+        except av.FFmpegError as e:
+            raise MediaError(Reason.DECODE_ERROR, f"decoding failed after {decoded.n_frames} frames: {e}") from e
+        if not times:
+            return [], [], []
+        detector.cuts = detector.finish()
+        decide(len(times), final=True)
+        close_piece(len(times))
+    return cuts, times, pieces
+
+
+__all__ = ["EncodeError", "Piece", "stream_split"]
