@@ -10,6 +10,7 @@ JPEG, charts inline SVG; nothing is fetched. The numbers are also embedded as JS
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import json
 import math
@@ -100,8 +101,9 @@ def gather(out: Output) -> dict:
 # ------------------------------------------------------------------------------------------ pictures
 
 
-def thumbnails(uri: str, width: int = THUMB_WIDTH) -> list[str]:
-    """First, middle and last frame of a clip as data: URIs (JPEG); [] when the clip cannot be read."""
+@functools.lru_cache(maxsize=1024)  # a clip shown in several galleries is decoded once
+def thumbnails(uri: str, width: int = THUMB_WIDTH) -> tuple[str, ...]:
+    """First, middle and last frame of a clip as data: URIs (JPEG); () when the clip cannot be read."""
     try:
         with av.open(uri) as c:
             s = c.streams.video[0]
@@ -115,14 +117,14 @@ def thumbnails(uri: str, width: int = THUMB_WIDTH) -> list[str]:
                 if i >= wanted[-1]:
                     break
     except (av.FFmpegError, OSError, IndexError):
-        return []
+        return ()
     out = []
     for i in wanted:
         if i in frames:
             ok, jpg = cv2.imencode(".jpg", frames[i], [cv2.IMWRITE_JPEG_QUALITY, 80])
             if ok:
                 out.append("data:image/jpeg;base64," + base64.b64encode(jpg.tobytes()).decode())
-    return out
+    return tuple(out)
 
 
 def histogram_svg(values: list[float], marks: list[Threshold], width: int = 420, height: int = 140, bins: int = 20) -> str:
@@ -237,7 +239,7 @@ def render(out: Output) -> str:
         below = [r for r in near if not m.passes(r[m.column])][:GALLERY_SIZE]
         above = [r for r in near if m.passes(r[m.column])][:GALLERY_SIZE]
         parts.append(_gallery(f"Rejected just past {m}", below, scores))
-        parts.append(_gallery(f"Kept just inside {m}", above, scores))
+        parts.append(_gallery(f"Passing just inside {m} (each card shows its status)", above, scores))
 
     parts.append("<h2>Errors and filters by reason</h2>")
     parts.append(_table(["table", "status", "reason", "count", "example"],
