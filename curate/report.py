@@ -21,7 +21,6 @@ import av
 import cv2
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import yaml
 
 from curate.storage import Output

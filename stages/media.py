@@ -210,6 +210,19 @@ class Decoded:
         return self.last_pts_s - self.first_pts_s + (self.last_duration_s or 0.0)
 
 
+def video_stream(c: av.container.InputContainer, decoded: Decoded):
+    """The first video stream set up for threaded decoding: (stream, time base, rate, nominal frame
+    duration in seconds); fills `decoded.fps` and `decoded.container_start_s`."""
+    if not c.streams.video:
+        raise MediaError(Reason.NO_VIDEO, "no video stream")
+    s = c.streams.video[0]
+    s.thread_type = "AUTO"
+    rate = s.average_rate or s.guessed_rate
+    decoded.fps = float(rate) if rate else None
+    decoded.container_start_s = (c.start_time or 0) / av.time_base
+    return s, s.time_base, rate, (1.0 / decoded.fps if decoded.fps else 0.0)
+
+
 def iter_frames(path: str, width: int, decoded: Decoded, fmt: str = "bgr24") -> Iterator[tuple[float, np.ndarray]]:
     """Decode every frame of the first video stream, yielding (seconds from frame 0, image `width` wide).
 
@@ -217,15 +230,7 @@ def iter_frames(path: str, width: int, decoded: Decoded, fmt: str = "bgr24") -> 
     decoding fails part way.
     """
     with _open(path) as c:
-        if not c.streams.video:
-            raise MediaError(Reason.NO_VIDEO, "no video stream")
-        s = c.streams.video[0]
-        s.thread_type = "AUTO"
-        tb = s.time_base
-        rate = s.average_rate or s.guessed_rate
-        decoded.fps = float(rate) if rate else None
-        decoded.container_start_s = (c.start_time or 0) / av.time_base
-        default_dur = 1.0 / decoded.fps if decoded.fps else 0.0
+        s, tb, _rate, default_dur = video_stream(c, decoded)
         height = None
         prev_pts = None
         try:

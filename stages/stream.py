@@ -28,7 +28,7 @@ import av
 import numpy as np
 
 from schemas import Reason
-from stages.media import Decoded, EncodeSettings, MediaError, _open
+from stages.media import Decoded, EncodeSettings, MediaError, _open, video_stream
 from stages.shots import CONTENT, FrameStats, LabelSettings, confirm_hard_cuts, label_frames
 
 DECIDE_EVERY = 32  # frames between two decisions (labels are recomputed over a small slice each time)
@@ -189,15 +189,7 @@ def stream_split(
     done = 0  # frames decided
 
     with _open(path) as c:
-        if not c.streams.video:
-            raise MediaError(Reason.NO_VIDEO, "no video stream")
-        s = c.streams.video[0]
-        s.thread_type = "AUTO"
-        tb = s.time_base
-        rate = s.average_rate or s.guessed_rate
-        decoded.fps = float(rate) if rate else None
-        decoded.container_start_s = (c.start_time or 0) / av.time_base
-        default_dur = 1.0 / decoded.fps if decoded.fps else 0.0
+        s, tb, rate, default_dur = video_stream(c, decoded)
 
         def close_piece(b: int) -> None:
             kind, a, enc = state["kind"], state["a"], state["enc"]
