@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from schemas import CAPTION_FIELDS, CaptionReason, CaptionStatus, ClipStatus
+from stages.columns import set_columns
 from stages.media import MediaError, local_copy
 
 # The one place naming upstream weights: hub id -> revision to download (`huggingface-cli download ID
@@ -498,7 +499,7 @@ class PrepareCaptions:
             except (OSError, CaptionError, MediaError) as e:
                 item = {"error": f"cannot read {row['clip_uri']}: {e}"}
             blobs.append(pickle.dumps(item, protocol=5))
-        return _set(batch, [pa.field(PREPARED, pa.binary())], [{PREPARED: b} for b in blobs])
+        return set_columns(batch, [pa.field(PREPARED, pa.binary())], [{PREPARED: b} for b in blobs])
 
 
 class GenerateCaptions:
@@ -562,7 +563,7 @@ class GenerateCaptions:
         keep = {f.name: batch[f.name].to_pylist() if f.name in batch.column_names else [None] * batch.num_rows
                 for f in [pa.field("caption", pa.string()), *CAPTION_FIELDS]}
         rows = [o if i in items else {k: v[i] for k, v in keep.items()} for i, o in enumerate(out)]
-        return _set(batch, [pa.field("caption", pa.string()), *CAPTION_FIELDS], rows)
+        return set_columns(batch, [pa.field("caption", pa.string()), *CAPTION_FIELDS], rows)
 
     def _generate(self, inputs: dict[int, dict], decoding: Decoding) -> dict[int, Generated]:
         """Row index -> its result. Sorted by prompt length (longest first), `batch_size` per call."""
@@ -594,11 +595,4 @@ class Caption:
         return self.generate(self.prepare(batch))
 
 
-def _set(table: pa.Table, fields: list[pa.Field], rows: list[dict]) -> pa.Table:
-    """`table` with `fields` set from `rows` (one dict per row): replaced in place if present, else appended."""
-    for f in fields:
-        values = pa.array([r.get(f.name) for r in rows], f.type)
-        i = table.schema.get_field_index(f.name)
-        table = table.set_column(i, f, values) if i >= 0 else table.append_column(f, values)
-    return table
 

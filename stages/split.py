@@ -222,13 +222,7 @@ class Split:
         times: list[float] = []
         frames = _timed(iter_frames(path, cfg.analysis_width, decoded), times)
         cuts, stats = analyse(frames, row.get("fps") or 0.0, cfg, self.model)
-        declared = row.get("n_frames")
-        if decoded.n_frames == 0:
-            raise MediaError(Reason.NO_FRAMES, "no frame decodes")
-        if (row.get("container") or "").startswith("mov") and declared and decoded.n_frames < declared - max(2, declared // 50):
-            # mp4/mov declare an exact sample count: far fewer decoded frames means the file was cut short.
-            raise MediaError(Reason.TRUNCATED, f"{decoded.n_frames} of {declared} declared frames decode")
-        row["n_frames"] = decoded.n_frames
+        self._check_decoded(row, decoded)
         t = np.asarray(times, dtype=np.float64)
         end_s = decoded.end_s
         row["scenes"] = scenes_from_cuts(cuts, t, end_s)
