@@ -22,7 +22,7 @@ import time
 import av
 
 from stages.media import ffmpeg_exe
-from stages.motion import MotionConfig, measure, open_with_vectors
+from stages.motion import MotionConfig, _frame_cycles_collected, measure, open_with_vectors
 
 
 def plain_decode(path: str) -> int:
@@ -36,11 +36,13 @@ def read_vectors(path: str) -> int:
     """Decode with vectors exported and read every frame's vectors into numpy (no scoring)."""
     c, s = open_with_vectors(path)
     n = 0
-    with c:
+    with c, _frame_cycles_collected() as tick:
         for frame in c.decode(s):
             sd = frame.side_data.get("MOTION_VECTORS")
             if sd is not None:
                 sd.to_ndarray()
+            del frame, sd
+            tick()
             n += 1
     return n
 
