@@ -34,6 +34,7 @@ from curate.storage import Output
 from schemas import CLIPS, SCENES, SHARDS, SOURCES, ClipStatus, SourceStatus, conform
 from stages.ingest import Ingest, fold_duplicates
 from stages.shards import WriteShards, assign_shards
+from stages.motion import settings_key as motion_settings_key
 from stages.split import SPLIT, flatten
 
 log = logging.getLogger("curate")
@@ -193,10 +194,12 @@ def _run(cfg: JobConfig, out: Output, runner: Runner) -> Summary:
 
     # ---- split: detect scenes on a low-resolution decode, write clips (sources split before are reused)
     done, todo = cached_splits(out, cfg.split, sources)
-    fresh = runner.map(todo, CachedSplit(cfg.split, out.url), SPLIT, batch_size=1)
+    # With motion from codec vectors, the one-pass split measures it from the source's own vectors as it decodes.
+    motion = cfg.motion if cfg.motion is not None and cfg.motion.method == "vectors" else None
+    fresh = runner.map(todo, CachedSplit(cfg.split, out.url, motion), SPLIT, batch_size=1)
     split = pa.concat_tables([pa.Table.from_pylist(done, schema=SPLIT), fresh])
     split = split.take(pc.sort_indices(split, [("source_id", "ascending")]))
-    sources, scenes, windows = flatten(split)
+    sources, scenes, windows = flatten(split, motion_settings_key(motion) if motion else None)
     clips = _clips_table(windows, sources)
     log.info("split: %d scenes, %d clips (%d sources reused)", scenes.num_rows, clips.num_rows, len(done))
     clock.lap("split")

@@ -90,9 +90,9 @@ def split_dir(cfg: SplitConfig) -> str:
 class CachedSplit:
     """Split, then record each source's result; runs on Ray workers."""
 
-    def __init__(self, cfg: SplitConfig, out_url: str):
+    def __init__(self, cfg: SplitConfig, out_url: str, motion=None):
         out = Output(out_url)
-        self.split = Split(cfg, out.uri("clips"))
+        self.split = Split(cfg, out.uri("clips"), motion=motion)
         self.root = out.uri(split_dir(cfg))
 
     def __call__(self, batch: pa.Table) -> pa.Table:

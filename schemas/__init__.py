@@ -140,7 +140,7 @@ BOX_TYPE = pa.struct([pa.field("x", pa.int32()), pa.field("y", pa.int32()), pa.f
 MOTION_FIELDS = [
     pa.field("motion_score", pa.float64()),  # % of the frame diagonal per second, median over time windows
     pa.field("motion_min_region", pa.float64()),  # the same, for the least moving cell of a regions x regions grid
-    pa.field("motion_method", pa.string()),  # vectors | flow (scores of the two methods are not on one scale)
+    pa.field("motion_method", pa.string()),  # vectors | flow (not on one scale); vectors: the source's own when the one-pass split read them, else the clip file's
 ]
 AESTHETIC_FIELDS = [
     pa.field("aesthetic_score", pa.float64()),  # LAION aesthetic head over CLIP embeddings of a few frames

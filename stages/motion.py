@@ -20,8 +20,10 @@ windows, which the median ignores.
 from __future__ import annotations
 
 import gc
+import hashlib
+import json
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Iterator, Literal
 
 import av
@@ -176,12 +178,16 @@ class VectorWindows:
         return self.maps
 
 
-def frame_vectors(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray] | None:
-    """The frame's motion-vector field per 16 px cell, or None when it carries no vectors."""
+def frame_vectors(frame: av.VideoFrame, width: int | None = None, height: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The frame's motion-vector field per 16 px cell, or None when it carries no vectors.
+
+    `width`/`height`: the decoded picture's size, when `frame` is a scaled copy (scaling keeps the
+    side data, and the vectors are in the decoded picture's pixels).
+    """
     sd = frame.side_data.get("MOTION_VECTORS")
     if sd is None:
         return None
-    return vector_field(sd.to_ndarray(), frame.width, frame.height)
+    return vector_field(sd.to_ndarray(), width or frame.width, height or frame.height)
 
 
 def vector_windows(path: str, window_s: float) -> list[np.ndarray]:
@@ -267,6 +273,18 @@ def summarize(maps, cfg: MotionConfig) -> Motion | None:
     return Motion(score=float(np.median(means)), min_region=float(per_region.min()), windows=len(means))
 
 
+def settings_key(cfg: MotionConfig) -> str:
+    """What a motion score depends on, as a short string (scores made under another key are stale)."""
+    return hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def columns(m: Motion | None, cfg: MotionConfig) -> dict:
+    """The MOTION_FIELDS of a clip row."""
+    if m is None:
+        return {"motion_method": cfg.method}
+    return {"motion_score": m.score, "motion_min_region": m.min_region, "motion_method": cfg.method}
+
+
 def measure(path: str, cfg: MotionConfig) -> Motion | None:
     """Motion of the video at a local path; None when it has too few frames to say."""
     maps = vector_windows(path, cfg.window_s) if cfg.method == "vectors" else flow_windows(path, cfg.flow_fps, cfg.flow_width)
@@ -274,7 +292,11 @@ def measure(path: str, cfg: MotionConfig) -> Motion | None:
 
 
 class ScoreMotion:
-    """CLIPS rows -> the same rows with motion_score, motion_min_region, motion_method."""
+    """CLIPS rows -> the same rows with motion_score, motion_min_region, motion_method.
+
+    A clip whose motion the one-pass split already measured from the source's own vectors (same
+    method, same settings: the pipeline drops stale ones) keeps it; no second decode.
+    """
 
     def __init__(self, cfg: MotionConfig):
         self.cfg = cfg
@@ -283,11 +305,11 @@ class ScoreMotion:
         return score_rows(batch, MOTION_FIELDS, "motion", self.score_one)
 
     def score_one(self, row: dict) -> dict:
+        if row.get("motion_method") == self.cfg.method and row.get("motion_score") is not None:
+            return {f.name: row[f.name] for f in MOTION_FIELDS}
         try:
             with local_copy(row["clip_uri"]) as path:
                 m = measure(path, self.cfg)
         except (OSError, av.FFmpegError, MediaError) as e:
             raise ScoreError(f"cannot read {row['clip_uri']}: {e}") from e
-        if m is None:
-            return {"motion_method": self.cfg.method}
-        return {"motion_score": m.score, "motion_min_region": m.min_region, "motion_method": self.cfg.method}
+        return columns(m, self.cfg)

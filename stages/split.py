@@ -29,8 +29,9 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 
-from schemas import CLIP_WINDOW_FIELDS, SCENE_FIELDS, SOURCES, ClipStatus, Reason, SourceStatus
+from schemas import CLIP_WINDOW_FIELDS, MOTION_FIELDS, SCENE_FIELDS, SOURCES, ClipStatus, Reason, SourceStatus
 from stages.media import Decoded, EncodeSettings, MediaError, is_local, iter_frames, local_copy, local_path_of, write_clip
+from stages.motion import MotionConfig
 from stages.stream import EncodeError, stream_split
 from stages.shots import (
     BLANK,
@@ -46,7 +47,10 @@ from stages.shots import (
 )
 
 SCENE_TYPE = pa.struct(SCENE_FIELDS)
-CLIP_WINDOW_TYPE = pa.struct(CLIP_WINDOW_FIELDS)
+# A clip's motion, when the one-pass split measured it from the source's vectors, and the motion
+# settings it was measured with (`flatten` drops it when the job's settings have changed since).
+SPLIT_MOTION_FIELDS = [*MOTION_FIELDS, pa.field("motion_key", pa.string())]
+CLIP_WINDOW_TYPE = pa.struct([*CLIP_WINDOW_FIELDS, *SPLIT_MOTION_FIELDS])
 SPLIT = SOURCES.append(pa.field("scenes", pa.list_(SCENE_TYPE))).append(pa.field("clips", pa.list_(CLIP_WINDOW_TYPE)))
 
 
@@ -187,8 +191,9 @@ def clip_windows(scene: dict, cfg: SplitConfig) -> list[tuple[int, int]]:
 class Split:
     """SOURCES rows -> SPLIT rows: scenes detected, clip windows made and written under `clips_root`."""
 
-    def __init__(self, cfg: SplitConfig, clips_root: str, model=None):
+    def __init__(self, cfg: SplitConfig, clips_root: str, model=None, motion: MotionConfig | None = None):
         self.cfg = cfg
+        self.motion = motion  # method vectors + one pass: clips' motion from the source's own vectors
         self.clips_root = clips_root.rstrip("/")
         self.tag = settings_tag(cfg.encode)
         self.model = model  # an injected TransNetV2 (tests); None loads the shipped weights when needed
@@ -267,7 +272,7 @@ class Split:
         decoded = Decoded()
         detector = make_detector(cfg, fps, self.model)
         labels = label_settings(cfg, fps) if cfg.transitions else None
-        cuts, times, pieces = stream_split(path, fps, cfg, detector, labels, decoded, workdir, int(row.get("rotation") or 0))
+        cuts, times, pieces = stream_split(path, fps, cfg, detector, labels, decoded, workdir, int(row.get("rotation") or 0), self.motion)
         self._check_decoded(row, decoded)
         t = np.asarray(times, dtype=np.float64)
         end_s = decoded.end_s
@@ -282,6 +287,8 @@ class Split:
                 continue
             clip = self._window(row, scene, p.a, p.b, t, end_s, status=ClipStatus.KEPT)
             self._store(p.path, clip)
+            if p.motion and clip["status"] == ClipStatus.KEPT:
+                clip.update(p.motion)
             clips.append(clip)
         row["clips"] = clips
 
@@ -369,13 +376,22 @@ def _video_facts(path: str) -> tuple[int, int, int, int]:
         return s.frames, s.codec_context.width, s.codec_context.height, os.path.getsize(path)
 
 
-def flatten(split: pa.Table) -> tuple[pa.Table, pa.Table, pa.Table]:
-    """SPLIT rows -> (sources, scenes, clip windows with source columns), all plain tables."""
+def flatten(split: pa.Table, motion_key: str | None = None) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """SPLIT rows -> (sources, scenes, clip windows with source columns), all plain tables.
+
+    Clip windows keep the motion the split measured only when it was measured with the settings
+    `motion_key` names (stages.motion.settings_key of the job's motion section); else it is dropped
+    and the score step measures the clip file.
+    """
     sources = split.drop_columns(["scenes", "clips"])
     scenes_rows, clip_rows = [], []
     for row in split.select(["source_id", "scenes", "clips"]).to_pylist():
         scenes_rows += [{"source_id": row["source_id"], **s} for s in row["scenes"] or []]
-        clip_rows += [{"source_id": row["source_id"], **c} for c in row["clips"] or []]
+        for c in row["clips"] or []:
+            key = c.pop("motion_key", None)
+            if key is None or key != motion_key:
+                c = {k: v for k, v in c.items() if not k.startswith("motion_")}
+            clip_rows.append({"source_id": row["source_id"], **c})
     scenes = pa.Table.from_pylist(scenes_rows, schema=pa.schema([pa.field("source_id", pa.string()), *SCENE_FIELDS]))
-    clips = pa.Table.from_pylist(clip_rows, schema=pa.schema([pa.field("source_id", pa.string()), *CLIP_WINDOW_FIELDS]))
+    clips = pa.Table.from_pylist(clip_rows, schema=pa.schema([pa.field("source_id", pa.string()), *CLIP_WINDOW_FIELDS, *MOTION_FIELDS]))
     return sources, scenes, clips

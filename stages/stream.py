@@ -10,6 +10,10 @@ default) or is dropped. Memory is the look-ahead queue, whatever the length of t
     decided   ...   ^ frames up to here have a scene, a label and a window; they are encoded
     pending         [k-L+1 .. k] full frames held; their small copies already went to the detector
 
+With `motion` given (method `vectors`), the decoder also exports the source's motion vectors and
+each content window's motion score is measured from them on the way (stages.motion), so scoring
+needs no second decode of the clip.
+
 Content runs are cut greedily into windows of `max_clip_s` (a long run's last window is what is left;
 shorter than `min_clip_s` it is a `too_short` piece whose encoded file is discarded).
 """
@@ -29,6 +33,7 @@ import numpy as np
 
 from schemas import Reason
 from stages.media import Decoded, EncodeSettings, MediaError, _open, video_stream
+from stages.motion import MotionConfig, VectorWindows, columns, frame_vectors, settings_key, summarize
 from stages.shots import CONTENT, FrameStats, LabelSettings, confirm_hard_cuts, label_frames
 
 DECIDE_EVERY = 32  # frames between two decisions (labels are recomputed over a small slice each time)
@@ -42,6 +47,7 @@ class Piece:
     a: int
     b: int
     path: str | None = None
+    motion: dict | None = None  # a clip's MOTION_FIELDS (+ motion_key) from the source's vectors
 
 
 class EncodeError(RuntimeError):
@@ -115,13 +121,19 @@ class _Encoder:
         os.remove(self.path)
 
 
-def _decode_small(c, s, width: int):
-    """(full frame, BGR copy `width` wide) for every frame of stream `s`."""
+def _decode_small(c, s, width: int, vectors: bool = False):
+    """(full frame, BGR copy `width` wide, motion-vector field or None) for every frame of stream `s`.
+
+    The vectors are read from the small copy (scaling keeps side data): reading them from the full
+    frame would tie it in PyAV's side-data reference cycle (see stages.motion) and keep it alive.
+    """
     height = None
     for frame in c.decode(s):
         if height is None:
             height = max(2, round(frame.height * width / frame.width / 2) * 2)
-        yield frame, frame.to_ndarray(width=width, height=height, format="bgr24")
+        small = frame.reformat(width=width, height=height, format="bgr24")
+        field = frame_vectors(small, frame.width, frame.height) if vectors else None
+        yield frame, small.to_ndarray(), field
 
 
 def _prefetch(it, depth: int = 8):
@@ -170,26 +182,32 @@ def stream_split(
     decoded: Decoded,
     workdir: str,
     rotation: int = 0,
+    motion: MotionConfig | None = None,
 ) -> tuple[list[int], list[float], list[Piece]]:
     """Decode `path` once; return (hard cuts, frame times from frame 0, pieces in frame order).
 
     `cfg` is the SplitConfig (analysis_width, min/max_clip_s, hard_cut_ratio, detector, encode);
     content windows are encoded under `workdir` as piece files. `labels` None: every frame is content.
+    `motion` (method vectors): each clip piece gets its motion from the source's vectors.
     """
+    vectors = motion is not None and motion.method == "vectors"
     pad = (labels.ramp_min_frames + labels.margin_frames + 4) if labels else 0
     confirm = cfg.detector not in ("stride", "threshold")
     stats = FrameStats()
     times: list[float] = []
     pts_of: list[int] = []
-    pending: deque = deque()  # (index, frame)
+    pending: deque = deque()  # (index, frame, vector field or None)
     cuts: list[int] = []  # confirmed hard cuts, sorted
     seen: set[int] = set()  # detector cuts already looked at
     pieces: list[Piece] = []
-    state = {"kind": None, "a": 0, "enc": None, "scene": 0}
+    state = {"kind": None, "a": 0, "enc": None, "scene": 0, "motion": None}
     done = 0  # frames decided
+    diag = 1.0  # the decoded picture's diagonal (motion is in % of it)
 
     with _open(path) as c:
         s, tb, rate, default_dur = video_stream(c, decoded)
+        if vectors:
+            s.codec_context.options = {"flags2": "+export_mvs"}
 
         def close_piece(b: int) -> None:
             kind, a, enc = state["kind"], state["a"], state["enc"]
@@ -205,13 +223,15 @@ def stream_split(
                 pieces.append(Piece("too_short", a, b))
             else:
                 enc.close()
-                pieces.append(Piece("clip", a, b, enc.path))
-            state["enc"] = None
+                pieces.append(Piece("clip", a, b, enc.path, _clip_motion(state["motion"], motion)))
+            state["enc"] = state["motion"] = None
 
         def open_piece(kind: str, j: int, frame) -> None:
             state["kind"], state["a"] = kind, j
             if kind == "clip":
                 state["enc"] = _Encoder(os.path.join(workdir, f"{j:08d}.mp4"), cfg.encode, frame, rotation, tb, rate)
+                if vectors:
+                    state["motion"] = VectorWindows(motion.window_s, float(rate) if rate else None)
 
         def decide(upto: int, final: bool) -> None:
             nonlocal done
@@ -233,7 +253,7 @@ def stream_split(
             else:
                 lab = np.full(upto - done, CONTENT, np.int8)
             for j in range(done, upto):
-                _, frame = pending.popleft()
+                _, frame, field = pending.popleft()
                 kind = ("clip", "transition", "blank")[int(lab[j - done])]
                 new_scene = bool(cuts) and bisect.bisect_left(cuts, j) < len(cuts) and cuts[bisect.bisect_left(cuts, j)] == j
                 new_window = kind == "clip" and state["kind"] == "clip" and times[j] - times[state["a"]] >= cfg.max_clip_s - 1e-9
@@ -242,10 +262,12 @@ def stream_split(
                     open_piece(kind, j, frame)
                 if state["enc"] is not None:
                     state["enc"].add(frame, pts_of[j])
+                    if state["motion"] is not None:
+                        state["motion"].push(times[j], field, diag)
             done = upto
 
         try:
-            for frame, small in _prefetch(_decode_small(c, s, cfg.analysis_width)):
+            for frame, small, field in _prefetch(_decode_small(c, s, cfg.analysis_width, vectors)):
                 if frame.pts is None:
                     pts_s = (decoded.last_pts_s + default_dur) if decoded.last_pts_s is not None else 0.0
                     pts = round(pts_s / tb)
@@ -254,6 +276,8 @@ def stream_split(
                 if decoded.first_pts_s is None:
                     decoded.first_pts_s = pts_s
                 decoded.n_frames += 1
+                if decoded.n_frames == 1:
+                    diag = float(np.hypot(frame.width, frame.height))
                 decoded.last_pts_s = pts_s
                 decoded.last_duration_s = float(frame.duration * tb) if frame.duration else default_dur
                 t = pts_s - decoded.first_pts_s
@@ -261,7 +285,7 @@ def stream_split(
                 stats.push(small)
                 times.append(t)
                 pts_of.append(pts)
-                pending.append((len(times) - 1, frame))
+                pending.append((len(times) - 1, frame, field))
                 safe = min(detector.known(), len(times) - 3) - pad
                 if safe - done >= DECIDE_EVERY:
                     decide(safe, final=False)
@@ -273,6 +297,14 @@ def stream_split(
         decide(len(times), final=True)
         close_piece(len(times))
     return cuts, times, pieces
+
+
+def _clip_motion(windows: VectorWindows | None, cfg: MotionConfig | None) -> dict | None:
+    """A clip's motion columns from its windows; None when the source's decoder exports no vectors
+    (the score step then measures the clip file)."""
+    if windows is None or not windows.seen_vectors:
+        return None
+    return {**columns(summarize(windows.finish(), cfg), cfg), "motion_key": settings_key(cfg)}
 
 
 __all__ = ["EncodeError", "Piece", "stream_split"]
