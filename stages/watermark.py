@@ -1,18 +1,21 @@
-"""Watermark and overlay scores: what stays still while the picture moves (logos, channel marks, text).
+"""Watermark and overlay scores: what stays put across the clip and was drawn, not filmed (logos, channel marks, text).
 
-The default detector needs no weights. On a few frames spread over the clip it finds edges (Sobel on
-small grey frames) and measures, per pixel, how often an edge is there (persistence). Picture content
-that moves leaves edges that come and go; an overlay burned into the video keeps its edges in place,
-even when it is semi-transparent. Per grid cell:
+The default detector needs no weights. On a few frames spread over the clip (grey, at most 480 wide,
+never upscaled) it keeps the edges that are there in >= `persist` (80%) of the frames with some
+contrast around them, and asks of each how it looks in the mean frame: a drawn edge (drawbox,
+drawtext, an overlaid PNG, at any opacity) is a one-pixel step, its gradient half the grey-level range
+around it; optics, motion blur and scaling spread a filmed edge over several pixels. Still, sharp
+edge pixels are closed into blobs (text strokes, a box's sides); a blob's evidence per pixel of its
+width + height (a drawn box: about 2) less half the runner-up's (a screen full of UI text has many
+such blobs, none standing out), over `full_mass`, is the score; its bounding box is the box.
 
-    persistence  share of the cell's edge pixels that are edges in >= `persist` (80%) of the frames
-    score        max over cells of persistence x how much of the picture moves (0..1)
-    box          the connected cells around the best one, tightened to their persistent pixels
-
-A frozen clip scores 0. Still scenery in a moving picture (a static camera's background, a fence in
-front of traffic, a dashboard) keeps its edges in place like an overlay does, and this detector cannot
-tell them apart: on the real overlay pairs of `python -m curate.bench.watermark` its ROC AUC is 0.60.
-Full-width or full-height persistent lines (letterbox and pillarbox bars) are not overlays.
+A frozen clip scores 0: nothing moves, so nothing tells an overlay from the picture. Blobs spanning
+most of the frame, and full-width or full-height lines (letterbox and pillarbox bars), are not overlays.
+The earlier edge-persistence x motion score (AUC 0.60) could not tell a static camera's scenery from
+an overlay; still scenery is mostly soft-edged, which this one uses. Measured with
+`python -m curate.bench.watermark` (42 pairs of seed 1; the constants were chosen on seed 0's 28):
+see the README's Benchmarks section. Still sharp scenery (a computer screen's UI, signs in a static
+shot) and faint overlays over similar colours are its misses.
 
 `method: classifier` loads a learned watermark classifier instead (a timm or open_clip image model,
 two classes, weights from a path); it gives a score and no box.
@@ -44,7 +47,7 @@ class WatermarkConfig:
     contrast: float = 16.0  # edges: a still edge needs this grey-level range in its 5x5 neighbourhood
     sharp_low: float = 0.30  # edges: gradient / local range at which an edge starts to count as a drawn step
     sharp_high: float = 0.45  # edges: ... and fully counts (a one-pixel step gives 0.5)
-    full_mass: float = 6.0  # edges: evidence per pixel of a blob's (width + height) that scores 1
+    full_mass: float = 3.0  # edges: evidence per pixel of a blob's (width + height) that scores 1 (a drawn box: ~2)
     moving_level: float = 6.0  # edges: per-pixel temporal standard deviation (grey levels, normalised frames) that counts as moving
     frozen: float = 0.005  # edges: a clip where fewer pixels than this share move is frozen: score 0
     classifier_arch: str | None = None  # classifier: "timm:<model name>" or "open_clip:<model name>"
@@ -81,7 +84,7 @@ class Overlay:
 
 
 def sample_grey(path: str, n: int, width: int) -> tuple[list[np.ndarray], int, int]:
-    """`n` evenly spaced grey frames `width` wide, and the clip's width and height."""
+    """`n` evenly spaced grey frames `width` wide (or the clip's width if smaller), and the clip's width and height."""
     try:
         with av.open(path, metadata_errors="ignore") as c:
             if not c.streams.video:
@@ -93,8 +96,9 @@ def sample_grey(path: str, n: int, width: int) -> tuple[list[np.ndarray], int, i
             frames, size = [], (0, 0)
             for i, frame in enumerate(c.decode(s)):
                 if want is None or i in want:
-                    h = max(2, round(frame.height * width / frame.width / 2) * 2)
-                    frames.append(frame.to_ndarray(format="gray", width=width, height=h))
+                    fw = min(width, frame.width) // 2 * 2  # never upscaled: that would soften drawn edges
+                    h = max(2, round(frame.height * fw / frame.width / 2) * 2)
+                    frames.append(frame.to_ndarray(format="gray", width=fw, height=h))
                     size = (frame.width, frame.height)
                 if want is not None and len(frames) == len(want):
                     break
