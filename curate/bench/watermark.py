@@ -2,10 +2,13 @@
 
 Each pair is the same short segment of a real video twice, re-encoded with x264: once clean, once
 with an overlay burned in by ffmpeg (a filled box, a box outline, or a text logo rendered to a PNG
-and overlaid), at a varied position, size and opacity. AUC = the chance that an overlaid clip
+and overlaid, or ffmpeg drawtext), at a varied position, size and opacity. AUC = the chance that an overlaid clip
 scores above a clean one (ties count half).
 
-    python -m curate.bench.watermark [--videos ../shared/data/videos] [--pairs 28] [-v]
+    python -m curate.bench.watermark [--videos ../shared/data/videos] [--pairs 42] [--seed 1] [-v]
+
+The detector's constants were chosen on seed 0's 28 pairs; the default run reports seed 1's 42 (other
+positions, sizes, colours and opacities), per overlay kind and opacity band too.
 """
 
 from __future__ import annotations
@@ -24,14 +27,19 @@ import numpy as np
 from stages.media import ffmpeg_exe
 from stages.watermark import WatermarkConfig, detect, sample_grey
 
-# (file, start_s, seconds): segments inside one shot, picture moving. vtest/traffic: static cameras.
+# (file, start_s, seconds): segments inside one shot, picture moving. vtest/traffic: static cameras;
+# goldeneye: a still screen whose text changes; testvideo 6.2: a still photo fading in; delayed_start:
+# a flat field brightening. (testvideo's 1-6 s shot is a frozen photo: nothing there can tell an
+# overlay from the picture, so a frozen clip scores 0 and the bench leaves that shot out.)
 SEGMENTS = [
     ("bikes.mp4", 1.3, 1.8), ("bikes.mp4", 3.1, 2.4), ("bikes.mp4", 5.5, 1.9), ("bikes.mp4", 7.6, 2.1),
-    ("bigbuckbunny.mp4", 0.0, 4.0), ("testvideo.mp4", 1.2, 4.5), ("testvideo.mp4", 6.2, 4.0),
+    ("bigbuckbunny.mp4", 0.0, 4.0), ("traffic_camera.mp4", 14.5, 4.0), ("testvideo.mp4", 6.2, 4.0),
     ("goldeneye-vfr-drop3.mp4", 0.0, 3.5), ("goldeneye-vfr-drop3.mp4", 4.0, 4.0),
     ("carphone_pristine.mp4", 0.0, 3.0), ("issue-134-rotate.mp4", 0.0, 3.0), ("vtest.avi", 10.0, 4.0),
     ("traffic_camera.mp4", 0.5, 4.0), ("delayed_start.mp4", 0.0, 2.0),
 ]
+# testvideo.mp4 has a real watermark (a copyright line along the bottom): its clean clips leave it out.
+CROP = {"testvideo.mp4": "crop=iw:trunc(ih*0.8/2)*2:0:0,"}
 
 
 def _logo(path: str, text: str, w: int, h: int) -> None:
@@ -40,43 +48,89 @@ def _logo(path: str, text: str, w: int, h: int) -> None:
     cv2.imwrite(path, img)
 
 
+def font_file() -> str | None:
+    """A TrueType font for ffmpeg's drawtext (fontconfig's sans, else a common path), or None."""
+    try:
+        found = subprocess.run(["fc-match", "-f", "%{file}", "sans"], capture_output=True, text=True, timeout=10).stdout.strip()
+        if found.lower().endswith((".ttf", ".otf")) and os.path.exists(found):
+            return found
+    except (OSError, subprocess.SubprocessError):
+        pass
+    for path in ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/TTF/DejaVuSans.ttf",
+                 "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf", "/System/Library/Fonts/Helvetica.ttc"):
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def _text_box(ff: str, drawtext: str, W: int, H: int) -> dict | None:
+    """Where drawtext puts its glyphs: rendered once on a black frame, the box of the lit pixels."""
+    out = subprocess.run([ff, "-v", "error", "-f", "lavfi", "-i", f"color=black:s={W}x{H}:d=0.04", "-vf",
+                          drawtext, "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "gray", "-"], capture_output=True, check=True).stdout
+    ys, xs = np.nonzero(np.frombuffer(out, np.uint8).reshape(H, W) > 8)
+    if not len(xs):
+        return None
+    return {"x": int(xs.min()), "y": int(ys.min()), "w": int(xs.max() - xs.min() + 1), "h": int(ys.max() - ys.min() + 1)}
+
+
+KINDS = ("box", "outline", "logo", "text")
+OPACITY_BANDS = ((0.25, 0.45), (0.45, 0.7), (0.7, 1.0))  # low, mid, high; pairs cycle through them
+
+
 def make_pairs(videos: str, out: str, n: int, seed: int = 0, width: int = 480) -> list[tuple[str, str, dict]]:
-    """n (clean clip, overlaid clip, overlay box in clip pixels) from the segments, cycling through them."""
+    """n (clean clip, overlaid clip, overlay box in clip pixels + kind, opacity, source) from the segments.
+
+    Pair i uses segment i mod 14, kind i mod 4 (a filled box, a box outline, a text logo PNG laid
+    over, ffmpeg drawtext; drawtext falls back to the PNG logo when no font is found) and opacity
+    band i mod 3; the seed draws position (a corner or the centre), size, colour, text and the exact
+    opacity in the band. Clips are `width` wide, x264, no audio.
+    """
     rng = random.Random(seed)
     ff = ffmpeg_exe()
+    font = font_file()
     pairs = []
     for i in range(n):
         name, start, dur = SEGMENTS[i % len(SEGMENTS)]
         src = os.path.join(videos, name)
         clean, marked = os.path.join(out, f"{i:03d}_clean.mp4"), os.path.join(out, f"{i:03d}_mark.mp4")
         enc = ["-an", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "20", "-pix_fmt", "yuv420p", "-threads", "1"]
-        scale = f"scale={width}:-2"
+        scale = f"{CROP.get(name, '')}scale={width}:-2"
         cut = ["-ss", f"{start:.3f}", "-t", f"{dur:.3f}", "-i", src]
         subprocess.run([ff, "-v", "error", "-y", *cut, "-vf", scale, *enc, clean], check=True)
         with av.open(clean) as c:
             H = c.streams.video[0].codec_context.height
-        kind = ["box", "outline", "logo"][i % 3]
+        kind = KINDS[i % len(KINDS)]
+        if kind == "text" and font is None:
+            kind = "logo"
+        lo, hi = OPACITY_BANDS[i % len(OPACITY_BANDS)]
         bw = int(width * rng.uniform(0.08, 0.25))
         bh = int(bw * rng.uniform(0.25, 0.6)) if kind != "box" else int(bw * rng.uniform(0.3, 1.0))
         corner = rng.choice(["tl", "tr", "bl", "br", "c"])
         m = int(width * 0.03)
         x = {"tl": m, "bl": m, "tr": width - bw - m, "br": width - bw - m, "c": (width - bw) // 2}[corner]
         y = {"tl": m, "tr": m, "bl": H - bh - m, "br": H - bh - m, "c": (H - bh) // 2}[corner]
-        opacity = rng.uniform(0.3, 0.9)
+        opacity = round(rng.uniform(lo, hi), 2)
         colour = rng.choice(["white", "black", "yellow"])
+        text = rng.choice(["TV1", "NEWS", "cam 7", "LOGO", "HD", "LIVE 24", "© studio"])
+        box = {"x": x, "y": y, "w": bw, "h": bh}
+        extra = []
         if kind == "box":
             graph = f"[0:v]{scale},drawbox=x={x}:y={y}:w={bw}:h={bh}:color={colour}@{opacity:.2f}:t=fill[v]"
-            extra = []
         elif kind == "outline":
             graph = f"[0:v]{scale},drawbox=x={x}:y={y}:w={bw}:h={bh}:color={colour}@{opacity:.2f}:t={max(2, bh // 8)}[v]"
-            extra = []
-        else:
+        elif kind == "logo":
             logo = os.path.join(out, f"{i:03d}_logo.png")
-            _logo(logo, rng.choice(["TV1", "NEWS", "cam 7", "LOGO", "HD"]), bw, bh)
+            _logo(logo, text, bw, bh)
             graph = f"[1:v]format=rgba,colorchannelmixer=aa={opacity:.2f}[l];[0:v]{scale}[b];[b][l]overlay={x}:{y}[v]"
             extra = ["-i", logo]
+        else:  # burned-in text, sometimes with a dark border as captions and channel marks have
+            border = rng.choice([0, 0, 2])
+            draw = (f"drawtext=fontfile='{font}':text='{text}':fontsize={max(10, bh)}:fontcolor={colour}@{opacity:.2f}"
+                    f":borderw={border}:bordercolor=black@{opacity:.2f}:x={x}:y={y}")
+            box = _text_box(ff, draw, width, H) or box
+            graph = f"[0:v]{scale},{draw}[v]"
         subprocess.run([ff, "-v", "error", "-y", *cut, *extra, "-filter_complex", graph, "-map", "[v]", *enc, marked], check=True)
-        pairs.append((clean, marked, {"x": x, "y": y, "w": bw, "h": bh, "kind": kind, "opacity": round(opacity, 2), "source": name}))
+        pairs.append((clean, marked, {**box, "kind": kind, "opacity": opacity, "source": name}))
     return pairs
 
 
@@ -91,35 +145,47 @@ def score_file(path: str, cfg: WatermarkConfig):
     return detect(frames, cfg, w, h)
 
 
+def iou(got: dict | None, want: dict) -> float:
+    if not got:
+        return 0.0
+    ix = max(0, min(got["x"] + got["w"], want["x"] + want["w"]) - max(got["x"], want["x"]))
+    iy = max(0, min(got["y"] + got["h"], want["y"] + want["h"]) - max(got["y"], want["y"]))
+    return ix * iy / (got["w"] * got["h"] + want["w"] * want["h"] - ix * iy)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--videos", default=os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "videos"))
-    ap.add_argument("--pairs", type=int, default=28)
+    ap.add_argument("--pairs", type=int, default=42)
+    ap.add_argument("--seed", type=int, default=1, help="positions, sizes, colours, opacities (the detector was tuned on seed 0)")
     ap.add_argument("--verbose", "-v", action="store_true")
     args = ap.parse_args(argv)
     cfg = WatermarkConfig()
     with tempfile.TemporaryDirectory(prefix="curate-bench-wm-") as tmp:
         t0 = time.time()
-        pairs = make_pairs(os.path.abspath(args.videos), tmp, args.pairs)
+        pairs = make_pairs(os.path.abspath(args.videos), tmp, args.pairs, seed=args.seed)
         t1 = time.time()
-        pos, neg, hits = [], [], 0
+        pos, neg, ious = [], [], []
         for clean, marked, box in pairs:
             a, b = score_file(clean, cfg), score_file(marked, cfg)
             neg.append(a.score)
             pos.append(b.score)
-            got = b.box
-            if got:
-                ix = max(0, min(got["x"] + got["w"], box["x"] + box["w"]) - max(got["x"], box["x"]))
-                iy = max(0, min(got["y"] + got["h"], box["y"] + box["h"]) - max(got["y"], box["y"]))
-                iou = ix * iy / (got["w"] * got["h"] + box["w"] * box["h"] - ix * iy)
-                hits += iou >= 0.3
+            ious.append(iou(b.box, box))
             if args.verbose:
-                print(f"  {box['source']:28s} {box['kind']:8s} op {box['opacity']:.2f}  clean {a.score:.3f}  overlay {b.score:.3f}  box {got} want {box}")
+                print(f"  {box['source']:24s} {box['kind']:8s} op {box['opacity']:.2f}  clean {a.score:.3f}  overlay {b.score:.3f}  IoU {ious[-1]:.2f}")
         t2 = time.time()
-    print(f"watermark (edges): {len(pairs)} pairs, ROC AUC {auc(pos, neg):.3f} (target >= 0.95); "
-          f"box IoU >= 0.3 on {hits}/{len(pairs)} overlays; at threshold 0.5: "
+    print(f"watermark (edges), seed {args.seed}: {len(pairs)} pairs, ROC AUC {auc(pos, neg):.3f} (target >= 0.95); "
+          f"overlaid above its clean twin in {sum(p > n for p, n in zip(pos, neg))}/{len(pairs)}; at threshold 0.5: "
           f"{sum(p >= 0.5 for p in pos)}/{len(pos)} overlays caught, {sum(n >= 0.5 for n in neg)}/{len(neg)} clean flagged")
-    print(f"  making pairs {t1 - t0:.1f} s, scoring {2 * len(pairs)} clips {t2 - t1:.1f} s ({(t2 - t1) / (2 * len(pairs)) * 1000:.0f} ms/clip)")
+    kinds = sorted({b["kind"] for _, _, b in pairs}, key=KINDS.index)
+    print("  AUC per kind (its overlays vs all clean clips): " + ", ".join(
+        f"{k} {auc([p for p, (_, _, b) in zip(pos, pairs) if b['kind'] == k], neg):.3f}" for k in kinds))
+    print("  AUC per opacity: " + ", ".join(
+        f"{lo:.2f}-{hi:.2f} {auc([p for p, (_, _, b) in zip(pos, pairs) if lo <= b['opacity'] < hi or (hi == 1.0 and b['opacity'] == 1.0)], neg):.3f}"
+        for lo, hi in OPACITY_BANDS))
+    print(f"  box IoU vs the drawn box: mean {np.mean(ious):.2f}, >= 0.5 on {sum(i >= 0.5 for i in ious)}/{len(ious)}, >= 0.3 on {sum(i >= 0.3 for i in ious)}/{len(ious)}")
+    print(f"  making pairs {t1 - t0:.1f} s, scoring {2 * len(pairs)} clips {t2 - t1:.1f} s ({(t2 - t1) / (2 * len(pairs)) * 1000:.0f} ms/clip, "
+          f"{cfg.frames} frames at width {cfg.width}, decoding included)")
 
 
 if __name__ == "__main__":

@@ -1,17 +1,31 @@
 """Watermark scores on overlay pairs made from the real videos (the same segment with and without an
-overlay burned in by ffmpeg, varied kind, position, size and opacity): overlaid clips must rank above
-clean ones. `python -m curate.bench.watermark` runs the full set (28 pairs) and prints its AUC."""
+overlay burned in by ffmpeg: a filled box, an outline, a PNG logo, drawtext; varied position, size,
+colour and opacity): overlaid clips must rank above clean ones and the box must land on the overlay.
+`python -m curate.bench.watermark` runs the full set (42 pairs of seed 1) and prints its AUC."""
 
-from curate.bench.watermark import auc, make_pairs, score_file
+import pytest
+
+from curate.bench.watermark import auc, iou, make_pairs, score_file
 from stages.watermark import WatermarkConfig
 
 
-def test_overlaid_clips_rank_above_clean_ones(videos, tmp_path):
+@pytest.fixture(scope="session")
+def pairs(videos, tmp_path_factory):
+    """Seed 2 (the detector was tuned on seed 0, the bench reports seed 1): 14 pairs, one per segment,
+    so every segment (static cameras, a still screen, a fade) is there once."""
+    return make_pairs(str(videos), str(tmp_path_factory.mktemp("wm-pairs")), 14, seed=2)
+
+
+def test_overlaid_clips_rank_above_clean_ones(pairs):
     cfg = WatermarkConfig()
-    pairs = make_pairs(str(videos), str(tmp_path), 6)  # bikes x4, bigbuckbunny, testvideo: pictures that move
-    clean = [score_file(c, cfg).score for c, _, _ in pairs]
-    marked = [score_file(m, cfg).score for _, m, _ in pairs]
-    # Measured here: 0.78 on these 6 pairs, 0.60 on the bench's 28 (static cameras and static
-    # foreground make clean clips look overlaid). The issue's target, 0.95, is not met yet.
-    assert auc(marked, clean) >= 0.7, (marked, clean)
-    assert sum(m >= c for m, c in zip(marked, clean)) >= 5  # the overlaid copy scores at least as high
+    clean = [score_file(c, cfg) for c, _, _ in pairs]
+    marked = [score_file(m, cfg) for _, m, _ in pairs]
+    cs, ms = [r.score for r in clean], [r.score for r in marked]
+    # Measured: AUC 0.84 on the bench's 42 held-out pairs; the issue's target, 0.95, is not met yet.
+    assert auc(ms, cs) >= 0.8, (ms, cs)
+    # Opaque enough to see (opacity >= 0.7): the overlaid copy scores above its clean twin.
+    strong = [(m, c, b) for m, c, (_, _, b) in zip(ms, cs, pairs) if b["opacity"] >= 0.7]
+    assert strong and sum(m > c for m, c, _ in strong) >= len(strong) - 1, strong
+    # The box lands on the overlay in most pairs.
+    hits = sum(iou(r.box, b) >= 0.3 for r, (_, _, b) in zip(marked, pairs))
+    assert hits >= len(pairs) // 2, [(r.box, b) for r, (_, _, b) in zip(marked, pairs)]

@@ -47,14 +47,15 @@ def _table(uris):
 def test_overlay_on_a_moving_picture_is_found_with_its_box(media):
     out = ScoreWatermark(WatermarkConfig())(_table([media[k] for k in ("clean", "marked", "faint", "frozen")])).to_pylist()
     clean, marked, faint, frozen = (r["watermark_score"] for r in out)
-    assert clean < 0.1 and marked >= 0.5 and clean < faint < marked, (clean, marked, faint)
+    # a drawn edge is a one-pixel step at any opacity: the faint copy is found too
+    assert clean < 0.1 and marked >= 0.5 and faint >= 0.5, (clean, marked, faint)
     # the box lies on the overlay (what stays still there: the plate's inner edges, whatever is under it)
     box = out[1]["watermark_box"]
     assert BOX["x"] - 4 <= box["x"] and box["x"] + box["w"] <= BOX["x"] + BOX["w"] + 4, box
     assert BOX["y"] - 4 <= box["y"] and box["y"] + box["h"] <= BOX["y"] + BOX["h"] + 4, box
     assert box["w"] * box["h"] >= 0.25 * BOX["w"] * BOX["h"], box
     # a frozen picture: nothing moves, so nothing can be told apart from the scene
-    assert frozen < 0.1
+    assert frozen == 0.0 and out[3]["watermark_box"] is None
 
 
 def test_timm_classifier_loads_from_a_path(tmp_path, media):
