@@ -49,7 +49,13 @@ class EncodeError(RuntimeError):
 
 
 class _Encoder:
-    """One clip file: frames in, H.264 (or the configured codec) mp4 with +faststart out."""
+    """One clip file: frames in, H.264 (or the configured codec) mp4 with +faststart out.
+
+    Without `settings.fps` every frame is encoded with its source timestamp (VFR stays VFR). With it,
+    the clip is resampled to that constant rate: tick k (time k/fps from the clip's first frame) shows
+    the last frame at or before it, so frames between ticks are dropped (never converted) and a frame
+    spanning several ticks is repeated; `close(duration_s)` fills the ticks up to the clip's end.
+    """
 
     def __init__(self, *args):
         try:
@@ -59,11 +65,16 @@ class _Encoder:
 
     def _open(self, path: str, settings: EncodeSettings, template: av.VideoFrame, rotation: int, time_base, rate):
         self.path = path
+        self.settings = settings
         self.k = (round(rotation / 90) % 4) if rotation else 0  # np.rot90 turns, to store the picture upright
         w, h = (template.height, template.width) if self.k % 2 else (template.width, template.height)
         if settings.max_height and h > settings.max_height:
             w, h = max(2, round(w * settings.max_height / h / 2) * 2), settings.max_height
         self.size = (w - w % 2, h - h % 2)
+        self.out_rate = settings.rate  # None: source timing
+        self.src_tb = Fraction(time_base)
+        if self.out_rate:
+            rate, time_base = self.out_rate, 1 / self.out_rate
         self.container = av.open(path, "w", format="mp4", options={"movflags": "+faststart"})
         s = self.container.add_stream(settings.codec, rate=rate or Fraction(25))
         s.width, s.height = self.size
@@ -79,9 +90,12 @@ class _Encoder:
         self.stream = s
         self.time_base = time_base  # the muxer changes the stream's own time base once it writes the header
         self.first_pts = None
-        self.n = 0
+        self.held = None  # resampling: the latest frame, shown until the next one's time
+        self.tick = 0  # resampling: the next output tick
+        self.n = 0  # frames encoded
 
     def add(self, frame: av.VideoFrame, pts: int) -> None:
+        """Frame `frame` of the clip, at `pts` in the source's time base."""
         try:
             self._add(frame, pts)
         except av.FFmpegError as e:
@@ -90,20 +104,48 @@ class _Encoder:
     def _add(self, frame: av.VideoFrame, pts: int) -> None:
         if self.first_pts is None:
             self.first_pts = pts
+        if self.out_rate is None:
+            self._encode(frame, pts - self.first_pts)
+            return
+        t = (pts - self.first_pts) * self.src_tb  # exact: ticks before t show the held frame
+        self._emit_until(lambda k: k < t * self.out_rate)
+        self.held = frame
+
+    def _emit_until(self, before) -> None:
+        if self.held is None:
+            return
+        converted = None
+        while before(self.tick):
+            if converted is None:
+                converted = self._convert(self.held)
+            self._encode(converted, self.tick, convert=False)
+            self.tick += 1
+
+    def _convert(self, frame: av.VideoFrame) -> av.VideoFrame:
         if self.k:
             img = np.rot90(frame.to_ndarray(format="rgb24"), self.k)
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
         w, h = self.size
         if (frame.width, frame.height, frame.format.name) != (w, h, "yuv420p"):
             frame = frame.reformat(width=w, height=h, format="yuv420p", interpolation="BICUBIC")
-        frame.pts = pts - self.first_pts
+        return frame
+
+    def _encode(self, frame: av.VideoFrame, pts: int, convert: bool = True) -> None:
+        if convert:
+            frame = self._convert(frame)
+        frame.pts = pts
         frame.time_base = self.time_base
         for p in self.stream.encode(frame):
             self.container.mux(p)
         self.n += 1
 
-    def close(self) -> None:
+    def close(self, duration_s: float | None = None) -> None:
+        """Finish the file; `duration_s` (the clip's length in source time) places the last ticks."""
         try:
+            if self.out_rate is not None and self.held is not None:
+                n = self.settings.frames_out(0, duration_s or 0.0)
+                self._emit_until(lambda k: k < n)
+                self.held = None
             for p in self.stream.encode():
                 self.container.mux(p)
             self.container.close()
@@ -111,6 +153,7 @@ class _Encoder:
             raise EncodeError(f"finishing {os.path.basename(self.path)} failed: {e}") from e
 
     def discard(self) -> None:
+        self.held = None
         self.close()
         os.remove(self.path)
 
@@ -204,7 +247,7 @@ def stream_split(
                 enc.discard()
                 pieces.append(Piece("too_short", a, b))
             else:
-                enc.close()
+                enc.close(duration)
                 pieces.append(Piece("clip", a, b, enc.path))
             state["enc"] = None
 
