@@ -6,12 +6,20 @@ has seen far enough past it), which label (blank / transition / content, which n
 around it), which clip window. Then it goes straight to that window's encoder (PyAV, libx264 by
 default) or is dropped. Memory is the look-ahead queue, whatever the length of the video.
 
-    decoded   ... k-L ............................ k        (L = look-ahead frames)
-    decided   ...   ^ frames up to here have a scene, a label and a window; they are encoded
-    pending         [k-L+1 .. k] full frames held; their small copies already went to the detector
+    decoded   ... j ........... H ..... k        (k: last decoded; H: scenes and labels known below it)
+    decided   ... ^ frames up to j have a scene, a label and a window; they are encoded
+    pending       [j+1 .. k] full frames held; their small copies already went to the detector
 
-Content runs are cut greedily into windows of `max_clip_s` (a long run's last window is what is left;
-shorter than `min_clip_s` it is a `too_short` piece whose encoded file is discarded).
+Content runs (one scene, one label) are cut into windows of `max_clip_s`, except at a run's end: when
+that would leave a rest shorter than `min_clip_s` (which would be `too_short`, lost), the window before
+it ends early so that the last one is `min_clip_s` long (run 11 s, max 5, min 2: 5 + 4 + 2, not
+5 + 5 + 1). To see a run's end in time, a frame is decided only once every frame up to `min_clip_s`
+after it is known (H - j >= min_clip_s of frames): that is the memory this costs, `min_clip_s` x fps
+full decoded frames more (yuv420p: 2 s at 25 fps is 50 frames, 69 MB at 720p, 155 MB at 1080p).
+Where that cannot leave both windows at least `min_clip_s` long (possible only when max_clip_s <
+2 x min_clip_s), the rest stays `too_short`. (`one_pass: false` knows every scene first and cuts equal windows instead.)
+
+With `encode.fps` the encoder resamples each window to that constant rate (see `_Encoder`).
 """
 
 from __future__ import annotations
@@ -220,19 +228,28 @@ def stream_split(
     content windows are encoded under `workdir` as piece files. `labels` None: every frame is content.
     """
     pad = (labels.ramp_min_frames + labels.margin_frames + 4) if labels else 0
+    look_s = cfg.min_clip_s  # frames are decided this far behind the known ones: a content run's end is seen in time
     confirm = cfg.detector not in ("stride", "threshold")
     stats = FrameStats()
     times: list[float] = []
     pts_of: list[int] = []
     pending: deque = deque()  # (index, frame)
     cuts: list[int] = []  # confirmed hard cuts, sorted
+    cut_set: set[int] = set()
     seen: set[int] = set()  # detector cuts already looked at
+    labs = bytearray()  # labels (CONTENT / TRANSITION / BLANK) of frames [0, len(labs)), fixed once computed
     pieces: list[Piece] = []
-    state = {"kind": None, "a": 0, "enc": None, "scene": 0}
+    # the open piece: its kind, first frame, encoder; `split` where a content window is to end early
+    state = {"kind": None, "a": 0, "enc": None, "split": None}
     done = 0  # frames decided
+    known = 0  # frames whose label and cut are known (the decision horizon)
+    nxt = [0]  # the next run boundary after the frame being decided (a cache; see run_end)
 
     with _open(path) as c:
         s, tb, rate, default_dur = video_stream(c, decoded)
+
+        def t_at(k: int) -> float:
+            return times[k] if k < len(times) else decoded.end_s
 
         def close_piece(b: int) -> None:
             kind, a, enc = state["kind"], state["a"], state["enc"]
@@ -241,8 +258,7 @@ def stream_split(
             if enc is None:
                 pieces.append(Piece(kind, a, b))
                 return
-            end_t = times[b] if b < len(times) else None
-            duration = (end_t if end_t is not None else decoded.end_s) - times[a]
+            duration = t_at(b) - times[a]
             if duration < cfg.min_clip_s - 1e-9:
                 enc.discard()
                 pieces.append(Piece("too_short", a, b))
@@ -252,14 +268,31 @@ def stream_split(
             state["enc"] = None
 
         def open_piece(kind: str, j: int, frame) -> None:
-            state["kind"], state["a"] = kind, j
+            state["kind"], state["a"], state["split"] = kind, j, None
             if kind == "clip":
                 state["enc"] = _Encoder(os.path.join(workdir, f"{j:08d}.mp4"), cfg.encode, frame, rotation, tb, rate)
 
-        def decide(upto: int, final: bool) -> None:
-            nonlocal done
-            if upto <= done:
-                return
+        def run_end(j: int, final: bool) -> int | None:
+            """The first frame after j that starts a new scene or has another label; None if not known yet."""
+            e = max(nxt[0], j + 1)
+            while e < known and e not in cut_set and labs[e] == labs[e - 1]:
+                e += 1
+            nxt[0] = e
+            return e if (e < known or final) else None
+
+        def early_split(a: int, e: int) -> int | None:
+            """Where the content window starting at `a` ends, in a run that ends at `e`, when cutting it at
+            max_clip_s would leave less than min_clip_s at the end: the last min_clip_s (or a little more)
+            become the last window. None: no such frame (the window ends at max_clip_s as usual)."""
+            end = t_at(e)
+            g = bisect.bisect_left(times, times[a] + cfg.max_clip_s - 1e-9, a + 1, e)  # where max_clip_s would cut
+            if g >= e or end - times[g] >= cfg.min_clip_s - 1e-9:
+                return None
+            split = bisect.bisect_right(times, end - cfg.min_clip_s + 1e-9, a + 1, e) - 1
+            return split if split > a and times[split] - times[a] >= cfg.min_clip_s - 1e-9 else None
+
+        def decide(horizon: int, final: bool) -> None:
+            nonlocal done, known
             # hard cuts among the detector's cuts whose neighbourhood has been seen
             diff = None
             for k in sorted(set(detector.cuts) - seen):
@@ -270,24 +303,40 @@ def stream_split(
                     diff = np.asarray(stats._diff, np.float64)
                 if done <= k < len(times) and k > 0 and (not confirm or confirm_hard_cuts([k], diff, cfg.hard_cut_ratio)):
                     bisect.insort(cuts, k)
-            if labels:
-                lo, hi = max(0, done - pad), len(times) if final else min(len(times), upto + pad)
-                lab = label_frames(stats.slice(lo, hi), labels)[done - lo : upto - lo]
-            else:
-                lab = np.full(upto - done, CONTENT, np.int8)
+                    cut_set.add(k)
+            # labels up to the horizon, each computed once with `pad` frames of context on both sides
+            if horizon > len(labs):
+                if labels:
+                    lo, hi = max(0, len(labs) - pad), len(times) if final else min(len(times), horizon + pad)
+                    labs.extend(label_frames(stats.slice(lo, hi), labels)[len(labs) - lo : horizon - lo].astype(np.int8).tobytes())
+                else:
+                    labs.extend(bytes(horizon - len(labs)))
+            known = horizon
+            upto = horizon
+            if not final:  # decide frame j once every frame less than look_s after frame j+1 is known
+                upto = done
+                while upto + 1 < horizon and times[upto + 1] + look_s <= times[horizon - 1]:
+                    upto += 1
             for j in range(done, upto):
                 _, frame = pending.popleft()
-                kind = ("clip", "transition", "blank")[int(lab[j - done])]
-                new_scene = bool(cuts) and bisect.bisect_left(cuts, j) < len(cuts) and cuts[bisect.bisect_left(cuts, j)] == j
-                new_window = kind == "clip" and state["kind"] == "clip" and times[j] - times[state["a"]] >= cfg.max_clip_s - 1e-9
+                kind = ("clip", "transition", "blank")[labs[j]]
+                new_scene = j in cut_set
+                new_window = False
+                if kind == "clip" and state["kind"] == "clip" and not new_scene:
+                    if state["split"] is None:
+                        e = run_end(j, final)
+                        if e is not None:
+                            state["split"] = early_split(state["a"], e) or -1
+                    new_window = j == state["split"] or times[j] - times[state["a"]] >= cfg.max_clip_s - 1e-9
                 if j == 0 or new_scene or kind != state["kind"] or new_window:
                     close_piece(j)
                     open_piece(kind, j, frame)
                 if state["enc"] is not None:
                     state["enc"].add(frame, pts_of[j])
-            done = upto
+            done = max(done, upto)
 
         try:
+            last = 0
             for frame, small in _prefetch(_decode_small(c, s, cfg.analysis_width)):
                 if frame.pts is None:
                     pts_s = (decoded.last_pts_s + default_dur) if decoded.last_pts_s is not None else 0.0
@@ -306,8 +355,9 @@ def stream_split(
                 pts_of.append(pts)
                 pending.append((len(times) - 1, frame))
                 safe = min(detector.known(), len(times) - 3) - pad
-                if safe - done >= DECIDE_EVERY:
+                if safe - last >= DECIDE_EVERY:
                     decide(safe, final=False)
+                    last = safe
         except av.FFmpegError as e:
             raise MediaError(Reason.DECODE_ERROR, f"decoding failed after {decoded.n_frames} frames: {e}") from e
         if not times:
