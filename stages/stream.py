@@ -229,6 +229,7 @@ def stream_split(
     """
     pad = (labels.ramp_min_frames + labels.margin_frames + 4) if labels else 0
     look_s = cfg.min_clip_s  # frames are decided this far behind the known ones: a content run's end is seen in time
+    look_max = round(4 * look_s * (fps or 25.0)) + DECIDE_EVERY  # ... but never more frames behind (timestamps jumping back)
     confirm = cfg.detector not in ("stride", "threshold")
     stats = FrameStats()
     times: list[float] = []
@@ -315,7 +316,7 @@ def stream_split(
             upto = horizon
             if not final:  # decide frame j once every frame less than look_s after frame j+1 is known
                 upto = done
-                while upto + 1 < horizon and times[upto + 1] + look_s <= times[horizon - 1]:
+                while upto + 1 < horizon and (times[upto + 1] + look_s <= times[horizon - 1] or horizon - upto > look_max):
                     upto += 1
             for j in range(done, upto):
                 _, frame = pending.popleft()
