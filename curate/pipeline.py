@@ -278,9 +278,9 @@ def _write_shards(cfg: JobConfig, out: Output, runner: Runner, clips: pa.Table) 
 
 
 def _clips_table(windows: pa.Table, sources: pa.Table) -> pa.Table:
-    """Clip windows joined with what they inherit from their source (licence, attribution, fps, uri)."""
-    inherit = sources.select(["source_id", "license", "title", "author", "source_url", "attribution", "fps", "uri"])
-    inherit = inherit.rename_columns(["source_id", "license", "title", "author", "source_url", "attribution", "fps", "source_uri"])
+    """Clip windows joined with what they inherit from their source (licence, attribution, uri)."""
+    inherit = sources.select(["source_id", "license", "title", "author", "source_url", "attribution", "uri"])
+    inherit = inherit.rename_columns(["source_id", "license", "title", "author", "source_url", "attribution", "source_uri"])
     if windows.num_rows == 0:
         return CLIPS.empty_table()
     joined = windows.join(inherit, "source_id", join_type="left outer")

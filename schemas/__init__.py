@@ -126,6 +126,8 @@ CLIP_WINDOW_FIELDS = [
     pa.field("clip_id", pa.string()),
     *SCENE_FIELDS,
     pa.field("duration_s", pa.float64()),
+    pa.field("fps", pa.float64()),  # the clip file's frame rate: split.encode.fps, else the source's average rate
+    pa.field("n_frames", pa.int64()),  # frames in the clip file (end_frame - start_frame unless split.encode.fps resamples)
     pa.field("clip_uri", pa.string()),
     pa.field("clip_bytes", pa.int64()),
     pa.field("width", pa.int32()),
@@ -202,7 +204,8 @@ CLIPS = pa.schema(
         pa.field("source_id", pa.string(), nullable=False),
         *SCENE_FIELDS,
         pa.field("duration_s", pa.float64()),
-        pa.field("fps", pa.float64()),
+        pa.field("fps", pa.float64()),  # the clip file's frame rate: split.encode.fps, else the source's average rate
+        pa.field("n_frames", pa.int64()),  # frames in the clip file; start_frame/end_frame stay source decode indices
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
         pa.field("clip_uri", pa.string()),

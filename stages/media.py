@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Iterator
 
 import av
@@ -262,9 +264,33 @@ class EncodeSettings:
     preset: str = "veryfast"
     max_height: int | None = None  # scale down (keeping aspect) when taller; None keeps the source size
     audio: bool = False
+    fps: float | None = None  # resample clips to this constant rate; None keeps the source's timing (VFR stays VFR)
+
+    def __post_init__(self):
+        if self.fps is not None and not 0 < self.fps <= 1000:
+            raise ValueError(f"encode.fps must be > 0 and <= 1000 (or null), got {self.fps}")
+        if self.max_height is not None and self.max_height < 2:
+            raise ValueError(f"encode.max_height must be >= 2 (or null), got {self.max_height}")
+
+    @property
+    def rate(self) -> Fraction | None:
+        """`fps` as an exact rational, the way ffmpeg parses it (29.97 -> 2997/100)."""
+        return Fraction(str(self.fps)).limit_denominator(1001000) if self.fps else None
 
     def fingerprint(self) -> str:
-        return f"{self.codec}-crf{self.crf}-{self.preset}-h{self.max_height or 0}-a{int(self.audio)}"
+        base = f"{self.codec}-crf{self.crf}-{self.preset}-h{self.max_height or 0}-a{int(self.audio)}"
+        return f"{base}-r{self.rate}" if self.fps else base  # unchanged without fps: clip ids stay the same
+
+    def frames_out(self, n_frames: int, duration_s: float) -> int:
+        """Frames a clip of `n_frames` source frames lasting `duration_s` has once written.
+
+        Without `fps`, frames pass one for one. With it, the clip has one frame per tick k/fps that
+        falls inside it (k/fps < duration_s), each the source frame shown at that time: the last one
+        whose time from the clip's first frame is at or before k/fps (frames dropped or repeated).
+        """
+        if not self.fps:
+            return n_frames
+        return max(1, math.ceil(duration_s * self.rate - 1e-6))
 
 
 def write_clip(
@@ -279,9 +305,12 @@ def write_clip(
     """Write `n_frames` frames of `src` starting at the first frame whose time is at or after `seek_s`.
 
     `seek_s` is on ffmpeg's input clock (container start = 0); callers pass the wanted frame's time
-    minus half a frame so rounding never drops or adds a frame. Frames pass through one for one
-    (`-fps_mode passthrough`, so VFR stays VFR); ffmpeg applies rotation metadata, so the clip is
-    stored upright. Writes `dst` through a temporary name.
+    minus half a frame so rounding never drops or adds a frame. Without `settings.fps`, frames pass
+    through one for one (`-fps_mode passthrough`, so VFR stays VFR). With it, `n_frames` counts output
+    frames (`EncodeSettings.frames_out`): the fps filter, on times from the clip's first frame and
+    rounding up, gives tick k the last frame at or before k/fps (the one-pass encoder's rule), and
+    the last frame is repeated if the source ends before the last tick. ffmpeg applies rotation
+    metadata, so the clip is stored upright. Writes `dst` through a temporary name.
     """
     import ffmpeg
 
@@ -289,6 +318,9 @@ def write_clip(
         raise ValueError(f"n_frames must be positive, got {n_frames}")
     source = ffmpeg.input(src, ss=f"{seek_s:.6f}") if seek_s > 0 else ffmpeg.input(src)
     video = source["v:0"]
+    if settings.fps:
+        video = video.filter("setpts", "PTS-STARTPTS").filter("fps", fps=str(settings.rate), round="up")
+        video = video.filter("tpad", stop_mode="clone", stop=-1)
     if settings.max_height:
         video = video.filter("scale", -2, f"min({settings.max_height},ih)", flags="bicubic")
     # yuv420p needs even sides: an odd-sized source loses its last row/column rather than being resampled.

@@ -311,12 +311,18 @@ class Split:
         except (RuntimeError, OSError, av.FFmpegError) as e:
             clip.update(status=ClipStatus.ERROR, reason=Reason.ENCODE_ERROR, error=str(e))
             return
+        self._check_written(clip, uri, written)
+
+    def _check_written(self, clip: dict, uri: str, written: tuple[int, int, int, int]) -> None:
         frames, width, height, size = written
-        n = clip["end_frame"] - clip["start_frame"]
+        n = self._frames_out(clip)
         if frames != n:
             clip.update(status=ClipStatus.ERROR, reason=Reason.ENCODE_ERROR, error=f"wrote {frames} frames, expected {n}")
             return
-        clip.update(clip_uri=uri, clip_bytes=size, width=width, height=height)
+        clip.update(clip_uri=uri, clip_bytes=size, width=width, height=height, n_frames=frames)
+
+    def _frames_out(self, clip: dict) -> int:
+        return self.cfg.encode.frames_out(clip["end_frame"] - clip["start_frame"], clip["duration_s"])
 
     def _window(self, row, scene, a, b, t, end_s, status, reason=None) -> dict:
         start_s = float(t[a])
@@ -329,6 +335,8 @@ class Split:
             "start_s": start_s,
             "end_s": stop_s,
             "duration_s": stop_s - start_s,
+            "fps": self.cfg.encode.fps or row.get("fps"),  # the written file's rate (the source's average without encode.fps)
+            "n_frames": None,  # frames in the written file
             "clip_uri": None,
             "clip_bytes": None,
             "width": None,
@@ -340,7 +348,7 @@ class Split:
 
     def _write(self, src: str, clip: dict, seek_s: float, has_audio: bool) -> None:
         uri = f"{self.clips_root}/{clip['clip_id']}.mp4"
-        n = clip["end_frame"] - clip["start_frame"]
+        n = self._frames_out(clip)
         try:
             if is_local(uri):
                 dst = local_path_of(uri)
@@ -362,11 +370,7 @@ class Split:
         except (RuntimeError, OSError, av.FFmpegError) as e:
             clip.update(status=ClipStatus.ERROR, reason=Reason.ENCODE_ERROR, error=str(e))
             return
-        frames, width, height, size = written
-        if frames != n:
-            clip.update(status=ClipStatus.ERROR, reason=Reason.ENCODE_ERROR, error=f"wrote {frames} frames, expected {n}")
-            return
-        clip.update(clip_uri=uri, clip_bytes=size, width=width, height=height)
+        self._check_written(clip, uri, written)
 
 
 def _video_facts(path: str) -> tuple[int, int, int, int]:

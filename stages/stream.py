@@ -6,16 +6,25 @@ has seen far enough past it), which label (blank / transition / content, which n
 around it), which clip window. Then it goes straight to that window's encoder (PyAV, libx264 by
 default) or is dropped. Memory is the look-ahead queue, whatever the length of the video.
 
-    decoded   ... k-L ............................ k        (L = look-ahead frames)
-    decided   ...   ^ frames up to here have a scene, a label and a window; they are encoded
-    pending         [k-L+1 .. k] full frames held; their small copies already went to the detector
+    decoded   ... j ........... H ..... k        (k: last decoded; H: scenes and labels known below it)
+    decided   ... ^ frames up to j have a scene, a label and a window; they are encoded
+    pending       [j+1 .. k] full frames held; their small copies already went to the detector
+
+Content runs (one scene, one label) are cut into windows of `max_clip_s`, except at a run's end: when
+that would leave a rest shorter than `min_clip_s` (which would be `too_short`, lost), the window before
+it ends early so that the last one is `min_clip_s` long (run 11 s, max 5, min 2: 5 + 4 + 2, not
+5 + 5 + 1). To see a run's end in time, a frame is decided only once every frame up to `min_clip_s`
+after it is known (H - j >= min_clip_s of frames): that is the memory this costs, `min_clip_s` x fps
+full decoded frames more (yuv420p: 2 s at 25 fps is 50 frames, 69 MB at 720p, 155 MB at 1080p).
+Where that cannot leave both windows at least `min_clip_s` long (possible only when max_clip_s <
+2 x min_clip_s), the rest stays `too_short`. (`one_pass: false` knows every scene first and cuts equal windows instead.)
+
+With `encode.fps` the encoder resamples each window to that constant rate (see `_Encoder`).
 
 With `motion` given (method `vectors`), the decoder also exports the source's motion vectors and
 each content window's motion score is measured from them on the way (stages.motion), so scoring
 needs no second decode of the clip.
 
-Content runs are cut greedily into windows of `max_clip_s` (a long run's last window is what is left;
-shorter than `min_clip_s` it is a `too_short` piece whose encoded file is discarded).
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ import numpy as np
 from schemas import Reason
 from stages.media import Decoded, EncodeSettings, MediaError, _open, video_stream
 from stages.motion import MotionConfig, VectorWindows, columns, frame_vectors, settings_key, summarize
-from stages.shots import CONTENT, FrameStats, LabelSettings, confirm_hard_cuts, label_frames
+from stages.shots import FrameStats, LabelSettings, confirm_hard_cuts, label_frames
 
 DECIDE_EVERY = 32  # frames between two decisions (labels are recomputed over a small slice each time)
 
@@ -55,7 +64,13 @@ class EncodeError(RuntimeError):
 
 
 class _Encoder:
-    """One clip file: frames in, H.264 (or the configured codec) mp4 with +faststart out."""
+    """One clip file: frames in, H.264 (or the configured codec) mp4 with +faststart out.
+
+    Without `settings.fps` every frame is encoded with its source timestamp (VFR stays VFR). With it,
+    the clip is resampled to that constant rate: tick k (time k/fps from the clip's first frame) shows
+    the last frame at or before it, so frames between ticks are dropped (never converted) and a frame
+    spanning several ticks is repeated; `close(duration_s)` fills the ticks up to the clip's end.
+    """
 
     def __init__(self, *args):
         try:
@@ -65,11 +80,16 @@ class _Encoder:
 
     def _open(self, path: str, settings: EncodeSettings, template: av.VideoFrame, rotation: int, time_base, rate):
         self.path = path
+        self.settings = settings
         self.k = (round(rotation / 90) % 4) if rotation else 0  # np.rot90 turns, to store the picture upright
         w, h = (template.height, template.width) if self.k % 2 else (template.width, template.height)
         if settings.max_height and h > settings.max_height:
             w, h = max(2, round(w * settings.max_height / h / 2) * 2), settings.max_height
         self.size = (w - w % 2, h - h % 2)
+        self.out_rate = settings.rate  # None: source timing
+        self.src_tb = Fraction(time_base)
+        if self.out_rate:
+            rate, time_base = self.out_rate, 1 / self.out_rate
         self.container = av.open(path, "w", format="mp4", options={"movflags": "+faststart"})
         s = self.container.add_stream(settings.codec, rate=rate or Fraction(25))
         s.width, s.height = self.size
@@ -85,9 +105,12 @@ class _Encoder:
         self.stream = s
         self.time_base = time_base  # the muxer changes the stream's own time base once it writes the header
         self.first_pts = None
-        self.n = 0
+        self.held = None  # resampling: the latest frame, shown until the next one's time
+        self.tick = 0  # resampling: the next output tick
+        self.n = 0  # frames encoded
 
     def add(self, frame: av.VideoFrame, pts: int) -> None:
+        """Frame `frame` of the clip, at `pts` in the source's time base."""
         try:
             self._add(frame, pts)
         except av.FFmpegError as e:
@@ -96,20 +119,48 @@ class _Encoder:
     def _add(self, frame: av.VideoFrame, pts: int) -> None:
         if self.first_pts is None:
             self.first_pts = pts
+        if self.out_rate is None:
+            self._encode(frame, pts - self.first_pts)
+            return
+        t = (pts - self.first_pts) * self.src_tb  # exact: ticks before t show the held frame
+        self._emit_until(lambda k: k < t * self.out_rate)
+        self.held = frame
+
+    def _emit_until(self, before) -> None:
+        if self.held is None:
+            return
+        converted = None
+        while before(self.tick):
+            if converted is None:
+                converted = self._convert(self.held)
+            self._encode(converted, self.tick, convert=False)
+            self.tick += 1
+
+    def _convert(self, frame: av.VideoFrame) -> av.VideoFrame:
         if self.k:
             img = np.rot90(frame.to_ndarray(format="rgb24"), self.k)
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
         w, h = self.size
         if (frame.width, frame.height, frame.format.name) != (w, h, "yuv420p"):
             frame = frame.reformat(width=w, height=h, format="yuv420p", interpolation="BICUBIC")
-        frame.pts = pts - self.first_pts
+        return frame
+
+    def _encode(self, frame: av.VideoFrame, pts: int, convert: bool = True) -> None:
+        if convert:
+            frame = self._convert(frame)
+        frame.pts = pts
         frame.time_base = self.time_base
         for p in self.stream.encode(frame):
             self.container.mux(p)
         self.n += 1
 
-    def close(self) -> None:
+    def close(self, duration_s: float | None = None) -> None:
+        """Finish the file; `duration_s` (the clip's length in source time) places the last ticks."""
         try:
+            if self.out_rate is not None and self.held is not None:
+                n = self.settings.frames_out(0, duration_s or 0.0)
+                self._emit_until(lambda k: k < n)
+                self.held = None
             for p in self.stream.encode():
                 self.container.mux(p)
             self.container.close()
@@ -117,6 +168,7 @@ class _Encoder:
             raise EncodeError(f"finishing {os.path.basename(self.path)} failed: {e}") from e
 
     def discard(self) -> None:
+        self.held = None
         self.close()
         os.remove(self.path)
 
@@ -192,22 +244,32 @@ def stream_split(
     """
     vectors = motion is not None and motion.method == "vectors"
     pad = (labels.ramp_min_frames + labels.margin_frames + 4) if labels else 0
+    look_s = cfg.min_clip_s  # frames are decided this far behind the known ones: a content run's end is seen in time
+    look_max = round(4 * look_s * (fps or 25.0)) + DECIDE_EVERY  # ... but never more frames behind (timestamps jumping back)
     confirm = cfg.detector not in ("stride", "threshold")
     stats = FrameStats()
     times: list[float] = []
     pts_of: list[int] = []
     pending: deque = deque()  # (index, frame, vector field or None)
     cuts: list[int] = []  # confirmed hard cuts, sorted
+    cut_set: set[int] = set()
     seen: set[int] = set()  # detector cuts already looked at
+    labs = bytearray()  # labels (CONTENT / TRANSITION / BLANK) of frames [0, len(labs)), fixed once computed
     pieces: list[Piece] = []
-    state = {"kind": None, "a": 0, "enc": None, "scene": 0, "motion": None}
+    # the open piece: its kind, first frame, encoder; `split` where a content window is to end early
+    state = {"kind": None, "a": 0, "enc": None, "split": None, "motion": None}
     done = 0  # frames decided
+    known = 0  # frames whose label and cut are known (the decision horizon)
+    nxt = [0]  # the next run boundary after the frame being decided (a cache; see run_end)
     diag = 1.0  # the decoded picture's diagonal (motion is in % of it)
 
     with _open(path) as c:
         s, tb, rate, default_dur = video_stream(c, decoded)
         if vectors:
             s.codec_context.options = {"flags2": "+export_mvs"}
+
+        def t_at(k: int) -> float:
+            return times[k] if k < len(times) else decoded.end_s
 
         def close_piece(b: int) -> None:
             kind, a, enc = state["kind"], state["a"], state["enc"]
@@ -216,27 +278,43 @@ def stream_split(
             if enc is None:
                 pieces.append(Piece(kind, a, b))
                 return
-            end_t = times[b] if b < len(times) else None
-            duration = (end_t if end_t is not None else decoded.end_s) - times[a]
+            duration = t_at(b) - times[a]
             if duration < cfg.min_clip_s - 1e-9:
                 enc.discard()
                 pieces.append(Piece("too_short", a, b))
             else:
-                enc.close()
+                enc.close(duration)
                 pieces.append(Piece("clip", a, b, enc.path, _clip_motion(state["motion"], motion)))
             state["enc"] = state["motion"] = None
 
         def open_piece(kind: str, j: int, frame) -> None:
-            state["kind"], state["a"] = kind, j
+            state["kind"], state["a"], state["split"] = kind, j, None
             if kind == "clip":
                 state["enc"] = _Encoder(os.path.join(workdir, f"{j:08d}.mp4"), cfg.encode, frame, rotation, tb, rate)
                 if vectors:
                     state["motion"] = VectorWindows(motion.window_s, float(rate) if rate else None)
 
-        def decide(upto: int, final: bool) -> None:
-            nonlocal done
-            if upto <= done:
-                return
+        def run_end(j: int, final: bool) -> int | None:
+            """The first frame after j that starts a new scene or has another label; None if not known yet."""
+            e = max(nxt[0], j + 1)
+            while e < known and e not in cut_set and labs[e] == labs[e - 1]:
+                e += 1
+            nxt[0] = e
+            return e if (e < known or final) else None
+
+        def early_split(a: int, e: int) -> int | None:
+            """Where the content window starting at `a` ends, in a run that ends at `e`, when cutting it at
+            max_clip_s would leave less than min_clip_s at the end: the last min_clip_s (or a little more)
+            become the last window. None: no such frame (the window ends at max_clip_s as usual)."""
+            end = t_at(e)
+            g = bisect.bisect_left(times, times[a] + cfg.max_clip_s - 1e-9, a + 1, e)  # where max_clip_s would cut
+            if g >= e or end - times[g] >= cfg.min_clip_s - 1e-9:
+                return None
+            split = bisect.bisect_right(times, end - cfg.min_clip_s + 1e-9, a + 1, e) - 1
+            return split if split > a and times[split] - times[a] >= cfg.min_clip_s - 1e-9 else None
+
+        def decide(horizon: int, final: bool) -> None:
+            nonlocal done, known
             # hard cuts among the detector's cuts whose neighbourhood has been seen
             diff = None
             for k in sorted(set(detector.cuts) - seen):
@@ -247,16 +325,31 @@ def stream_split(
                     diff = np.asarray(stats._diff, np.float64)
                 if done <= k < len(times) and k > 0 and (not confirm or confirm_hard_cuts([k], diff, cfg.hard_cut_ratio)):
                     bisect.insort(cuts, k)
-            if labels:
-                lo, hi = max(0, done - pad), len(times) if final else min(len(times), upto + pad)
-                lab = label_frames(stats.slice(lo, hi), labels)[done - lo : upto - lo]
-            else:
-                lab = np.full(upto - done, CONTENT, np.int8)
+                    cut_set.add(k)
+            # labels up to the horizon, each computed once with `pad` frames of context on both sides
+            if horizon > len(labs):
+                if labels:
+                    lo, hi = max(0, len(labs) - pad), len(times) if final else min(len(times), horizon + pad)
+                    labs.extend(label_frames(stats.slice(lo, hi), labels)[len(labs) - lo : horizon - lo].astype(np.int8).tobytes())
+                else:
+                    labs.extend(bytes(horizon - len(labs)))
+            known = horizon
+            upto = horizon
+            if not final:  # decide frame j once every frame less than look_s after frame j+1 is known
+                upto = done
+                while upto + 1 < horizon and (times[upto + 1] + look_s <= times[horizon - 1] or horizon - upto > look_max):
+                    upto += 1
             for j in range(done, upto):
                 _, frame, field = pending.popleft()
-                kind = ("clip", "transition", "blank")[int(lab[j - done])]
-                new_scene = bool(cuts) and bisect.bisect_left(cuts, j) < len(cuts) and cuts[bisect.bisect_left(cuts, j)] == j
-                new_window = kind == "clip" and state["kind"] == "clip" and times[j] - times[state["a"]] >= cfg.max_clip_s - 1e-9
+                kind = ("clip", "transition", "blank")[labs[j]]
+                new_scene = j in cut_set
+                new_window = False
+                if kind == "clip" and state["kind"] == "clip" and not new_scene:
+                    if state["split"] is None:
+                        e = run_end(j, final)
+                        if e is not None:
+                            state["split"] = early_split(state["a"], e) or -1
+                    new_window = j == state["split"] or times[j] - times[state["a"]] >= cfg.max_clip_s - 1e-9
                 if j == 0 or new_scene or kind != state["kind"] or new_window:
                     close_piece(j)
                     open_piece(kind, j, frame)
@@ -264,9 +357,10 @@ def stream_split(
                     state["enc"].add(frame, pts_of[j])
                     if state["motion"] is not None:
                         state["motion"].push(times[j], field, diag)
-            done = upto
+            done = max(done, upto)
 
         try:
+            last = 0
             for frame, small, field in _prefetch(_decode_small(c, s, cfg.analysis_width, vectors)):
                 if frame.pts is None:
                     pts_s = (decoded.last_pts_s + default_dur) if decoded.last_pts_s is not None else 0.0
@@ -287,8 +381,9 @@ def stream_split(
                 pts_of.append(pts)
                 pending.append((len(times) - 1, frame, field))
                 safe = min(detector.known(), len(times) - 3) - pad
-                if safe - done >= DECIDE_EVERY:
+                if safe - last >= DECIDE_EVERY:
                     decide(safe, final=False)
+                    last = safe
         except av.FFmpegError as e:
             raise MediaError(Reason.DECODE_ERROR, f"decoding failed after {decoded.n_frames} frames: {e}") from e
         if not times:

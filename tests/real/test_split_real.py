@@ -153,3 +153,51 @@ def test_two_pass_writer_gives_the_same_clips(split_real, videos, tmp_path):
         frames = gray_frames(clip["clip_uri"])
         assert len(frames) == clip["end_frame"] - clip["start_frame"]
         assert np.abs(small(frames[0]) - source[clip["start_frame"]]).mean() < 3
+
+
+def frames_and_times(path):
+    """Small grey frames and their times (seconds, exact fractions) from the first frame."""
+    out, times = [], []
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        for f in c.decode(s):
+            out.append(small(f.to_ndarray(format="gray").astype(np.float32)))
+            times.append(f.pts * s.time_base)
+    return out, [t - times[0] for t in times]
+
+
+@pytest.mark.parametrize("one_pass", [True, False], ids=["one-pass", "two-pass"])
+def test_encode_fps_resamples_clips_to_a_constant_rate(videos, tmp_path, one_pass):
+    """split.encode.fps: VFR and 25 fps sources give CFR clips, each tick showing the source frame of its time
+    (the last frame at or before it); rows keep source indices and say the file's rate and frame count.
+    split.encode.max_height scales in the same writers."""
+    from fractions import Fraction
+
+    from stages.media import EncodeSettings
+
+    names = ["goldeneye-vfr-drop3.mp4", "bikes.mp4"]
+    sources = Ingest()(pa.table({"uri": [str(videos / n) for n in names], "license": ["CC-BY-4.0"] * 2}))
+    enc = EncodeSettings(crf=12, preset="ultrafast", fps=10.0, max_height=144)
+    cfg = SplitConfig(min_clip_s=0.3, max_clip_s=4.0, encode=enc, one_pass=one_pass)
+    srcs, _, clips = flatten(Split(cfg, str(tmp_path))(sources))
+    for src in srcs.to_pylist():
+        source, times = frames_and_times(src["uri"])
+        assert src["n_frames"] == len(source)  # start/end frames stay decode indices of the source
+        mine = [c for c in clips.to_pylist() if c["source_id"] == src["source_id"] and c["status"] == "kept"]
+        assert len(mine) >= 3
+        for clip in mine:
+            a, b = clip["start_frame"], clip["end_frame"]
+            with av.open(clip["clip_uri"]) as c:
+                s = c.streams.video[0]
+                pts = sorted(p.pts for p in c.demux(s) if p.pts is not None)
+                assert {round((q - p) * s.time_base, 9) for p, q in zip(pts, pts[1:])} == {Fraction(1, 10)}  # CFR 10
+                assert (s.codec_context.height, s.codec_context.width) == (144, round(144 * src["width"] / src["height"] / 2) * 2)
+            frames, _ = frames_and_times(clip["clip_uri"])
+            assert len(frames) == clip["n_frames"] == enc.frames_out(b - a, clip["duration_s"])
+            assert abs(len(frames) - round(clip["duration_s"] * 10)) <= 1
+            assert clip["fps"] == 10.0
+            for k, got in enumerate(frames):
+                want = max(j for j in range(a, b) if times[j] - times[a] <= Fraction(k, 10))
+                got = cv2.resize(got, source[0].shape[::-1], interpolation=cv2.INTER_AREA)
+                errors = {j: np.abs(got - source[j]).mean() for j in range(max(0, want - 2), min(len(source), want + 3))}
+                assert errors[want] <= min(errors.values()) + 0.5, (clip["clip_id"], k, want, errors)

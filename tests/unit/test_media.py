@@ -1,7 +1,9 @@
 import subprocess
+from fractions import Fraction
 
 import av
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -61,3 +63,34 @@ def test_fsspec_uris_are_read(videos):
     assert size == (videos / "bikes.mp4").stat().st_size
     row = Ingest()(pa.table({"uri": ["memory://curate-test/bikes.mp4"], "license": ["MIT"]})).to_pylist()[0]
     assert (row["status"], row["n_frames"], row["sha256"]) == ("ok", 250, sha)
+
+
+def test_encode_fps_counts_ticks_and_keeps_old_clip_ids():
+    enc = EncodeSettings(fps=10.0)
+    assert enc.frames_out(50, 2.0) == 20  # ticks 0.0 .. 1.9
+    assert enc.frames_out(51, 2.04) == 21  # tick 2.0 is inside a 2.04 s clip
+    assert enc.frames_out(1, 0.04) == 1
+    assert EncodeSettings().frames_out(51, 2.04) == 51  # no fps: frames pass one for one
+    assert EncodeSettings(fps=29.97).rate == Fraction(2997, 100)
+    # without fps the settings fingerprint (and so every clip id) is what it was before encode.fps existed
+    assert EncodeSettings().fingerprint() == "libx264-crf18-veryfast-h0-a0"
+    assert EncodeSettings(fps=10.0).fingerprint() != EncodeSettings().fingerprint()
+    with pytest.raises(ValueError, match="encode.fps"):
+        EncodeSettings(fps=0)
+
+
+def test_write_clip_resamples_to_fps(videos, tmp_path):
+    """counter.mp4 is 10 fps (a counter; colour changes at frames 10 and 20): at 4 fps, ticks 0.0, 0.25, 0.5, ...
+    show frames 0, 2, 5, 7, 10, ... (the last frame at or before each tick); 3 s from frame 0 is 12 frames."""
+    dst = tmp_path / "clip.mp4"
+    write_clip(str(videos / "counter.mp4"), str(dst), 0.0, 12, EncodeSettings(preset="ultrafast", crf=12, fps=4.0, max_height=64))
+    with av.open(str(dst)) as c:
+        s = c.streams.video[0]
+        pts = sorted(p.pts * s.time_base for p in c.demux(s) if p.pts is not None)
+    with av.open(str(dst)) as c:
+        got = [f.to_ndarray(format="gray").astype(np.float32) for f in c.decode(video=0)]
+    assert pts == [Fraction(k, 4) for k in range(12)]
+    with av.open(str(videos / "counter.mp4")) as c:
+        src = [f.to_ndarray(format="gray", width=114, height=64).astype(np.float32) for f in c.decode(video=0)]
+    nearest = [int(np.argmin([np.abs(g - s).mean() for s in src])) for g in got]
+    assert nearest == [0, 2, 5, 7, 10, 12, 15, 17, 20, 22, 25, 27]

@@ -61,3 +61,40 @@ def test_config_checks():
         SplitConfig(min_clip_s=5, max_clip_s=2)
     with pytest.raises(ValueError, match="analysis_width"):
         SplitConfig(analysis_width=7)
+
+
+@pytest.mark.parametrize(
+    "seconds, min_clip_s, max_clip_s, expected",
+    [
+        (12.0, 2.0, 5.0, [(0, 125, "kept"), (125, 250, "kept"), (250, 300, "kept")]),  # the rest is 2 s: as cut
+        # a 1 s rest would be lost: the window before it ends early, so the last one is min_clip_s
+        (11.0, 2.0, 5.0, [(0, 125, "kept"), (125, 225, "kept"), (225, 275, "kept")]),
+        (11.52, 2.0, 5.0, [(0, 125, "kept"), (125, 238, "kept"), (238, 288, "kept")]),
+        (4.4, 2.0, 3.0, [(0, 60, "kept"), (60, 110, "kept")]),
+        # no way to make two windows of at least 2 s out of 3.6 s with none over 3 s: the rest is too_short
+        (3.6, 2.0, 3.0, [(0, 75, "kept"), (75, 90, "filtered")]),
+    ],
+)
+def test_one_pass_windows_lose_no_content_at_run_ends(tmp_path, ffmpeg, seconds, min_clip_s, max_clip_s, expected):
+    """One shot of `seconds` (25 fps, no cut, no blank): one-pass windows of max_clip_s, except that a rest
+    shorter than min_clip_s is avoided by ending the window before it early (seen through the look-ahead)."""
+    import subprocess
+
+    import pyarrow as pa
+
+    from stages.ingest import Ingest
+    from stages.media import EncodeSettings
+    from stages.split import Split
+
+    path = tmp_path / "shot.mp4"
+    subprocess.run([ffmpeg, "-v", "error", "-f", "lavfi", "-i", f"testsrc2=s=128x72:r=25:d={seconds}",
+                    "-c:v", "libx264", "-preset", "ultrafast", str(path)], check=True)  # fmt: skip
+    src = Ingest()(pa.table({"uri": [str(path)], "license": ["CC0-1.0"]}))
+    cfg = SplitConfig(min_clip_s=min_clip_s, max_clip_s=max_clip_s, encode=EncodeSettings(preset="ultrafast"))
+    row = Split(cfg, str(tmp_path / "clips"))(src).to_pylist()[0]
+    assert row["status"] == "ok", row["error"]
+    assert [(s["start_frame"], s["end_frame"]) for s in row["scenes"]] == [(0, round(seconds * 25))]
+    assert [(c["start_frame"], c["end_frame"], c["status"]) for c in row["clips"]] == expected
+    for c in row["clips"]:
+        assert (c["reason"] == "too_short") == (c["status"] == "filtered")
+        assert c["status"] != "kept" or min_clip_s - 1e-9 <= c["duration_s"] <= max_clip_s + 1e-9
