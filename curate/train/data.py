@@ -19,7 +19,7 @@ steps) and none waits at an epoch's end for a rank that ran out. The stream is a
 (shards, seed, rank, world, workers, batch_size): resuming at batch n replays each reader's stream up
 to its share of n without decoding a single array (tar bytes and json only), so a resumed run sees
 exactly the batches an uninterrupted run would. With DataLoader workers, batch i of a rank comes from
-worker i % W (the DataLoader takes workers in turn), which is how the skip is shared out.
+reader i % W (the DataLoader takes its workers in turn), which is how the skip is shared out.
 """
 
 from __future__ import annotations
@@ -151,8 +151,11 @@ class ShardStream(torch.utils.data.IterableDataset):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        skip = max(0, (self.start_batch - worker + workers - 1) // workers)
-        for i, batch in enumerate(self.raw_batches(worker, workers)):
+        # The DataLoader takes workers in turn from worker 0, so a resumed loader's worker w serves the
+        # batches n + w, n + w + W, ...: those of the reader (n + w) % W, which skips its batches before n.
+        reader = (worker + self.start_batch) % workers
+        skip = max(0, (self.start_batch - reader + workers - 1) // workers)
+        for i, batch in enumerate(self.raw_batches(reader, workers)):
             if i >= skip:
                 yield self.collate(batch)
 

@@ -334,7 +334,8 @@ def train(cfg: TrainConfig) -> dict:
     if world > 1:
         dist.barrier()
     return {"rank": rank, "world": world, "start_step": start, "steps": cfg.steps, "losses": losses,
-            "batches": len(losses), "rates": rates, "checkpoint": latest, "params": count_params(model)}
+            "batches": len(losses), "rates": rates, "checkpoint": latest, "params": count_params(model),
+            "param_sum": float(sum(p.detach().double().sum() for p in model.parameters()))}
 
 
 def _report(w: dict, step: int, cfg: TrainConfig, world: int, rank: int, peak: float | None, device) -> dict:
