@@ -136,7 +136,7 @@ def probe(urls: list[str]) -> dict:
 
 
 class ShardStream(torch.utils.data.IterableDataset):
-    """An endless stream of batches {x [B, C, T, H, W], text [B, L, D], mask [B, L], keys, epoch} for
+    """An endless stream of batches {x [B, C, T, H, W], text [B, L, D], mask [B, L], keys, epochs} for
     one rank (and its DataLoader workers); `start_batch` resumes at a rank's batch position."""
 
     def __init__(self, urls: list[str], batch_size: int, text_dim: int, rank: int = 0, world: int = 1,
@@ -224,4 +224,4 @@ class ShardStream(torch.utils.data.IterableDataset):
             text[i, : len(e)] = torch.from_numpy(e)
             mask[i, : len(m)] = torch.from_numpy(m)
         return {"x": torch.stack(xs), "text": text, "mask": mask, "keys": [s["key"] for s in batch],
-                "epoch": max(s["epoch"] for s in batch)}
+                "epochs": [s["epoch"] for s in batch]}

@@ -309,8 +309,8 @@ def train(cfg: TrainConfig) -> dict:
         window["tokens"] += tokens
         window["flops"] += flops_cache[key]
         window["steps"] += 1
-        log_file.write(json.dumps({"step": step, "loss": value, "epoch": batch["epoch"], "batch": b, "shape": list(x.shape),
-                                   "keys": batch["keys"], "lr": lr_at(cfg.optim, step),
+        log_file.write(json.dumps({"step": step, "loss": value, "batch": b, "shape": list(x.shape),
+                                   "keys": batch["keys"], "epochs": batch["epochs"], "lr": lr_at(cfg.optim, step),
                                    "grad_norm": float(grad_norm) if grad_norm is not None else None}) + "\n")
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
