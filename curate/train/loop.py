@@ -226,7 +226,8 @@ def train(cfg: TrainConfig) -> dict:
     start = 0
     if cfg.resume and os.path.exists(latest):
         state = torch.load(latest, map_location=device, weights_only=False)
-        if state["model_config"] != model_to_dict(mcfg):
+        arch = lambda d: {k: v for k, v in d.items() if k != "caption_dropout"}  # noqa: E731 (a training setting)
+        if arch(state["model_config"]) != arch(model_to_dict(mcfg)):
             raise ConfigError(f"{latest} was trained with model {state['model_config']}, this job builds {model_to_dict(mcfg)}; "
                               f"set another output or resume: false")
         model.load_state_dict(state["model"])

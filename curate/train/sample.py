@@ -135,15 +135,16 @@ def sample(ckpt: str, prompt: str | None, out: str, steps: int = 50, guidance: f
            latent_shape: tuple[int, int, int] | None = None, vae: str | None = None, text_model: str | None = None,
            text_encoder: str | None = None, weights: str = "ema", fps: float | None = None) -> dict:
     """The `curate sample` command: one mp4 (and its latent, OUT.npy) for `prompt`."""
-    model, state = load_checkpoint(ckpt, weights)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, state = load_checkpoint(ckpt, weights, device)
     info = state["data_info"]
     text_cfg = text_config_of(state, text_model, text_encoder) if prompt and info.get("text_dim") else None
     text, mask = embed_prompts([prompt or ""], state, text_cfg)
     shape = (state["model_config"]["in_channels"], *(latent_shape or info["latent_shapes"][0][1:]))
     z = sample_latents(model, text, mask, shape, steps, guidance if prompt else 1.0, state["config"]["flow"]["shift"], seed)
-    raw = denormalize(z, info.get("norm") if state["config"]["data"]["normalize"] else None)
+    raw = denormalize(z.float().cpu(), info.get("norm") if state["config"]["data"]["normalize"] else None)
     np.save(os.path.splitext(out)[0] + ".npy", raw[0].numpy().astype(np.float16))
-    video = load_vae_of(state, vae).decode(raw.numpy())[0]
+    video = load_vae_of(state, vae, device).decode(raw.numpy())[0]
     write_mp4(video, out, fps or info.get("latent_fps") or 16)
     return {"mp4": out, "latent": os.path.splitext(out)[0] + ".npy", "latent_shape": list(raw.shape[1:]),
             "frames": video.shape[1], "size": list(video.shape[2:]), "prompt": prompt, "conditional": bool(prompt)}

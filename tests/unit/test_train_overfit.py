@@ -1,11 +1,12 @@
 """The trainer learns: overfit 4 captioned clips on the CPU, then each caption samples its own clip."""
 
-import dataclasses
-
+import av
 import numpy as np
 import pytest
 import torch
+import yaml
 
+from curate.cli import main
 from curate.train.loop import DataSection, ModelSection, OptimSection, TrainConfig, train
 from curate.train.sample import embed_prompts, load_checkpoint, sample_latents
 from stages.latents import TextEmbeddingConfig, load_text_encoder, save_tiny_text_encoder
@@ -48,4 +49,16 @@ def test_overfit_four_captioned_clips_and_sample_each_caption(tmp_path, one_thre
     # each caption's sample is nearest its own clip (mean squared distance, normalised latents)
     dist = ((z[:, None] - latents[None].astype(np.float32)) ** 2).reshape(4, 4, -1).mean(-1)  # [sample, clip]
     assert list(dist.argmin(1)) == [0, 1, 2, 3], dist
+
+    # `curate sample --prompt`: the text encoder is found in the curate job beside the shards, the
+    # latent decoded by the shards' VAE (the tiny random Wan, rebuilt from its seed) into an mp4
+    (tmp_path / "data" / "job.yaml").write_text(yaml.safe_dump({"latents": {"text": {"encoder": "t5", "model": t5, "max_length": 8}}}))
+    mp4 = tmp_path / "car.mp4"
+    assert main(["sample", done["checkpoint"], "--prompt", CAPTIONS[1], "--out", str(mp4), "--steps", "30", "--guidance", "2"]) == 0
+    z = np.load(tmp_path / "car.npy").astype(np.float32)
+    assert ((z[None] - latents.astype(np.float32)) ** 2).reshape(4, -1).mean(1).argmin() == 1
+    with av.open(str(mp4)) as c:
+        assert len(list(c.decode(video=0))) == 5  # 2 latent frames of a causal 4x VAE: 1 + 4 frames
+    (tmp_path / "data" / "job.yaml").unlink()
+    assert main(["sample", done["checkpoint"], "--prompt", CAPTIONS[1], "--out", str(mp4)]) == 2  # which encoder? says so
 
