@@ -128,6 +128,7 @@ class Attention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         if angles is not None:
             q, k = apply_rope(q, angles), apply_rope(k, angles)
+        q, k = q.to(v.dtype), k.to(v.dtype)  # under autocast the norms may answer in float32
         attn_mask = None if mask is None else mask[:, None, None, :]  # [B, 1, 1, L], True = attend
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.out(y.transpose(1, 2).reshape(b, n, -1))

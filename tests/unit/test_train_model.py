@@ -49,3 +49,14 @@ def test_rotary_attention_scores_depend_on_relative_position_only():
     assert score((1, 0, 1), (2, 1, 3)) == pytest.approx(score((2, 1, 2), (3, 2, 4)), abs=1e-4)  # same offset
     assert score((1, 0, 1), (2, 1, 3)) != pytest.approx(score((1, 0, 1), (3, 1, 3)), abs=1e-3)  # time offset matters
     assert score((0, 0, 0), (0, 2, 0)) != pytest.approx(score((0, 0, 0), (0, 0, 2)), abs=1e-3)  # height and width differ
+
+
+@pytest.mark.parametrize("attention", ["joint", "factorized"])
+def test_bf16_autocast_forward_and_backward(attention):
+    """What a GPU run does (bf16 autocast, float32 weights), on the CPU's autocast."""
+    model = VideoDiT(config_for("tiny", in_channels=4, text_dim=8, attention=attention))
+    x, t, text, mask = inputs()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, t, text, mask, drop=torch.tensor([True, False]))
+    out.float().sum().backward()
+    assert out.dtype == torch.bfloat16 and all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
