@@ -6,6 +6,8 @@
     curate takedown OUT --source ID_OR_URI [--reason TEXT]
     curate report OUT
     curate models make-tiny DIR
+    curate train JOB [--set key.path=value ...]
+    curate sample CKPT [--prompt TEXT] [--out FILE.mp4]
 
 Exit codes: 0 the job ran (per-input errors are rows in `sources`); 2 a bad job file, override or
 input location, an output folder another run is writing, or a failed query, with a one-line message.
@@ -74,6 +76,40 @@ def _make_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    import logging
+
+    import torch
+
+    from curate.train.loop import load_train_job, train
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    cfg = load_train_job(args.job, args.set or [])
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    done = train(cfg)
+    if done["rank"] == 0:
+        last = done["rates"][-1] if done["rates"] else {}
+        print(f"curate train: steps {done['start_step']}..{done['steps']} on {done['world']} rank(s), "
+              f"last loss {last.get('loss', float('nan')):.4f}, checkpoint {done['checkpoint']}")
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from curate.train.sample import sample
+
+    shape = tuple(int(v) for v in args.latent_shape.split("x")) if args.latent_shape else None
+    if shape is not None and len(shape) != 3:
+        raise ValueError(f"--latent-shape expects TxHxW, got {args.latent_shape!r}")
+    done = sample(args.ckpt, args.prompt, args.out, steps=args.steps, guidance=args.guidance, seed=args.seed,
+                  latent_shape=shape, vae=args.vae, text_model=args.text_model, text_encoder=args.text_encoder,
+                  weights=args.weights, fps=args.fps)
+    print(f"curate sample: {done['mp4']} ({done['frames']} frames {done['size'][1]}x{done['size'][0]}, latent "
+          f"{'x'.join(map(str, done['latent_shape']))} in {done['latent']}, "
+          f"{'prompt ' + repr(done['prompt']) if done['conditional'] else 'unconditional'})")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="curate", description="Video dataset curation for video diffusion models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -112,6 +148,27 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--only", action="append", metavar="NAME", help="write only this model (repeatable)")
     t.set_defaults(func=_make_tiny)
+
+    tr = sub.add_parser("train", help="train the reference video diffusion transformer on shards (torchrun for DDP)")
+    tr.add_argument("job", help="train job file (YAML), e.g. jobs/train-tiny.yaml")
+    tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a job key (dotted path, YAML value); repeatable")
+    tr.add_argument("-v", "--verbose", action="store_true")
+    tr.set_defaults(func=_train)
+
+    sa = sub.add_parser("sample", help="sample a trained checkpoint: prompt -> latents -> VAE decode -> mp4")
+    sa.add_argument("ckpt", help="a checkpoint, e.g. out/train-tiny/checkpoints/latest.pt")
+    sa.add_argument("--prompt", help="caption to condition on (needs a model trained with text); none: unconditional")
+    sa.add_argument("--out", default="sample.mp4", help="mp4 to write (the latent goes beside it as .npy)")
+    sa.add_argument("--steps", type=int, default=50, help="Euler steps")
+    sa.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale (1: none)")
+    sa.add_argument("--seed", type=int, default=0)
+    sa.add_argument("--latent-shape", metavar="TxHxW", help="latent frames x height x width (default: the first training shape)")
+    sa.add_argument("--vae", help="save_pretrained VAE folder (default: the VAE the shards name)")
+    sa.add_argument("--text-model", help="text encoder (hub id or folder) that embedded the shards' captions (default: from the shards' job.yaml)")
+    sa.add_argument("--text-encoder", choices=["t5", "clip"], help="its kind (with --text-model)")
+    sa.add_argument("--weights", choices=["ema", "model"], default="ema")
+    sa.add_argument("--fps", type=float, help="frame rate of the mp4 (default: the shards' latent_fps)")
+    sa.set_defaults(func=_sample)
     return p
 
 
@@ -121,11 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     from curate.inputs import InputError
     from curate.release import TakedownError
     from curate.storage import OutputBusy
+    from curate.train.data import DataError
+    from curate.train.sample import SampleError
     from stages.caption import WeightsError
+    from stages.latents import WeightsError as VAEWeightsError
 
     try:
         return args.func(args)
-    except (ConfigError, InputError, OutputBusy, FileNotFoundError, TakedownError, WeightsError) as e:
+    except (ConfigError, InputError, OutputBusy, FileNotFoundError, TakedownError, WeightsError, VAEWeightsError, DataError, SampleError) as e:
         print(f"curate: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # a failed query: DuckDB's own message says what is wrong
