@@ -59,7 +59,9 @@ PINNED = {
 
 # Tiny architectures (random weights) for tests and the demo; "random" uses the real sizes below.
 TINY = {
-    "AutoencoderKLWan": dict(base_dim=16, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True]),
+    # latents_mean / latents_std sized to z_dim (the diffusers defaults are Wan 2.1's 16 channels): identity normalisation
+    "AutoencoderKLWan": dict(base_dim=16, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True],
+                             latents_mean=[0.0] * 4, latents_std=[1.0] * 4),
     "AutoencoderKLCogVideoX": dict(
         block_out_channels=(8, 16, 16), latent_channels=4, layers_per_block=1, norm_num_groups=4,
         down_block_types=("CogVideoXDownBlock3D",) * 3, up_block_types=("CogVideoXUpBlock3D",) * 3,

@@ -82,7 +82,7 @@ def test_tiny_wan_loads_through_the_real_path_and_records_where_it_came_from(vae
     assert vae.revision.startswith("sha256:")
     g = vae.geometry
     assert (g.temporal, g.spatial, g.channels) == (4, 8, 4)  # read from the saved config.json
-    assert vae.norm["latent_channel_mean"] and len(vae.norm["latent_channel_std"]) == 16  # Wan's per-channel stats
+    assert len(vae.norm["latent_channel_mean"]) == len(vae.norm["latent_channel_std"]) == g.channels  # per-channel stats, one per latent channel
 
 
 def test_latents_have_the_declared_shape_dtype_and_metadata(vae, tmp_path):

@@ -96,6 +96,6 @@ def test_latent_normalisation_follows_the_vae_rule():
     z = np.ones((2, 1, 1, 1), np.float32) * 3
     wan = latent_norm({"latent_channel_mean": [1, 2], "latent_channel_std": [2, 1]}, 2)
     assert normalize(z, wan).ravel().tolist() == [1.0, 1.0]
-    assert latent_norm({"latent_channel_mean": [0.0] * 16, "latent_channel_std": [1.0] * 16}, 4) is None  # the tiny demo VAE
+    assert latent_norm({"latent_channel_mean": [0.0] * 16, "latent_channel_std": [1.0] * 16}, 4) is None  # stats for another channel count
     sd = latent_norm({"latent_scaling_factor": 0.5, "latent_shift_factor": 1.0}, 2)
     assert normalize(z, sd).ravel().tolist() == [1.0, 1.0]
