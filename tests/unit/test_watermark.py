@@ -106,3 +106,37 @@ def test_open_clip_classifier_loads_from_a_path(tmp_path):
     frames = [np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)]
     p = classify(frames)
     assert 0.0 <= p <= 1.0 and classify(frames) == pytest.approx(p)
+
+
+def test_an_overlay_on_a_brightening_flat_field_is_found(tmp_path, ffmpeg):
+    """No texture moves, but the field brightens from black under the overlay: that is change (the
+    black first frames are left out), so the overlay is found; the same field without it has nothing."""
+    graph = "color=c=black:s=320x240:r=25,geq=lum='clip(T*120\\,0\\,255)':cb=128:cr=128"
+    paths = {}
+    for name, extra in (("plain", ""), ("marked", ",drawbox=x=224:y=16:w=72:h=32:color=white@0.6:t=3")):
+        paths[name] = str(tmp_path / f"{name}.mp4")
+        subprocess.run([ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i", graph + extra, "-frames:v", "60", "-c:v", "libx264",
+                        "-preset", "veryfast", "-crf", "20", "-pix_fmt", "yuv420p", paths[name]], check=True)
+    plain, marked = ScoreWatermark(WatermarkConfig())(_table([paths["plain"], paths["marked"]])).to_pylist()
+    assert plain["watermark_score"] == 0.0 and marked["watermark_score"] >= 0.5, (plain, marked)
+    box = marked["watermark_box"]
+    assert abs(box["x"] - 224) <= 4 and abs(box["y"] - 16) <= 4 and abs(box["w"] - 72) <= 8, box
+
+
+def test_logistic_fit_separates_and_calibrates():
+    from curate.bench.watermark import calibrate, clip_scores, fit_logistic
+    from stages.watermark import FEATURES, WEIGHTS
+
+    assert len(WEIGHTS) == len(FEATURES)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, len(FEATURES)))
+    y = (X[:, 0] + 0.5 * X[:, 2] > 1.0).astype(float)
+    w, b = fit_logistic(X, y)
+    assert w[0] > 0 and w[2] > 0 and abs(w[1]) < w[0] / 3
+    assert fit_logistic(X, y) == (w, b)  # deterministic
+    clips = [{"feats": X[i:i + 1], "boxes": [{}], "frozen": False, "overlay": bool(y[i])} for i in range(len(y))]
+    scores = clip_scores(clips, w, calibrate(clips, w, b))
+    right = sum((s >= 0.5) == bool(t) for s, t in zip(scores, y))
+    assert right >= 0.95 * len(y)
+    with pytest.raises(ValueError, match="positive and negative"):
+        fit_logistic(X, np.zeros(len(X)))
