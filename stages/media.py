@@ -11,8 +11,10 @@ import contextlib
 import hashlib
 import math
 import os
+import queue
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Iterator
@@ -365,3 +367,41 @@ __all__ = [
     "probe",
     "write_clip",
 ]
+
+
+def prefetch(it, depth: int = 8):
+    """Run iterator `it` in a thread, `depth` items ahead: decoding and scaling (C code that releases
+    the GIL) overlap with the caller's work (detection and encoding, reading motion vectors).
+    Exceptions are re-raised here."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def run():
+        try:
+            for item in it:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        pass
+                if stop.is_set():
+                    return
+            q.put(end)
+        except BaseException as e:  # handed to the consumer
+            q.put(e)
+
+    th = threading.Thread(target=run, name="curate-decode", daemon=True)
+    th.start()
+    try:
+        while True:
+            item = q.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        th.join()

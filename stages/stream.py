@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import bisect
 import os
-import queue
-import threading
 from collections import deque
 from dataclasses import dataclass
 from fractions import Fraction
@@ -41,8 +39,8 @@ import av
 import numpy as np
 
 from schemas import Reason
-from stages.media import Decoded, EncodeSettings, MediaError, _open, video_stream
-from stages.motion import MotionConfig, VectorWindows, columns, frame_vectors, settings_key, summarize
+from stages.media import Decoded, EncodeSettings, MediaError, _open, prefetch, video_stream
+from stages.motion import VECTOR_THREADS, MotionConfig, VectorWindows, columns, frame_vectors, settings_key, summarize
 from stages.shots import FrameStats, LabelSettings, confirm_hard_cuts, label_frames
 
 DECIDE_EVERY = 32  # frames between two decisions (labels are recomputed over a small slice each time)
@@ -188,43 +186,6 @@ def _decode_small(c, s, width: int, vectors: bool = False):
         yield frame, small.to_ndarray(), field
 
 
-def _prefetch(it, depth: int = 8):
-    """Run iterator `it` in a thread, `depth` items ahead: decoding and scaling (C code that releases
-    the GIL) overlap with detection and encoding in the caller's thread. Exceptions are re-raised here."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    end = object()
-
-    def run():
-        try:
-            for item in it:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        pass
-                if stop.is_set():
-                    return
-            q.put(end)
-        except BaseException as e:  # handed to the consumer
-            q.put(e)
-
-    th = threading.Thread(target=run, name="curate-decode", daemon=True)
-    th.start()
-    try:
-        while True:
-            item = q.get()
-            if item is end:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        th.join()
-
-
 def stream_split(
     path: str,
     fps: float,
@@ -267,6 +228,7 @@ def stream_split(
         s, tb, rate, default_dur = video_stream(c, decoded)
         if vectors:
             s.codec_context.options = {"flags2": "+export_mvs"}
+            s.thread_type = VECTOR_THREADS  # frame threads export vectors nondeterministically
 
         def t_at(k: int) -> float:
             return times[k] if k < len(times) else decoded.end_s
@@ -361,7 +323,7 @@ def stream_split(
 
         try:
             last = 0
-            for frame, small, field in _prefetch(_decode_small(c, s, cfg.analysis_width, vectors)):
+            for frame, small, field in prefetch(_decode_small(c, s, cfg.analysis_width, vectors)):
                 if frame.pts is None:
                     pts_s = (decoded.last_pts_s + default_dur) if decoded.last_pts_s is not None else 0.0
                     pts = round(pts_s / tb)
