@@ -30,6 +30,7 @@ needs no second decode of the clip.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
 from collections import deque
 from dataclasses import dataclass
@@ -39,8 +40,8 @@ import av
 import numpy as np
 
 from schemas import Reason
-from stages.media import Decoded, EncodeSettings, MediaError, _open, prefetch, video_stream
-from stages.motion import VECTOR_THREADS, MotionConfig, VectorWindows, columns, frame_vectors, settings_key, summarize
+from stages.media import Decoded, EncodeSettings, MediaError, _open, prefetch, small_bgr, video_stream
+from stages.motion import VECTOR_THREADS, MotionConfig, VectorWindows, _frame_cycles_collected, columns, frame_vectors, settings_key, summarize
 from stages.shots import FrameStats, LabelSettings, confirm_hard_cuts, label_frames
 
 DECIDE_EVERY = 32  # frames between two decisions (labels are recomputed over a small slice each time)
@@ -174,16 +175,18 @@ class _Encoder:
 def _decode_small(c, s, width: int, vectors: bool = False):
     """(full frame, BGR copy `width` wide, motion-vector field or None) for every frame of stream `s`.
 
-    The vectors are read from the small copy (scaling keeps side data): reading them from the full
-    frame would tie it in PyAV's side-data reference cycle (see stages.motion) and keep it alive.
+    Reading a frame's vectors ties it in PyAV's side-data reference cycle (see stages.motion), so
+    with `vectors` the cycles are collected as frames go by (the frames themselves are freed once
+    the encoder and the look-ahead are done with them).
     """
     height = None
-    for frame in c.decode(s):
-        if height is None:
-            height = max(2, round(frame.height * width / frame.width / 2) * 2)
-        small = frame.reformat(width=width, height=height, format="bgr24")
-        field = frame_vectors(small, frame.width, frame.height) if vectors else None
-        yield frame, small.to_ndarray(), field
+    with _frame_cycles_collected() if vectors else contextlib.nullcontext(lambda: None) as tick:
+        for frame in c.decode(s):
+            if height is None:
+                height = max(2, round(frame.height * width / frame.width / 2) * 2)
+            field = frame_vectors(frame) if vectors else None
+            tick()
+            yield frame, small_bgr(frame, width, height), field
 
 
 def stream_split(
