@@ -33,6 +33,7 @@ import bisect
 import contextlib
 import os
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -172,21 +173,26 @@ class _Encoder:
         os.remove(self.path)
 
 
-def _decode_small(c, s, width: int, vectors: bool = False):
+def _decode_small(c, s, width: int, vectors: bool = False, size: int | None = None):
     """(full frame, BGR copy `width` wide, motion-vector field or None) for every frame of stream `s`.
 
     Reading a frame's vectors ties it in PyAV's side-data reference cycle (see stages.motion), so
     with `vectors` the cycles are collected as frames go by (the frames themselves are freed once
-    the encoder and the look-ahead are done with them).
+    the encoder and the look-ahead are done with them). A last packet cut short by the end of the
+    file (`size` bytes: a truncated file) is not decoded: the frame count then says `truncated`,
+    whatever the decoder's threading would make of the broken packet.
     """
     height = None
     with _frame_cycles_collected() if vectors else contextlib.nullcontext(lambda: None) as tick:
-        for frame in c.decode(s):
-            if height is None:
-                height = max(2, round(frame.height * width / frame.width / 2) * 2)
-            field = frame_vectors(frame) if vectors else None
-            tick()
-            yield frame, small_bgr(frame, width, height), field
+        for packet in c.demux(s):
+            if packet.is_corrupt and size and packet.pos is not None and packet.pos + packet.size >= size:
+                continue
+            for frame in packet.decode():
+                if height is None:
+                    height = max(2, round(frame.height * width / frame.width / 2) * 2)
+                field = frame_vectors(frame) if vectors else None
+                tick()
+                yield frame, small_bgr(frame, width, height), field
 
 
 def stream_split(
@@ -227,7 +233,7 @@ def stream_split(
     nxt = [0]  # the next run boundary after the frame being decided (a cache; see run_end)
     diag = 1.0  # the decoded picture's diagonal (motion is in % of it)
 
-    with _open(path) as c:
+    with _open(path) as c, _Finisher() as finisher:
         s, tb, rate, default_dur = video_stream(c, decoded)
         if vectors:
             s.codec_context.options = {"flags2": "+export_mvs"}
@@ -245,10 +251,10 @@ def stream_split(
                 return
             duration = t_at(b) - times[a]
             if duration < cfg.min_clip_s - 1e-9:
-                enc.discard()
+                finisher.submit(enc.discard)
                 pieces.append(Piece("too_short", a, b))
             else:
-                enc.close(duration)
+                finisher.submit(enc.close, duration)
                 pieces.append(Piece("clip", a, b, enc.path, _clip_motion(state["motion"], motion)))
             state["enc"] = state["motion"] = None
 
@@ -326,7 +332,7 @@ def stream_split(
 
         try:
             last = 0
-            for frame, small, field in prefetch(_decode_small(c, s, cfg.analysis_width, vectors)):
+            for frame, small, field in prefetch(_decode_small(c, s, cfg.analysis_width, vectors, os.path.getsize(path))):
                 if frame.pts is None:
                     pts_s = (decoded.last_pts_s + default_dur) if decoded.last_pts_s is not None else 0.0
                     pts = round(pts_s / tb)
@@ -357,6 +363,30 @@ def stream_split(
         decide(len(times), final=True)
         close_piece(len(times))
     return cuts, times, pieces
+
+
+class _Finisher:
+    """Finishes clip encoders in a background thread: flushing an encoder (its look-ahead and frame
+    threads drain, the file is written) then overlaps with encoding the next clip instead of stalling
+    the pass (PyAV releases the GIL inside the encoder). Leaving the `with` waits for every file and
+    raises the first encoder error, unless an exception is already on its way."""
+
+    def __init__(self):
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="curate-finish")
+        self.futures: list = []
+
+    def submit(self, fn, *args) -> None:
+        self.futures.append(self.pool.submit(fn, *args))
+
+    def __enter__(self) -> "_Finisher":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.pool.shutdown(wait=True)
+        if exc_type is None:
+            for f in self.futures:
+                f.result()
+        return False
 
 
 def _clip_motion(windows: VectorWindows | None, cfg: MotionConfig | None) -> dict | None:
