@@ -7,13 +7,13 @@ that are there in >= `persist` (80%) of the frames with some contrast around the
 neighbour-to-neighbour difference holds most of the grey-level range around it; optics, motion blur and
 scaling spread a filmed edge over several pixels. Still step pixels are closed into blobs (text
 strokes, a box's sides). The same is done on the half-size chroma planes (U, V): a coloured overlay
-over the same grey (a yellow box on a grey sky) is a step there and not in the grey; where a chroma
-plane holds more step evidence, its cues stand for the pixel's. Each blob is described by FEATURES:
-its step evidence and sharpness, and "layer" cues, which hold when the picture changes under the
-overlay: the picture beside the edge moves while the edge stays put, an overlay damps (alpha) or
-stops (opaque) that motion on one side of its edge, and the edge's strength varies as the background
-under it changes; plus how much the runner-up blob stands out, how much of the clip changes, and how
-much of the blob came from chroma. A logistic model over these (WEIGHTS, BIAS: fitted
+over the same grey (a yellow box on a grey sky) is a step there and not in the grey; where the grey
+has no still edge and a chroma plane holds more step evidence, its cues stand for the pixel's. Each
+blob is described by FEATURES: its step evidence and sharpness, and "layer" cues, which hold when the
+picture changes under the overlay: the picture beside the edge moves while the edge stays put, an
+overlay damps (alpha) or stops (opaque) that motion on one side of its edge, and the edge's strength
+varies as the background under it changes; plus how much the runner-up blob stands out, how much of
+the clip changes, and how much of the blob came from chroma. A logistic model over these (WEIGHTS, BIAS: fitted
 by `python -m curate.bench.watermark --fit` on seed 0's 28 calibration pairs, its 0.5 put where it
 best separates them) gives each blob P(overlay); the best blob's is the score and its box the box.
 
@@ -22,7 +22,7 @@ raw or after normalising each frame's brightness and contrast) scores 0, since n
 overlay from a still picture. A flat field brightening under an overlay is change. Blobs spanning
 most of the frame, and full-width or full-height lines (letterbox and pillarbox bars), are not overlays.
 Measured with `python -m curate.bench.watermark --lovo` (see the README's Benchmarks section): ROC AUC
-0.933 leave-one-video-out, 0.93-0.94 on held-out seeds. Its misses: sharp, still, rendered scenery (a
+0.934 leave-one-video-out, 0.94 on held-out seeds. Its misses: sharp, still, rendered scenery (a
 computer screen's UI, still-life pixel art: drawn too, so it scores high), filled boxes and faint
 (opacity < 0.45) overlays over a similar colour or over a still background.
 
@@ -145,8 +145,8 @@ FEATURES = (
     "moving",  # log of the clip's share of changing pixels
     "colour",  # share of the blob's edge pixels whose cues come from a chroma plane (U or V), not the grey
 )
-WEIGHTS = (2.7, 7.55, 11.4, 0.103, 0.373, -0.582, -0.37, -0.0802, -3.01)
-BIAS = -18
+WEIGHTS = (2.86, 6.91, 10.8, 0.0842, 0.304, -0.377, -0.435, -0.0937, -1.02)
+BIAS = -17.4
 
 
 def blob_features(frames: list[np.ndarray], cfg: WatermarkConfig, chroma: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[tuple[int, int, int, int]], bool]:
@@ -178,15 +178,17 @@ def blob_features(frames: list[np.ndarray], cfg: WatermarkConfig, chroma: list[n
     grads, mean, still, gx, gy, sharp, step, evidence = _steps(stack, cfg)
     strength_cv = grads.std(axis=0) / (grads.mean(axis=0) + 1e-3)
     colour = np.zeros_like(mean)
+    grey_still = still.copy()
     if chroma is not None:
         # A colour overlay over the same grey (a yellow box on a grey sky) is a step in U or V: half-size
-        # planes, their per-pixel cues taken where they hold more step evidence than the grey's.
+        # planes, their cues taken where the grey has no still edge and they hold more step evidence.
+        # (Where the grey has one, it speaks: a filmed colour edge looks sharp in subsampled chroma.)
         cst = np.stack(chroma).astype(np.float32)[keep]
         for plane in range(cst.shape[-1]):
             cg, _, cs, cx, cy, csh, cstep, cev = _steps(np.ascontiguousarray(cst[..., plane]), cfg)
             ccv = cg.std(axis=0) / (cg.mean(axis=0) + 1e-3)
             up = [cv2.resize(x.astype(np.float32), (w, h), interpolation=cv2.INTER_NEAREST) for x in (cs, cx, cy, csh, cstep, cev, ccv)]
-            take = up[5] > evidence
+            take = (up[5] > evidence) & ~grey_still
             for mine, theirs in zip((still, gx, gy, sharp, step, evidence, strength_cv), up):
                 mine[take] = theirs[take]
             colour[take] = 1.0
