@@ -12,10 +12,9 @@ has no still edge and a chroma plane holds more step evidence, its cues stand fo
 blob is described by FEATURES: its step evidence and sharpness, and "layer" cues, which hold when the
 picture changes under the overlay: the picture beside the edge moves while the edge stays put, an
 overlay damps (alpha) or stops (opaque) that motion on one side of its edge, and the edge's strength
-varies as the background under it changes; plus how much the runner-up blob stands out, how much of
-the clip changes, and how much of the blob came from chroma. A logistic model over these (WEIGHTS, BIAS: fitted
-by `python -m curate.bench.watermark --fit` on seed 0's 28 calibration pairs, its 0.5 put where it
-best separates them) gives each blob P(overlay); the best blob's is the score and its box the box.
+varies as the background under it changes; plus how much the runner-up blob stands out and how much
+of the clip changes. A logistic model over these (WEIGHTS, BIAS: fitted by `python -m
+curate.bench.watermark --fit` on seed 0's 28 calibration pairs, its 0.5 put where it best separates them) gives each blob P(overlay); the best blob's is the score and its box the box.
 
 The picture must change for any of this: a frozen clip (fewer than `frozen` of the pixels change,
 raw or after normalising each frame's brightness and contrast) scores 0, since nothing tells an
@@ -143,10 +142,9 @@ FEATURES = (
     "gcv",  # how much the edges' strength varies over time (std / mean): the background changes under an overlay
     "second",  # the clip's best other blob's value: a screen full of UI text has many, none standing out
     "moving",  # log of the clip's share of changing pixels
-    "colour",  # share of the blob's edge pixels whose cues come from a chroma plane (U or V), not the grey
 )
-WEIGHTS = (2.86, 6.91, 10.8, 0.0842, 0.304, -0.377, -0.435, -0.0937, -1.02)
-BIAS = -17.4
+WEIGHTS = (2.86, 6.8, 10.9, 0.088, 0.314, -0.367, -0.447, -0.0933)
+BIAS = -17.5
 
 
 def blob_features(frames: list[np.ndarray], cfg: WatermarkConfig, chroma: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[tuple[int, int, int, int]], bool]:
@@ -177,7 +175,6 @@ def blob_features(frames: list[np.ndarray], cfg: WatermarkConfig, chroma: list[n
         return none, [], True  # nothing changes: an overlay cannot be told from the scene
     grads, mean, still, gx, gy, sharp, step, evidence = _steps(stack, cfg)
     strength_cv = grads.std(axis=0) / (grads.mean(axis=0) + 1e-3)
-    colour = np.zeros_like(mean)
     grey_still = still.copy()
     if chroma is not None:
         # A colour overlay over the same grey (a yellow box on a grey sky) is a step in U or V: half-size
@@ -191,7 +188,6 @@ def blob_features(frames: list[np.ndarray], cfg: WatermarkConfig, chroma: list[n
             take = (up[5] > evidence) & ~grey_still
             for mine, theirs in zip((still, gx, gy, sharp, step, evidence, strength_cv), up):
                 mine[take] = theirs[take]
-            colour[take] = 1.0
     # Letterbox / pillarbox: persistent lines across most of the frame are borders, not overlays.
     still[still.mean(axis=1) > 0.6, :] = False
     still[:, still.mean(axis=0) > 0.6] = False
@@ -230,7 +226,6 @@ def blob_features(frames: list[np.ndarray], cfg: WatermarkConfig, chroma: list[n
         per_blob(strength_cv) / npx,
         np.where(np.arange(count) == order[0], value[order[1]] if count > 2 else 0.0, value[order[0]]),
         np.full(count, np.log(moving + 1e-3)),
-        per_blob(colour) / npx,
     ], axis=1)
     keep = np.nonzero(value > 0)[0]
     return feats[keep], [(int(stats[j, 0]), int(stats[j, 1]), int(bw[j]), int(bh[j])) for j in keep], False
