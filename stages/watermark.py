@@ -6,22 +6,24 @@ that are there in >= `persist` (80%) of the frames with some contrast around the
 (drawbox, drawtext, an overlaid PNG, at any opacity) is a step one pixel wide in the mean frame: one
 neighbour-to-neighbour difference holds most of the grey-level range around it; optics, motion blur and
 scaling spread a filmed edge over several pixels. Still step pixels are closed into blobs (text
-strokes, a box's sides), and each blob is described by FEATURES: its step evidence and sharpness, and
-"layer" cues, which hold when the picture changes under the overlay: the picture beside the edge moves
-while the edge stays put, an overlay damps (alpha) or stops (opaque) that motion on one side of its
-edge, and the edge's strength varies as the background under it changes; plus how much the runner-up
-blob stands out and how much of the clip changes. A logistic model over these (WEIGHTS, BIAS: fitted
-by `python -m curate.bench.watermark --fit` on seed 0's 28 calibration pairs, its 0.5 put where it
-best separates them) gives each blob P(overlay); the best blob's is the score and its box the box.
+strokes, a box's sides). The same is done on the half-size chroma planes (U, V): a coloured overlay
+over the same grey (a yellow box on a grey sky) is a step there and not in the grey; where the grey
+has no still edge and a chroma plane holds more step evidence, its cues stand for the pixel's. Each
+blob is described by FEATURES: its step evidence and sharpness, and "layer" cues, which hold when the
+picture changes under the overlay: the picture beside the edge moves while the edge stays put, an
+overlay damps (alpha) or stops (opaque) that motion on one side of its edge, and the edge's strength
+varies as the background under it changes; plus how much the runner-up blob stands out and how much
+of the clip changes. A logistic model over these (WEIGHTS, BIAS: fitted by `python -m
+curate.bench.watermark --fit` on seed 0's 28 calibration pairs, its 0.5 put where it best separates them) gives each blob P(overlay); the best blob's is the score and its box the box.
 
 The picture must change for any of this: a frozen clip (fewer than `frozen` of the pixels change,
 raw or after normalising each frame's brightness and contrast) scores 0, since nothing tells an
 overlay from a still picture. A flat field brightening under an overlay is change. Blobs spanning
 most of the frame, and full-width or full-height lines (letterbox and pillarbox bars), are not overlays.
 Measured with `python -m curate.bench.watermark --lovo` (see the README's Benchmarks section): ROC AUC
-0.94 on held-out seeds, 0.92 leave-one-video-out. Its misses: sharp, still, rendered scenery (a
+0.934 leave-one-video-out, 0.94 on held-out seeds. Its misses: sharp, still, rendered scenery (a
 computer screen's UI, still-life pixel art: drawn too, so it scores high), filled boxes and faint
-(opacity < 0.45) overlays over similar grey levels or over a still background.
+(opacity < 0.45) overlays over a similar colour or over a still background.
 
 `method: classifier` loads a learned watermark classifier instead (a timm or open_clip image model,
 two classes, weights from a path); it gives a score and no box.
@@ -89,8 +91,14 @@ class Overlay:
 # ------------------------------------------------------------------------------------------- frames
 
 
-def sample_grey(path: str, n: int, width: int) -> tuple[list[np.ndarray], int, int]:
-    """`n` evenly spaced grey frames `width` wide (or the clip's width if smaller), and the clip's width and height."""
+# Video range (luma 16-235, chroma 16-240) to full range, as swscale's grey output has it.
+_FULL_LUMA = np.clip(np.round((np.arange(256) - 16) * 255 / 219), 0, 255).astype(np.uint8)
+_FULL_CHROMA = np.clip(np.round((np.arange(256) - 128) * 255 / 224 + 128), 0, 255).astype(np.uint8)
+
+
+def sample_yuv(path: str, n: int, width: int) -> tuple[list[np.ndarray], list[np.ndarray], int, int]:
+    """`n` evenly spaced frames `width` wide (or the clip's width if smaller): their grey (luma) planes,
+    their chroma planes (half size, U and V stacked on the last axis), and the clip's width and height."""
     try:
         with av.open(path, metadata_errors="ignore") as c:
             if not c.streams.video:
@@ -99,20 +107,25 @@ def sample_grey(path: str, n: int, width: int) -> tuple[list[np.ndarray], int, i
             s.thread_type = "AUTO"
             total = s.frames or 0
             want = set(np.linspace(0, total - 1, n).round().astype(int).tolist()) if total >= n else None
-            frames, size = [], (0, 0)
+            greys, chromas, size = [], [], (0, 0)
             for i, frame in enumerate(c.decode(s)):
                 if want is None or i in want:
                     fw = min(width, frame.width) // 2 * 2  # never upscaled: that would soften drawn edges
                     h = max(2, round(frame.height * fw / frame.width / 2) * 2)
-                    frames.append(frame.to_ndarray(format="gray", width=fw, height=h))
+                    yuv = frame.to_ndarray(format="yuv420p", width=fw, height=h).reshape(-1)
+                    greys.append(_FULL_LUMA[yuv[:h * fw].reshape(h, fw)])
+                    q = h * fw // 4
+                    u, v = yuv[h * fw:h * fw + q].reshape(h // 2, fw // 2), yuv[h * fw + q:].reshape(h // 2, fw // 2)
+                    chromas.append(_FULL_CHROMA[np.stack([u, v], axis=-1)])
                     size = (frame.width, frame.height)
-                if want is not None and len(frames) == len(want):
+                if want is not None and len(greys) == len(want):
                     break
     except av.FFmpegError as e:
         raise ScoreError(f"decoding failed: {e}") from e
-    if want is None and len(frames) > n:
-        frames = [frames[i] for i in np.linspace(0, len(frames) - 1, n).round().astype(int)]
-    return frames, size[0], size[1]
+    if want is None and len(greys) > n:
+        pick = np.linspace(0, len(greys) - 1, n).round().astype(int)
+        greys, chromas = [greys[i] for i in pick], [chromas[i] for i in pick]
+    return greys, chromas, size[0], size[1]
 
 
 # ------------------------------------------------------------------------------------------- edges
@@ -130,13 +143,14 @@ FEATURES = (
     "second",  # the clip's best other blob's value: a screen full of UI text has many, none standing out
     "moving",  # log of the clip's share of changing pixels
 )
-WEIGHTS = (3.47, 10.5, 9.82, 0.494, 0.87, -0.0724, 0.0549, 0.414)
-BIAS = -18.9
+WEIGHTS = (2.86, 6.8, 10.9, 0.088, 0.314, -0.367, -0.447, -0.0933)
+BIAS = -17.5
 
 
-def blob_features(frames: list[np.ndarray], cfg: WatermarkConfig) -> tuple[np.ndarray, list[tuple[int, int, int, int]], bool]:
-    """Candidate overlay blobs on grey frames (all the same size): (their FEATURES rows, their boxes
-    x, y, w, h in frame pixels, frozen). Frozen (nothing changes, or fewer than 2 non-blank frames)
+def blob_features(frames: list[np.ndarray], cfg: WatermarkConfig, chroma: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[tuple[int, int, int, int]], bool]:
+    """Candidate overlay blobs on grey frames (all the same size; `chroma`: their half-size U, V planes
+    stacked on the last axis, or None for grey only): (their FEATURES rows, their boxes x, y, w, h in
+    frame pixels, frozen). Frozen (nothing changes, or fewer than 2 non-blank frames)
     comes with no blobs.
 
     A drawn edge (drawbox, drawtext, an overlaid PNG, at any opacity) stays put while the picture
@@ -146,7 +160,8 @@ def blob_features(frames: list[np.ndarray], cfg: WatermarkConfig) -> tuple[np.nd
     range around them are drawn-step evidence, closed into blobs (text strokes, a box's sides).
     """
     stack = np.stack(frames).astype(np.float32)
-    stack = stack[stack.std(axis=(1, 2)) >= cfg.blank]  # a black frame (a fade's end) shows no overlay edges
+    keep = stack.std(axis=(1, 2)) >= cfg.blank
+    stack = stack[keep]  # a black frame (a fade's end) shows no overlay edges
     none = np.zeros((0, len(FEATURES)), np.float64)
     if len(stack) < 2:
         return none, [], True
@@ -158,27 +173,27 @@ def blob_features(frames: list[np.ndarray], cfg: WatermarkConfig) -> tuple[np.nd
     moving = max(float((dev > cfg.moving_level).mean()), float((stack.std(axis=0) > cfg.moving_level).mean()))
     if moving < cfg.frozen:
         return none, [], True  # nothing changes: an overlay cannot be told from the scene
-    grads = np.stack([_gradient(g) for g in stack])
-    freq = (grads > cfg.edge_threshold).mean(axis=0)
-    mean = stack.mean(axis=0)
-    kernel = np.ones((5, 5), np.uint8)
-    local_range = cv2.dilate(mean, kernel) - cv2.erode(mean, kernel)
-    still = (freq >= cfg.persist - 1e-6) & (local_range > cfg.contrast)
+    grads, mean, still, gx, gy, sharp, step, evidence = _steps(stack, cfg)
+    strength_cv = grads.std(axis=0) / (grads.mean(axis=0) + 1e-3)
+    grey_still = still.copy()
+    if chroma is not None:
+        # A colour overlay over the same grey (a yellow box on a grey sky) is a step in U or V: half-size
+        # planes, their cues taken where the grey has no still edge and they hold more step evidence.
+        # (Where the grey has one, it speaks: a filmed colour edge looks sharp in subsampled chroma.)
+        cst = np.stack(chroma).astype(np.float32)[keep]
+        for plane in range(cst.shape[-1]):
+            cg, _, cs, cx, cy, csh, cstep, cev = _steps(np.ascontiguousarray(cst[..., plane]), cfg)
+            ccv = cg.std(axis=0) / (cg.mean(axis=0) + 1e-3)
+            up = [cv2.resize(x.astype(np.float32), (w, h), interpolation=cv2.INTER_NEAREST) for x in (cs, cx, cy, csh, cstep, cev, ccv)]
+            take = (up[5] > evidence) & ~grey_still
+            for mine, theirs in zip((still, gx, gy, sharp, step, evidence, strength_cv), up):
+                mine[take] = theirs[take]
     # Letterbox / pillarbox: persistent lines across most of the frame are borders, not overlays.
     still[still.mean(axis=1) > 0.6, :] = False
     still[:, still.mean(axis=0) > 0.6] = False
-    gx, gy = cv2.Sobel(mean, cv2.CV_32F, 1, 0, ksize=3) / 8.0, cv2.Sobel(mean, cv2.CV_32F, 0, 1, ksize=3) / 8.0
+    evidence *= still
+    kernel = np.ones((5, 5), np.uint8)
     gm = np.hypot(gx, gy) + 1e-6
-    sharp = gm / (local_range + 1e-3)
-    # The largest difference to a 4-neighbour: a one-pixel step has all of the range in one difference.
-    dx, dy = np.abs(np.diff(mean, axis=1)), np.abs(np.diff(mean, axis=0))
-    big = np.zeros_like(mean)
-    big[:, 1:] = np.maximum(big[:, 1:], dx)
-    big[:, :-1] = np.maximum(big[:, :-1], dx)
-    big[1:, :] = np.maximum(big[1:, :], dy)
-    big[:-1, :] = np.maximum(big[:-1, :], dy)
-    step = big / (local_range + 1e-3)
-    evidence = np.clip((step - cfg.step_low) / (cfg.step_high - cfg.step_low), 0.0, 1.0) * still
     on = (evidence > 0.5).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(cv2.morphologyEx(on, cv2.MORPH_CLOSE, kernel), connectivity=8)
     if count <= 1:
@@ -188,7 +203,6 @@ def blob_features(frames: list[np.ndarray], cfg: WatermarkConfig) -> tuple[np.nd
     ux, uy = 2.0 * gx / gm, 2.0 * gy / gm
     side_a = cv2.remap(dev, xx + ux, yy + uy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     side_b = cv2.remap(dev, xx - ux, yy - uy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    strength_cv = grads.std(axis=0) / (grads.mean(axis=0) + 1e-3)
     flat = labels.ravel()
     weight = still.ravel().astype(np.float64)
 
@@ -218,12 +232,12 @@ def blob_features(frames: list[np.ndarray], cfg: WatermarkConfig) -> tuple[np.nd
 
 
 def detect(frames: list[np.ndarray], cfg: WatermarkConfig, clip_w: int, clip_h: int,
-           weights: tuple[float, ...] = WEIGHTS, bias: float = BIAS) -> Overlay | None:
-    """The weight-free detector on grey frames (all the same size): the most overlay-like blob's
+           weights: tuple[float, ...] = WEIGHTS, bias: float = BIAS, chroma: list[np.ndarray] | None = None) -> Overlay | None:
+    """The weight-free detector on grey frames (all the same size; chroma as in blob_features): the most overlay-like blob's
     P(overlay) under the logistic model, and its box in clip pixels. None with fewer than 2 frames."""
     if len(frames) < 2:
         return None
-    feats, boxes, frozen = blob_features(frames, cfg)
+    feats, boxes, frozen = blob_features(frames, cfg, chroma)
     if frozen or not len(boxes):
         return Overlay(score=0.0, box=None)
     logits = feats @ np.asarray(weights, np.float64) + bias
@@ -235,6 +249,31 @@ def detect(frames: list[np.ndarray], cfg: WatermarkConfig, clip_w: int, clip_h: 
     x1, y1 = int(np.ceil((x + bw) * sx)), int(np.ceil((y + bh) * sy))
     box = {"x": x0, "y": y0, "w": min(clip_w, x1) - x0, "h": min(clip_h, y1) - y0}
     return Overlay(score=float(1.0 / (1.0 + np.exp(-logits[j]))), box=box)
+
+
+def _steps(stack: np.ndarray, cfg: WatermarkConfig):
+    """Per pixel of one plane's frames (n, h, w float32): per-frame gradients, the mean frame, still
+    (an edge in >= `persist` of the frames with `contrast` around it), the mean frame's Sobel gx, gy,
+    sharpness (gradient / 5x5 range), step (largest one-pixel difference / 5x5 range) and drawn-step
+    evidence (step between step_low and step_high, on still pixels)."""
+    grads = np.stack([_gradient(g) for g in stack])
+    freq = (grads > cfg.edge_threshold).mean(axis=0)
+    mean = stack.mean(axis=0)
+    kernel = np.ones((5, 5), np.uint8)
+    local_range = cv2.dilate(mean, kernel) - cv2.erode(mean, kernel)
+    still = (freq >= cfg.persist - 1e-6) & (local_range > cfg.contrast)
+    gx, gy = cv2.Sobel(mean, cv2.CV_32F, 1, 0, ksize=3) / 8.0, cv2.Sobel(mean, cv2.CV_32F, 0, 1, ksize=3) / 8.0
+    sharp = (np.hypot(gx, gy) + 1e-6) / (local_range + 1e-3)
+    # The largest difference to a 4-neighbour: a one-pixel step has all of the range in one difference.
+    dx, dy = np.abs(np.diff(mean, axis=1)), np.abs(np.diff(mean, axis=0))
+    big = np.zeros_like(mean)
+    big[:, 1:] = np.maximum(big[:, 1:], dx)
+    big[:, :-1] = np.maximum(big[:, :-1], dx)
+    big[1:, :] = np.maximum(big[1:, :], dy)
+    big[:-1, :] = np.maximum(big[:-1, :], dy)
+    step = big / (local_range + 1e-3)
+    evidence = np.clip((step - cfg.step_low) / (cfg.step_high - cfg.step_low), 0.0, 1.0) * still
+    return grads, mean, still, gx, gy, sharp, step, evidence
 
 
 def _gradient(g: np.ndarray) -> np.ndarray:
@@ -316,10 +355,10 @@ class ScoreWatermark:
 
                     frames = sample_frames(path, self.cfg.frames, None, self.cfg.classifier_size)
                     return {"watermark_score": self.classifier(frames)} if frames else {}
-                frames, w, h = sample_grey(path, self.cfg.frames, self.cfg.width)
+                frames, chroma, w, h = sample_yuv(path, self.cfg.frames, self.cfg.width)
         except (OSError, MediaError) as e:
             raise ScoreError(f"cannot read {row['clip_uri']}: {e}") from e
-        found = detect(frames, self.cfg, w, h)
+        found = detect(frames, self.cfg, w, h, chroma=chroma)
         if found is None:
             return {}
         return {"watermark_score": found.score, "watermark_box": found.box}

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from stages.media import ffmpeg_exe
-from stages.watermark import BIAS, FEATURES, WEIGHTS, WatermarkConfig, blob_features, detect, sample_grey
+from stages.watermark import BIAS, FEATURES, WEIGHTS, WatermarkConfig, blob_features, detect, sample_yuv
 
 # (file, start_s, seconds): segments inside one shot, picture moving. vtest/traffic: static cameras;
 # goldeneye: a still screen whose text changes; testvideo 6.2: a still photo fading in; delayed_start:
@@ -147,8 +147,8 @@ def auc(positive: list[float], negative: list[float]) -> float:
 
 
 def score_file(path: str, cfg: WatermarkConfig):
-    frames, w, h = sample_grey(path, cfg.frames, cfg.width)
-    return detect(frames, cfg, w, h)
+    frames, chroma, w, h = sample_yuv(path, cfg.frames, cfg.width)
+    return detect(frames, cfg, w, h, chroma=chroma)
 
 
 def iou(got: dict | None, want: dict) -> float:
@@ -164,8 +164,8 @@ def clip_features(pairs, cfg: WatermarkConfig) -> list[dict]:
     out = []
     for clean, marked, box in pairs:
         for path, overlay in ((clean, False), (marked, True)):
-            frames, w, h = sample_grey(path, cfg.frames, cfg.width)
-            feats, boxes, frozen = blob_features(frames, cfg)
+            frames, chroma, w, h = sample_yuv(path, cfg.frames, cfg.width)
+            feats, boxes, frozen = blob_features(frames, cfg, chroma)
             sx, sy = w / frames[0].shape[1], h / frames[0].shape[0]
             boxes = [{"x": x * sx, "y": y * sy, "w": bw * sx, "h": bh * sy} for x, y, bw, bh in boxes]
             out.append({"feats": feats, "boxes": boxes, "frozen": frozen, "overlay": overlay, "truth": box})

@@ -3,6 +3,7 @@ known place; a frozen picture; and the learned-classifier loader with a tiny tim
 
 import subprocess
 
+import cv2
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -140,3 +141,25 @@ def test_logistic_fit_separates_and_calibrates():
     assert right >= 0.95 * len(y)
     with pytest.raises(ValueError, match="positive and negative"):
         fit_logistic(X, np.zeros(len(X)))
+
+
+def test_a_colour_plate_with_the_grey_of_what_is_under_it_is_found_in_the_chroma():
+    """A yellowish plate that leaves the grey unchanged (a yellow box on a grey sky) has no edge in the
+    grey planes; its U and V steps are what gives it away, and its box is the plate."""
+    from stages.watermark import detect
+
+    rng = np.random.default_rng(0)
+    texture = cv2.GaussianBlur(rng.uniform(0, 255, (400, 600)).astype(np.float32), (0, 0), 3)
+    texture = (texture - texture.mean()) / texture.std() * 40 + 128
+    greys, chroma = [], []
+    for k in range(16):  # a filmed texture panning under the plate
+        greys.append(np.clip(texture[4 * k:4 * k + 240, 6 * k:6 * k + 320], 0, 255).astype(np.uint8))
+        c = np.full((120, 160, 2), 128, np.uint8)
+        c[8:24, 112:148] = (60, 150)  # half-size planes: the plate is x 224-296, y 16-48 in the grey frame
+        chroma.append(c)
+    cfg = WatermarkConfig()
+    assert detect(greys, cfg, 320, 240).score < 0.1  # grey alone: nothing there
+    found = detect(greys, cfg, 320, 240, chroma=chroma)
+    assert found.score >= 0.5, found
+    box = found.box
+    assert 216 <= box["x"] <= 228 and 8 <= box["y"] <= 20 and 64 <= box["w"] <= 84 and 24 <= box["h"] <= 44, box
