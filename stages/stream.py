@@ -45,7 +45,7 @@ from stages.media import Decoded, EncodeSettings, MediaError, _open, prefetch, s
 from stages.motion import VECTOR_THREADS, MotionConfig, VectorWindows, _frame_cycles_collected, columns, frame_vectors, settings_key, summarize
 from stages.shots import FrameStats, LabelSettings, confirm_hard_cuts, label_frames
 
-DECIDE_EVERY = 32  # frames between two decisions (labels are recomputed over a small slice each time)
+DECIDE_EVERY = 8  # frames between two decisions: small batches keep the encoder fed while the decoder runs ahead (32: 1.12x the floor, 8: 1.02-1.08x)
 
 
 @dataclass
