@@ -17,13 +17,12 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-import av
 import numpy as np
 import pyarrow as pa
 
 from schemas import AESTHETIC_FIELDS
 from stages.columns import ScoreError, scorable, mark_errors, set_columns
-from stages.media import MediaError, local_copy
+from stages.media import MediaError, local_copy, sample_evenly
 
 # The one place that names upstream weights (what to download; nothing here fetches it).
 PINNED = {
@@ -222,29 +221,17 @@ def load_model(cfg: AestheticConfig) -> AestheticModel:
 
 def sample_frames(path: str, n: int, n_frames: int | None = None, short_side: int = 256) -> list[np.ndarray]:
     """`n` evenly spaced RGB frames (decode order) of the video at `path`, the short side scaled to `short_side`."""
+
+    def rgb(frame):
+        scale = short_side / min(frame.width, frame.height)
+        w = max(2, round(frame.width * scale / 2) * 2)
+        h = max(2, round(frame.height * scale / 2) * 2)
+        return frame.to_ndarray(format="rgb24", width=w, height=h)
+
     try:
-        with av.open(path, metadata_errors="ignore") as c:
-            if not c.streams.video:
-                raise ScoreError("no video stream")
-            s = c.streams.video[0]
-            s.thread_type = "AUTO"
-            total = n_frames or s.frames or 0
-            want = set(np.linspace(0, total - 1, n).round().astype(int).tolist()) if total > 0 else None
-            frames, kept = [], []
-            for i, frame in enumerate(c.decode(s)):
-                if want is None or i in want:
-                    scale = short_side / min(frame.width, frame.height)
-                    w = max(2, round(frame.width * scale / 2) * 2)
-                    h = max(2, round(frame.height * scale / 2) * 2)
-                    frames.append(frame.to_ndarray(format="rgb24", width=w, height=h))
-                    kept.append(i)
-                if want is not None and len(frames) == len(want):
-                    break
-    except av.FFmpegError as e:
-        raise ScoreError(f"decoding failed: {e}") from e
-    if want is None and len(frames) > n:  # no frame count known: we kept all, now pick evenly
-        frames = [frames[i] for i in np.linspace(0, len(frames) - 1, n).round().astype(int)]
-    return frames
+        return sample_evenly(path, n, rgb, n_frames)
+    except MediaError as e:
+        raise ScoreError(str(e)) from e
 
 
 class ScoreAesthetic:

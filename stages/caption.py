@@ -27,13 +27,12 @@ import re
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-import av
 import numpy as np
 import pyarrow as pa
 
 from schemas import CAPTION_FIELDS, CaptionReason, CaptionStatus, ClipStatus
 from stages.columns import set_columns
-from stages.media import MediaError, local_copy
+from stages.media import MediaError, local_copy, sample_evenly
 
 # The one place naming upstream weights: hub id -> revision to download (`huggingface-cli download ID
 # --revision REV`). Branch names until a commit is verified on a machine that reaches the hub.
@@ -235,30 +234,19 @@ def is_repetitive(text: str, max_n: int = 4, repeats: int = 3) -> bool:
 def sample_frames(path: str, n: int, size: int, n_frames: int | None = None) -> list[np.ndarray]:
     """`n` evenly spaced RGB frames (decode order) of the video at `path`, the longer side scaled to `size`
     (even sizes, never upscaled past the source)."""
+
+    def rgb(frame):
+        scale = min(1.0, size / max(frame.width, frame.height))
+        w = max(2, round(frame.width * scale / 2) * 2)
+        h = max(2, round(frame.height * scale / 2) * 2)
+        return frame.to_ndarray(format="rgb24", width=w, height=h)
+
     try:
-        with av.open(path, metadata_errors="ignore") as c:
-            if not c.streams.video:
-                raise CaptionError("no video stream")
-            s = c.streams.video[0]
-            s.thread_type = "AUTO"
-            total = n_frames or s.frames or 0
-            want = sorted(set(np.linspace(0, total - 1, n).round().astype(int).tolist())) if total > 0 else None
-            frames, got = [], set()
-            for i, frame in enumerate(c.decode(s)):
-                if want is None or i in want:
-                    scale = min(1.0, size / max(frame.width, frame.height))
-                    w = max(2, round(frame.width * scale / 2) * 2)
-                    h = max(2, round(frame.height * scale / 2) * 2)
-                    frames.append(frame.to_ndarray(format="rgb24", width=w, height=h))
-                    got.add(i)
-                if want is not None and len(got) == len(want):
-                    break
-    except av.FFmpegError as e:
-        raise CaptionError(f"decoding failed: {e}") from e
+        frames = sample_evenly(path, n, rgb, n_frames)
+    except MediaError as e:
+        raise CaptionError(str(e)) from e
     if not frames:
         raise CaptionError("no frames decoded")
-    if want is None and len(frames) > n:  # no frame count known: all were kept; pick evenly
-        frames = [frames[i] for i in np.linspace(0, len(frames) - 1, n).round().astype(int)]
     while len(frames) < n:  # a clip shorter than `n` frames (or a short count): repeat the last one
         frames.append(frames[-1])
     return frames

@@ -17,7 +17,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import av
 import cv2
@@ -25,6 +25,8 @@ import fsspec
 import numpy as np
 
 from schemas import Reason
+
+T = TypeVar("T")
 
 _HASH_CHUNK = 1 << 20
 
@@ -226,6 +228,34 @@ def video_stream(c: av.container.InputContainer, decoded: Decoded):
     decoded.fps = float(rate) if rate else None
     decoded.container_start_s = (c.start_time or 0) / av.time_base
     return s, s.time_base, rate, (1.0 / decoded.fps if decoded.fps else 0.0)
+
+
+def sample_evenly(path: str, n: int, convert: Callable[[av.VideoFrame], T], n_frames: int | None = None) -> list[T]:
+    """`convert(frame)` of `n` evenly spaced frames (decode order) of the first video stream at `path`.
+
+    The frame count is `n_frames`, else the stream's; without one every frame is converted and `n`
+    are picked evenly afterwards. Decoding stops at the last frame wanted. Raises MediaError (no
+    video stream; decoding failed).
+    """
+    try:
+        with av.open(path, metadata_errors="ignore") as c:
+            if not c.streams.video:
+                raise MediaError(Reason.NO_VIDEO, "no video stream")
+            s = c.streams.video[0]
+            s.thread_type = "AUTO"
+            total = n_frames or s.frames or 0
+            want = set(np.linspace(0, total - 1, n).round().astype(int).tolist()) if total > 0 else None
+            out = []
+            for i, frame in enumerate(c.decode(s)):
+                if want is None or i in want:
+                    out.append(convert(frame))
+                if want is not None and len(out) == len(want):
+                    break
+    except av.FFmpegError as e:
+        raise MediaError(Reason.DECODE_ERROR, f"decoding failed: {e}") from e
+    if want is None and len(out) > n:  # no frame count known: all were kept; pick evenly
+        out = [out[i] for i in np.linspace(0, len(out) - 1, n).round().astype(int)]
+    return out
 
 
 def small_bgr(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:

@@ -184,16 +184,12 @@ class VectorWindows:
         return self.maps
 
 
-def frame_vectors(frame: av.VideoFrame, width: int | None = None, height: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
-    """The frame's motion-vector field per 16 px cell, or None when it carries no vectors.
-
-    `width`/`height`: the decoded picture's size, when `frame` is a scaled copy (scaling keeps the
-    side data, and the vectors are in the decoded picture's pixels).
-    """
+def frame_vectors(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray] | None:
+    """The frame's motion-vector field per 16 px cell, or None when it carries no vectors."""
     sd = frame.side_data.get("MOTION_VECTORS")
     if sd is None:
         return None
-    return vector_field(sd.to_ndarray(), width or frame.width, height or frame.height)
+    return vector_field(sd.to_ndarray(), frame.width, frame.height)
 
 
 def vector_windows(path: str, window_s: float) -> list[np.ndarray]:

@@ -35,14 +35,13 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
-import av
 import cv2
 import numpy as np
 import pyarrow as pa
 
 from schemas import WATERMARK_FIELDS
 from stages.columns import ScoreError, score_rows
-from stages.media import MediaError, local_copy
+from stages.media import MediaError, local_copy, sample_evenly
 
 
 @dataclass(frozen=True)
@@ -99,33 +98,21 @@ _FULL_CHROMA = np.clip(np.round((np.arange(256) - 128) * 255 / 224 + 128), 0, 25
 def sample_yuv(path: str, n: int, width: int) -> tuple[list[np.ndarray], list[np.ndarray], int, int]:
     """`n` evenly spaced frames `width` wide (or the clip's width if smaller): their grey (luma) planes,
     their chroma planes (half size, U and V stacked on the last axis), and the clip's width and height."""
+
+    def planes(frame):
+        fw = min(width, frame.width) // 2 * 2  # never upscaled: that would soften drawn edges
+        h = max(2, round(frame.height * fw / frame.width / 2) * 2)
+        yuv = frame.to_ndarray(format="yuv420p", width=fw, height=h).reshape(-1)
+        q = h * fw // 4
+        u, v = yuv[h * fw:h * fw + q].reshape(h // 2, fw // 2), yuv[h * fw + q:].reshape(h // 2, fw // 2)
+        return _FULL_LUMA[yuv[:h * fw].reshape(h, fw)], _FULL_CHROMA[np.stack([u, v], axis=-1)], (frame.width, frame.height)
+
     try:
-        with av.open(path, metadata_errors="ignore") as c:
-            if not c.streams.video:
-                raise ScoreError("no video stream")
-            s = c.streams.video[0]
-            s.thread_type = "AUTO"
-            total = s.frames or 0
-            want = set(np.linspace(0, total - 1, n).round().astype(int).tolist()) if total >= n else None
-            greys, chromas, size = [], [], (0, 0)
-            for i, frame in enumerate(c.decode(s)):
-                if want is None or i in want:
-                    fw = min(width, frame.width) // 2 * 2  # never upscaled: that would soften drawn edges
-                    h = max(2, round(frame.height * fw / frame.width / 2) * 2)
-                    yuv = frame.to_ndarray(format="yuv420p", width=fw, height=h).reshape(-1)
-                    greys.append(_FULL_LUMA[yuv[:h * fw].reshape(h, fw)])
-                    q = h * fw // 4
-                    u, v = yuv[h * fw:h * fw + q].reshape(h // 2, fw // 2), yuv[h * fw + q:].reshape(h // 2, fw // 2)
-                    chromas.append(_FULL_CHROMA[np.stack([u, v], axis=-1)])
-                    size = (frame.width, frame.height)
-                if want is not None and len(greys) == len(want):
-                    break
-    except av.FFmpegError as e:
-        raise ScoreError(f"decoding failed: {e}") from e
-    if want is None and len(greys) > n:
-        pick = np.linspace(0, len(greys) - 1, n).round().astype(int)
-        greys, chromas = [greys[i] for i in pick], [chromas[i] for i in pick]
-    return greys, chromas, size[0], size[1]
+        got = sample_evenly(path, n, planes)
+    except MediaError as e:
+        raise ScoreError(str(e)) from e
+    w, h = got[-1][2] if got else (0, 0)
+    return [g for g, _, _ in got], [c for _, c, _ in got], w, h
 
 
 # ------------------------------------------------------------------------------------------- edges

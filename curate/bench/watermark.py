@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from stages.media import ffmpeg_exe
-from stages.watermark import BIAS, FEATURES, WEIGHTS, WatermarkConfig, blob_features, detect, sample_yuv
+from stages.watermark import FEATURES, WatermarkConfig, blob_features, detect, sample_yuv
 
 # (file, start_s, seconds): segments inside one shot, picture moving. vtest/traffic: static cameras;
 # goldeneye: a still screen whose text changes; testvideo 6.2: a still photo fading in; delayed_start:

@@ -16,9 +16,9 @@ BOX = {"x": 224, "y": 16, "w": 72, "h": 32}
 
 
 def _make(ffmpeg, path, overlay=None, scroll=0.01, opacity=0.6):
-    graph = "testsrc2=s=320x240:r=25" if scroll else "testsrc=s=320x240:r=25,trim=end_frame=1,loop=loop=74:size=1,setpts=N/(25*TB)"
+    graph = "testsrc=s=320x240:r=25,trim=end_frame=1,loop=loop=74:size=1,setpts=N/(25*TB)"  # testsrc's first frame, held
     if scroll:
-        graph = "testsrc=s=320x240:r=25,trim=end_frame=1,loop=loop=74:size=1,setpts=N/(25*TB)," + f"scroll=h={scroll}:v={scroll / 2}"
+        graph += f",scroll=h={scroll}:v={scroll / 2}"
     if overlay:
         # a logo with inner structure: a black plate with a white bar, both at `opacity`
         graph += ",drawbox=x={x}:y={y}:w={w}:h={h}:color=black@{op}:t=fill".format(**overlay, op=opacity)
