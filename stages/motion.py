@@ -111,29 +111,21 @@ def vector_field(mvs: np.ndarray, width: int, height: int) -> tuple[np.ndarray, 
 
 
 @contextmanager
-def _frame_cycles_collected(every: int = 1):
-    """Free decoded frames promptly while their side data is read (yields a tick to call per frame).
+def frame_cycles_collected():
+    """Free decoded frames promptly while their side data is read: call the yielded `collect` once a frame.
 
     PyAV's `frame.side_data` makes a reference cycle (Frame -> its side-data container -> Frame), so a
     frame whose vectors were read is freed only by the cyclic garbage collector, not when the loop
     drops it. Left to the default thresholds, ~100 full-size frames pile up between collections: the
     decoder's buffer pool grows by hundreds of MB and every new buffer is page-faulted in (measured on
-    50 s of 720p: +11% decode time, 300 MB more memory). Here the collector runs every `every` frames
-    over the objects made since we started (older objects are frozen meanwhile, so each collection is
-    cheap however large the process's heap is). Every frame is best: the decoder then reuses the
-    buffers it just freed (measured: 1.08x a plain decode, against 1.10x every 4 and 1.15x every 16).
+    50 s of 720p: +11% decode time, 300 MB more memory). Here the collector runs once a frame over the
+    objects made since we started (older objects are frozen meanwhile, so each collection is cheap
+    however large the process's heap is); the decoder then reuses the buffers it just freed (measured:
+    1.08x a plain decode, against 1.10x collecting every 4 frames and 1.15x every 16).
     """
     gc.freeze()
-    count = 0
-
-    def tick() -> None:
-        nonlocal count
-        count += 1
-        if count % every == 0:
-            gc.collect()
-
     try:
-        yield tick
+        yield gc.collect
     finally:
         gc.unfreeze()
 
@@ -195,7 +187,7 @@ def frame_vectors(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray] | None:
 def vector_windows(path: str, window_s: float) -> list[np.ndarray]:
     """Magnitude maps (% of the diagonal per second, one per window) from the codec's motion vectors."""
     c, s = open_with_vectors(path)
-    with c, _frame_cycles_collected() as tick:
+    with c, frame_cycles_collected() as collect:
         tb = s.time_base
         windows = VectorWindows(window_s, float(s.average_rate or s.guessed_rate or 0) or None)
         try:
@@ -203,7 +195,7 @@ def vector_windows(path: str, window_s: float) -> list[np.ndarray]:
                 t = float(frame.pts * tb) if frame.pts is not None else None
                 windows.push(t, frame_vectors(frame), float(np.hypot(frame.width, frame.height)))
                 del frame
-                tick()
+                collect()
         except av.FFmpegError as e:
             raise ScoreError(f"decoding failed: {e}") from e
         maps = windows.finish()

@@ -42,7 +42,7 @@ import numpy as np
 
 from schemas import Reason
 from stages.media import Decoded, EncodeSettings, MediaError, _open, prefetch, small_bgr, video_stream
-from stages.motion import VECTOR_THREADS, MotionConfig, VectorWindows, _frame_cycles_collected, columns, frame_vectors, settings_key, summarize
+from stages.motion import VECTOR_THREADS, MotionConfig, VectorWindows, columns, frame_cycles_collected, frame_vectors, settings_key, summarize
 from stages.shots import FrameStats, LabelSettings, confirm_hard_cuts, label_frames
 
 DECIDE_EVERY = 8  # frames between two decisions: small batches keep the encoder fed while the decoder runs ahead (32: 1.12x the floor, 8: 1.02-1.08x)
@@ -183,7 +183,7 @@ def _decode_small(c, s, width: int, vectors: bool = False, size: int | None = No
     whatever the decoder's threading would make of the broken packet.
     """
     height = None
-    with _frame_cycles_collected() if vectors else contextlib.nullcontext(lambda: None) as tick:
+    with frame_cycles_collected() if vectors else contextlib.nullcontext(lambda: None) as collect:
         for packet in c.demux(s):
             if packet.is_corrupt and size and packet.pos is not None and packet.pos + packet.size >= size:
                 continue
@@ -191,7 +191,7 @@ def _decode_small(c, s, width: int, vectors: bool = False, size: int | None = No
                 if height is None:
                     height = max(2, round(frame.height * width / frame.width / 2) * 2)
                 field = frame_vectors(frame) if vectors else None
-                tick()
+                collect()
                 yield frame, small_bgr(frame, width, height), field
 
 

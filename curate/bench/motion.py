@@ -23,7 +23,7 @@ import time
 import av
 
 from stages.media import ffmpeg_exe
-from stages.motion import VECTOR_THREADS, MotionConfig, _frame_cycles_collected, measure, open_with_vectors
+from stages.motion import VECTOR_THREADS, MotionConfig, frame_cycles_collected, measure, open_with_vectors
 
 
 def plain_decode(path: str, threads: str = "AUTO") -> int:
@@ -37,13 +37,13 @@ def read_vectors(path: str) -> int:
     """Decode with vectors exported and read every frame's vectors into numpy (no scoring)."""
     c, s = open_with_vectors(path)
     n = 0
-    with c, _frame_cycles_collected() as tick:
+    with c, frame_cycles_collected() as collect:
         for frame in c.decode(s):
             sd = frame.side_data.get("MOTION_VECTORS")
             if sd is not None:
                 sd.to_ndarray()
             del frame, sd
-            tick()
+            collect()
             n += 1
     return n
 
