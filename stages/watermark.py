@@ -1,9 +1,11 @@
 """Watermark and overlay scores: what stays put across the clip and was drawn, not filmed (logos, channel marks, text).
 
 The default detector needs no weights (a handful of logistic constants in this file). On a few frames
-spread over the clip (grey, at most 480 wide, never upscaled; blank frames left out) it keeps the edges
-that are there in >= `persist` (80%) of the frames with some contrast around them. A drawn edge
-(drawbox, drawtext, an overlaid PNG, at any opacity) is a step one pixel wide in the mean frame: one
+spread over the clip (grey, at most 480 wide, never upscaled; blank frames left out unless all are) it
+keeps the edges that are there in >= `persist` (80%) of the frames that show contrast around them (at
+least `seen`, half, of the frames must: a dark logo cannot be seen while the picture under it is
+black). A drawn edge (drawbox, drawtext, an overlaid PNG, at any opacity) is a step one pixel wide in
+the mean frame: one
 neighbour-to-neighbour difference holds most of the grey-level range around it; optics, motion blur and
 scaling spread a filmed edge over several pixels. Still step pixels are closed into blobs (text
 strokes, a box's sides). The same is done on the half-size chroma planes (U, V): a coloured overlay
@@ -13,17 +15,19 @@ blob is described by FEATURES: its step evidence and sharpness, and "layer" cues
 picture changes under the overlay: the picture beside the edge moves while the edge stays put, an
 overlay damps (alpha) or stops (opaque) that motion on one side of its edge, and the edge's strength
 varies as the background under it changes; plus how much the runner-up blob stands out and how much
-of the clip changes. A logistic model over these (WEIGHTS, BIAS: fitted by `python -m
-curate.bench.watermark --fit` on seed 0's 28 calibration pairs, its 0.5 put where it best separates them) gives each blob P(overlay); the best blob's is the score and its box the box.
+of the clip changes. A logistic model over these gives each blob P(overlay); the best blob's
+is the score and its box the box (WEIGHTS, BIAS: fitted by `python -m curate.bench.watermark --fit` to
+the clip labels of seed 0's 28 calibration pairs through that best-blob score, 0.5 put where it best
+separates them).
 
 The picture must change for any of this: a frozen clip (fewer than `frozen` of the pixels change,
 raw or after normalising each frame's brightness and contrast) scores 0, since nothing tells an
 overlay from a still picture. A flat field brightening under an overlay is change. Blobs spanning
 most of the frame, and full-width or full-height lines (letterbox and pillarbox bars), are not overlays.
 Measured with `python -m curate.bench.watermark --lovo` (see the README's Benchmarks section): ROC AUC
-0.934 leave-one-video-out, 0.94 on held-out seeds. Its misses: sharp, still, rendered scenery (a
-computer screen's UI, still-life pixel art: drawn too, so it scores high), filled boxes and faint
-(opacity < 0.45) overlays over a similar colour or over a still background.
+0.968 leave-one-video-out, 0.954 on held-out seeds. Its misses: filled boxes and faint (opacity < 0.45)
+overlays over a similar colour or over a still background, and sharp, still, rendered scenery (a
+computer screen's UI, still-life pixel art: drawn too, so it scores high).
 
 `method: classifier` loads a learned watermark classifier instead (a timm or open_clip image model,
 two classes, weights from a path); it gives a score and no box.
@@ -50,7 +54,8 @@ class WatermarkConfig:
     frames: int = 16  # frames per clip, evenly spaced
     width: int = 480  # edges: frames scaled to this width (sharpness is judged at this scale)
     edge_threshold: float = 10.0  # edges: gradient (grey levels per pixel) that counts as an edge
-    persist: float = 0.8  # edges: an edge in at least this share of the frames stays still
+    persist: float = 0.8  # edges: an edge in at least this share of the frames it can be seen in (contrast around it) stays still
+    seen: float = 0.5  # edges: ... and it must be seen in at least this share of the frames
     contrast: float = 16.0  # edges: a still edge needs this grey-level range in its 5x5 neighbourhood
     step_low: float = 0.5  # edges: largest one-pixel difference / local range at which an edge starts to count as a drawn step
     step_high: float = 0.8  # edges: ... and fully counts (a one-pixel step gives 1)
@@ -66,8 +71,8 @@ class WatermarkConfig:
             raise ValueError(f"frames must be >= 2, got {self.frames}")
         if self.width < 64:
             raise ValueError(f"width must be >= 64, got {self.width}")
-        if not 0 < self.persist <= 1 or not 0 <= self.frozen < 1:
-            raise ValueError("persist must be in (0, 1] and frozen in [0, 1)")
+        if not 0 < self.persist <= 1 or not 0 < self.seen <= 1 or not 0 <= self.frozen < 1:
+            raise ValueError(f"persist and seen must be in (0, 1] and frozen in [0, 1), got {self.persist}, {self.seen}, {self.frozen}")
         if not 0 <= self.step_low < self.step_high or self.blank < 0:
             raise ValueError(f"need 0 <= step_low < step_high and blank >= 0, got {self.step_low}, {self.step_high}, {self.blank}")
         if self.method == "classifier":
@@ -130,8 +135,8 @@ FEATURES = (
     "second",  # the clip's best other blob's value: a screen full of UI text has many, none standing out
     "moving",  # log of the clip's share of changing pixels
 )
-WEIGHTS = (2.86, 6.8, 10.9, 0.088, 0.314, -0.367, -0.447, -0.0933)
-BIAS = -17.5
+WEIGHTS = (3.2, 9.72, 12.5, 0.304, 0.377, -0.224, -0.057, 0.187)
+BIAS = -20.7
 
 
 def blob_features(frames: list[np.ndarray], cfg: WatermarkConfig, chroma: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[tuple[int, int, int, int]], bool]:
@@ -148,6 +153,8 @@ def blob_features(frames: list[np.ndarray], cfg: WatermarkConfig, chroma: list[n
     """
     stack = np.stack(frames).astype(np.float32)
     keep = stack.std(axis=(1, 2)) >= cfg.blank
+    if keep.sum() < 2:
+        keep[:] = True  # a flat field throughout (an overlay on it is all its detail): nothing to leave out
     stack = stack[keep]  # a black frame (a fade's end) shows no overlay edges
     none = np.zeros((0, len(FEATURES)), np.float64)
     if len(stack) < 2:
@@ -240,13 +247,19 @@ def detect(frames: list[np.ndarray], cfg: WatermarkConfig, clip_w: int, clip_h: 
 
 def _steps(stack: np.ndarray, cfg: WatermarkConfig):
     """Per pixel of one plane's frames (n, h, w float32): per-frame gradients, the mean frame, still
-    (an edge in >= `persist` of the frames with `contrast` around it), the mean frame's Sobel gx, gy,
+    (an edge in >= `persist` of the frames with `contrast` around it in that frame, which are >= `seen`
+    of the frames, and `contrast` around it in the mean frame), the mean frame's Sobel gx, gy,
     sharpness (gradient / 5x5 range), step (largest one-pixel difference / 5x5 range) and drawn-step
     evidence (step between step_low and step_high, on still pixels)."""
     grads = np.stack([_gradient(g) for g in stack])
-    freq = (grads > cfg.edge_threshold).mean(axis=0)
-    mean = stack.mean(axis=0)
     kernel = np.ones((5, 5), np.uint8)
+    # Only the frames with contrast around a pixel vote on whether its edge is there: a black logo over
+    # a picture fading in from black, or over a dark patch passing under it, cannot be seen there then.
+    seen = np.stack([cv2.dilate(g, kernel) - cv2.erode(g, kernel) for g in stack]) > cfg.contrast
+    votes = seen.sum(axis=0)
+    freq = ((grads > cfg.edge_threshold) & seen).sum(axis=0) / np.maximum(votes, 1)
+    freq[votes < max(2.0, cfg.seen * len(stack))] = 0.0
+    mean = stack.mean(axis=0)
     local_range = cv2.dilate(mean, kernel) - cv2.erode(mean, kernel)
     still = (freq >= cfg.persist - 1e-6) & (local_range > cfg.contrast)
     gx, gy = cv2.Sobel(mean, cv2.CV_32F, 1, 0, ksize=3) / 8.0, cv2.Sobel(mean, cv2.CV_32F, 0, 1, ksize=3) / 8.0

@@ -5,16 +5,19 @@ with an overlay burned in by ffmpeg (a filled box, a box outline, or a text logo
 and overlaid, or ffmpeg drawtext), at a varied position, size and opacity. AUC = the chance that an overlaid clip
 scores above a clean one (ties count half).
 
-    python -m curate.bench.watermark [--videos ../shared/data/videos] [--pairs 42] [--seeds 1 3] [--lovo] [-v]
+    python -m curate.bench.watermark [--videos ../shared/data/videos] [--pairs 42] [--seeds 1 2 3] [--lovo] [-v]
     python -m curate.bench.watermark --fit      # refit stages.watermark.WEIGHTS/BIAS on seed 0's 28 pairs
 
-The detector scores candidate blobs with a small logistic model (stages.watermark.FEATURES, WEIGHTS):
-`--fit` fits it on seed 0's 28 calibration pairs (blobs on the drawn overlay: positive; every blob of a
-clean clip: negative) and prints the constants to paste. The default run reports seeds 1 and 3 (42
-pairs each; other positions, sizes, colours and opacities), per overlay kind and opacity band too.
-The clean clips are the same 14 segments in every seed, so a held-out seed is not new content:
-`--lovo` also refits without each source video's pairs (seeds 0 + the reported ones) and scores that
-video's pairs with the model that never saw it, the honest number for unseen footage.
+The detector scores candidate blobs with a small logistic model (stages.watermark.FEATURES, WEIGHTS)
+and a clip by its best blob. `--fit` fits that model on seed 0's 28 calibration pairs to the clips'
+labels (`fit_clips`: a clip's logit is the smooth maximum of its blobs', so no blob has to be told
+which it is; started from the blob-level fit, blobs on the drawn overlay positive and every blob of a
+clean clip negative), puts 0.5 where it best separates those clips and prints the constants to paste.
+The default run reports seeds 1, 2 and 3 (42 pairs each; other positions, sizes, colours and
+opacities), per overlay kind and opacity band too. The clean clips are the same 14 segments in every
+seed, so a held-out seed is not new content: `--lovo` also refits without each source video's pairs
+(seeds 0 + the reported ones) and scores that video's pairs with the model that never saw it, the
+honest number for unseen footage.
 """
 
 from __future__ import annotations
@@ -206,6 +209,41 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1.0, steps: int = 300
     return tuple(float(v) for v in w), float(b - w @ mu)
 
 
+def fit_clips(clips: list[dict], l2: float = 1.0, steps: int = 500, lr: float = 0.5) -> tuple[tuple[float, ...], float]:
+    """The logistic model fitted to what it is used for, one score per clip: a clip's logit is the
+    smooth maximum (log-sum-exp) of its blobs' logits, fitted to the clips' labels (overlaid or clean;
+    class-balanced log loss, L2, gradient descent with momentum on standardised features, deterministic)
+    from the blob-level fit (`fit_logistic` on `_blob_labels`). Frozen and blob-less clips score 0
+    whatever the weights and are left out. Returns weights and bias on the raw features."""
+    X = [np.asarray(c["feats"], np.float64).reshape(-1, len(FEATURES)) for c in clips]
+    use = [k for k, (x, c) in enumerate(zip(X, clips)) if len(x) and not c["frozen"]]
+    labels = np.array([float(c["overlay"]) for c in clips])
+    if not 0 < labels.sum() < len(labels) or not use:
+        raise ValueError(f"need overlaid and clean clips with blobs, got {int(labels.sum())} overlaid of {len(labels)}")
+    w0, b0 = fit_logistic(*_blob_labels(clips), l2=l2)
+    allx = np.concatenate([X[k] for k in use])
+    mu, sd = allx.mean(axis=0), allx.std(axis=0) + 1e-9
+    Z = (allx - mu) / sd
+    clip_of = np.concatenate([np.full(len(X[k]), j) for j, k in enumerate(use)])
+    y = labels[use]
+    balance = np.where(y == 1, 0.5 / labels.mean(), 0.5 / (1 - labels.mean())) / len(clips)
+    w, b = np.asarray(w0) * sd, b0 + float(np.asarray(w0) @ mu)
+    vw, vb = np.zeros_like(w), 0.0
+    for _ in range(steps):
+        logit = Z @ w + b
+        top = np.full(len(use), -np.inf)
+        np.maximum.at(top, clip_of, logit)
+        e = np.exp(logit - top[clip_of])
+        total = np.bincount(clip_of, e, len(use))
+        z = top + np.log(total)  # the clip's smooth-max logit
+        g = (balance * (1.0 / (1.0 + np.exp(-z)) - y))[clip_of] * e / total[clip_of]  # d loss / d blob logit
+        vw = 0.9 * vw + Z.T @ g + 2 * l2 * w / len(clips)
+        vb = 0.9 * vb + g.sum()
+        w, b = w - lr * vw, b - lr * vb
+    w = w / sd
+    return tuple(float(v) for v in w), float(b - w @ mu)
+
+
 def calibrate(clips: list[dict], weights, bias) -> float:
     """The bias shifted so that score 0.5 is the clip-level threshold that best separates the clips'
     overlaid from clean copies (largest true- minus false-positive rate; midway between neighbours)."""
@@ -252,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--videos", default=os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "videos"))
     ap.add_argument("--pairs", type=int, default=42)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 3], help="positions, sizes, colours, opacities (seed 0 is the calibration set)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="positions, sizes, colours, opacities (seed 0 is the calibration set)")
     ap.add_argument("--fit", action="store_true", help="fit the logistic model on seed 0's 28 pairs and print the constants")
     ap.add_argument("--lovo", action="store_true", help="also leave-one-video-out over seed 0's and the reported seeds' pairs")
     ap.add_argument("--verbose", "-v", action="store_true")
@@ -265,14 +303,14 @@ def main(argv: list[str] | None = None) -> None:
             os.makedirs(out)
             pairs = make_pairs(videos, out, 28, seed=0)
             clips = clip_features(pairs, cfg)
-            X, y = _blob_labels(clips)
-            weights, bias = fit_logistic(X, y)
+            weights, bias = fit_clips(clips)
             bias = calibrate(clips, weights, bias)
-            print(f"fitted on seed 0's {len(pairs)} pairs: {len(y)} blobs, {int(y.sum())} on overlays")
+            print(f"fitted on seed 0's {len(pairs)} pairs: {sum(len(c['boxes']) for c in clips)} blobs in {len(clips)} clips")
             print(f"WEIGHTS = ({', '.join(f'{w:.3g}' for w in weights)})  # {', '.join(FEATURES)}")
             print(f"BIAS = {bias:.3g}")
             return
         all_pairs, all_clips = [], []
+        held = ([], [], [], [])  # pairs, overlaid scores, clean scores, IoUs of the reported seeds
         for seed in args.seeds:
             out = os.path.join(tmp, f"s{seed}")
             os.makedirs(out)
@@ -289,11 +327,15 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"  {box['source']:24s} {box['kind']:8s} op {box['opacity']:.2f}  clean {a.score:.3f}  overlay {b.score:.3f}  IoU {ious[-1]:.2f}")
             t2 = time.time()
             _report(f"watermark (edges), seed {seed}", pairs, pos, neg, ious)
+            for acc, part in zip(held, (pairs, pos, neg, ious)):
+                acc.extend(part)
             print(f"  making pairs {t1 - t0:.1f} s, scoring {2 * len(pairs)} clips {t2 - t1:.1f} s ({(t2 - t1) / (2 * len(pairs)) * 1000:.0f} ms/clip, "
                   f"{cfg.frames} frames at width {cfg.width}, decoding included)")
             if args.lovo:
                 all_pairs += pairs
                 all_clips += clip_features(pairs, cfg)
+        if len(args.seeds) > 1:
+            _report(f"seeds {', '.join(map(str, args.seeds))} together (the shipped constants, fitted on seed 0)", *held)
         if args.lovo:
             out = os.path.join(tmp, "s0")
             os.makedirs(out)
@@ -303,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
             sources = [b["source"] for _, _, b in all_pairs for _ in (0, 1)]
             for video in sorted(set(sources)):
                 train = [c for c, s in zip(all_clips, sources) if s != video]
-                weights, bias = fit_logistic(*_blob_labels(train))
+                weights, bias = fit_clips(train)
                 bias = calibrate(train, weights, bias)
                 held = [k for k, s in enumerate(sources) if s == video]
                 for k, s in zip(held, clip_scores([all_clips[k] for k in held], weights, bias)):

@@ -163,3 +163,87 @@ def test_a_colour_plate_with_the_grey_of_what_is_under_it_is_found_in_the_chroma
     assert found.score >= 0.5, found
     box = found.box
     assert 216 <= box["x"] <= 228 and 8 <= box["y"] <= 20 and 64 <= box["w"] <= 84 and 24 <= box["h"] <= 44, box
+
+
+def _texture(seed=0, size=(400, 600)):
+    rng = np.random.default_rng(seed)
+    t = cv2.GaussianBlur(rng.uniform(0, 255, size).astype(np.float32), (0, 0), 3)
+    return (t - t.mean()) / t.std() * 40 + 128
+
+
+def test_a_dark_logo_over_a_picture_fading_in_from_black_is_judged_on_the_frames_it_can_be_seen_in():
+    """A black outline (opacity 0.75) over a panning picture whose right half, where the outline is,
+    fades in from black is invisible in the first six frames: only the frames with contrast around a
+    pixel vote on its edge, so it is found; asking every frame to see it (seen=1) loses it, and the same
+    picture without it has nothing."""
+    from stages.watermark import detect
+
+    texture = _texture()
+    clean, marked = [], []
+    for k in range(16):
+        frame = np.clip(texture[4 * k:4 * k + 240, 6 * k:6 * k + 320], 0, 255)
+        frame[:, 160:] *= np.clip((k - 5) / 10, 0, 1)
+        clean.append(frame.astype(np.uint8))
+        m = frame.copy()
+        ring = np.zeros(m.shape, bool)
+        ring[16:48, 224:296] = True
+        ring[20:44, 228:292] = False  # a 4 px outline, x 224-296, y 16-48
+        m[ring] *= 0.25
+        marked.append(m.astype(np.uint8))
+    cfg = WatermarkConfig()
+    assert detect(clean, cfg, 320, 240).score < 0.1
+    found = detect(marked, cfg, 320, 240)
+    assert found.score >= 0.5, found
+    assert abs(found.box["x"] - 224) <= 4 and abs(found.box["y"] - 16) <= 4 and abs(found.box["w"] - 72) <= 8, found.box
+    assert detect(marked, WatermarkConfig(seen=1.0), 320, 240).score < 0.1
+
+
+def test_a_faint_mark_on_a_flat_field_is_found_though_every_frame_is_nearly_blank():
+    """A flat field brightening under a small faint mark: every frame is 'blank' (grey levels vary less
+    than `blank`), so none can be left out as a fade's black; the mark is all there is and it is found."""
+    from stages.watermark import detect
+
+    cfg = WatermarkConfig()
+    frames = []
+    for k in range(16):
+        f = np.full((480, 480), 10.0 * k)
+        f[20:36, 20:80] = 0.63 * f[20:36, 20:80] + 0.37 * 255  # a white outline at 0.37 opacity, 60 x 16, 2 px
+        f[22:34, 22:78] = 10.0 * k
+        frames.append(np.clip(np.round(f), 0, 255).astype(np.uint8))
+    assert all(f.std() < cfg.blank for f in frames)
+    found = detect(frames, cfg, 480, 480)
+    assert found.score >= 0.5, found
+    assert abs(found.box["x"] - 20) <= 4 and abs(found.box["y"] - 20) <= 4, found.box
+    flat = [np.full((480, 480), 10 * k, np.uint8) for k in range(16)]
+    assert detect(flat, cfg, 480, 480).score == 0.0
+
+
+def test_clip_level_fit_learns_from_clip_labels():
+    """fit_clips: an overlaid clip has one overlay-like blob among scenery blobs, and the blob-level
+    labels it starts from cannot say which (every blob of an overlaid clip lies on the drawn box); fitted
+    to the clips' labels, the model finds the feature that marks the overlay and ranks the clips better
+    than the blob-level fit, deterministically."""
+    from curate.bench.watermark import _blob_labels, auc, calibrate, clip_scores, fit_clips, fit_logistic
+    from stages.watermark import FEATURES
+
+    rng = np.random.default_rng(1)
+    clips = []
+    box = {"x": 0, "y": 0, "w": 1, "h": 1}
+    for i in range(120):
+        overlay = i % 2 == 1
+        feats = rng.normal(size=(int(rng.integers(3, 9)), len(FEATURES)))
+        if overlay:
+            feats[0, 1] += 4.0  # the overlay's blob stands out on feature 1
+            feats[:, 3] += 1.0  # and a scene-wide cue comes with overlaid clips here, on every blob
+        clips.append({"feats": feats, "boxes": [box] * len(feats), "frozen": False, "overlay": overlay, "truth": box})
+
+    def ranked(w, b):
+        scores = clip_scores(clips, w, calibrate(clips, w, b))
+        return auc(scores[1::2], scores[0::2])
+
+    w, b = fit_clips(clips)
+    assert w[1] > 2 * max(abs(v) for k, v in enumerate(w) if k not in (1, 3)), w
+    assert fit_clips(clips) == (w, b)
+    assert ranked(w, b) >= 0.95 and ranked(w, b) > ranked(*fit_logistic(*_blob_labels(clips))), ranked(w, b)
+    with pytest.raises(ValueError, match="overlaid and clean"):
+        fit_clips([dict(c, overlay=False) for c in clips])
