@@ -6,8 +6,10 @@ are decode-order frame numbers, right on variable frame rate); scenes become cli
 
     source frames  0 ......... 29 | 30 ........... 75 | 76 ....
     scenes         [0, 30)          [30, 76)            [76, ...
-    clip windows   a scene longer than max_clip_s is cut into equal windows; shorter than
-                   min_clip_s gives a `filtered` clip row with reason `too_short` and no file.
+    clip windows   content longer than max_clip_s is cut into windows of max_clip_s, the one before
+                   the last ending early where that keeps the last >= min_clip_s (stream.run_windows,
+                   the same in both modes); content shorter than min_clip_s gives a `filtered`
+                   clip row with reason `too_short` and no file.
 
 The stage returns one row per source (the SOURCES columns, plus `scenes` and `clips` lists), so a
 source's split is all or nothing and a source that fails to decode is marked on its own row.
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import math
 import os
 import shutil
 import tempfile
@@ -32,7 +33,7 @@ import pyarrow as pa
 from schemas import CLIP_WINDOW_FIELDS, MOTION_FIELDS, SCENE_FIELDS, SOURCES, ClipStatus, Reason, SourceStatus
 from stages.media import Decoded, EncodeSettings, MediaError, is_local, iter_frames, local_copy, local_path_of, write_clip
 from stages.motion import MotionConfig
-from stages.stream import EncodeError, stream_split
+from stages.stream import EncodeError, run_windows, stream_split
 from stages.shots import (
     BLANK,
     CONTENT,
@@ -61,7 +62,7 @@ class SplitConfig:
     adaptive_threshold: float = 3.0  # PySceneDetect AdaptiveDetector's threshold
     min_scene_s: float = 0.5  # no two cuts closer than this
     min_clip_s: float = 2.0  # a scene shorter than this makes no clip (reason too_short)
-    max_clip_s: float = 10.0  # a longer scene is cut into equal windows no longer than this
+    max_clip_s: float = 10.0  # longer content is cut into windows of this (see stream.run_windows)
     encode: EncodeSettings = field(default_factory=EncodeSettings)
     content_threshold: float = 27.0  # PySceneDetect ContentDetector's threshold
     threshold_level: float = 12.0  # PySceneDetect ThresholdDetector's threshold (mean pixel level of a fade)
@@ -174,17 +175,6 @@ def scenes_from_cuts(cuts: list[int], times: np.ndarray, end_s: float) -> list[d
     ]
 
 
-def clip_windows(scene: dict, cfg: SplitConfig) -> list[tuple[int, int]]:
-    """Frame windows [a, b) of one scene: none if shorter than min_clip_s, else ceil(d / max_clip_s) equal parts."""
-    duration = scene["end_s"] - scene["start_s"]
-    if duration < cfg.min_clip_s - 1e-9:
-        return []
-    k = max(1, math.ceil(duration / cfg.max_clip_s - 1e-9))
-    a, b = scene["start_frame"], scene["end_frame"]
-    edges = [a + round(i * (b - a) / k) for i in range(k + 1)]
-    return list(zip(edges[:-1], edges[1:]))
-
-
 # ------------------------------------------------------------------------------------------- the stage
 
 
@@ -245,15 +235,13 @@ class Split:
                     reason = Reason.BLANK if kind == BLANK else Reason.TRANSITION
                     clips.append(self._window(row, scene, a, b, t, end_s, status=ClipStatus.FILTERED, reason=reason))
                     continue
-                part = {"start_frame": a, "end_frame": b, "start_s": float(t[a]), "end_s": float(t[b]) if b < len(t) else float(end_s)}
-                windows = clip_windows(part, cfg)
-                if not windows:
-                    clips.append(self._window(row, scene, a, b, t, end_s, status=ClipStatus.FILTERED, reason=Reason.TOO_SHORT))
-                    continue
+                windows, rest = run_windows(times, a, b, float(t[b]) if b < len(t) else float(end_s), cfg.min_clip_s, cfg.max_clip_s)
                 for wa, wb in windows:
                     clip = self._window(row, scene, wa, wb, t, end_s, status=ClipStatus.KEPT)
                     self._write(path, clip, float(t[wa]) + offset - half, bool(row.get("has_audio")))
                     clips.append(clip)
+                if rest:
+                    clips.append(self._window(row, scene, *rest, t, end_s, status=ClipStatus.FILTERED, reason=Reason.TOO_SHORT))
         row["clips"] = clips
 
     def _check_decoded(self, row: dict, decoded: Decoded) -> None:

@@ -17,7 +17,8 @@ it ends early so that the last one is `min_clip_s` long (run 11 s, max 5, min 2:
 after it is known (H - j >= min_clip_s of frames): that is the memory this costs, `min_clip_s` x fps
 full decoded frames more (yuv420p: 2 s at 25 fps is 50 frames, 69 MB at 720p, 155 MB at 1080p).
 Where that cannot leave both windows at least `min_clip_s` long (possible only when max_clip_s <
-2 x min_clip_s), the rest stays `too_short`. (`one_pass: false` knows every scene first and cuts equal windows instead.)
+2 x min_clip_s), the rest stays `too_short`. (`one_pass: false` knows every scene first and cuts the same
+windows: `run_windows`.)
 
 With `encode.fps` the encoder resamples each window to that constant rate (see `_Encoder`).
 
@@ -273,17 +274,6 @@ def stream_split(
             nxt[0] = e
             return e if (e < known or final) else None
 
-        def early_split(a: int, e: int) -> int | None:
-            """Where the content window starting at `a` ends, in a run that ends at `e`, when cutting it at
-            max_clip_s would leave less than min_clip_s at the end: the last min_clip_s (or a little more)
-            become the last window. None: no such frame (the window ends at max_clip_s as usual)."""
-            end = t_at(e)
-            g = bisect.bisect_left(times, times[a] + cfg.max_clip_s - 1e-9, a + 1, e)  # where max_clip_s would cut
-            if g >= e or end - times[g] >= cfg.min_clip_s - 1e-9:
-                return None
-            split = bisect.bisect_right(times, end - cfg.min_clip_s + 1e-9, a + 1, e) - 1
-            return split if split > a and times[split] - times[a] >= cfg.min_clip_s - 1e-9 else None
-
         def decide(horizon: int, final: bool) -> None:
             nonlocal done, known
             # hard cuts among the detector's cuts whose neighbourhood has been seen
@@ -319,7 +309,7 @@ def stream_split(
                     if state["split"] is None:
                         e = run_end(j, final)
                         if e is not None:
-                            state["split"] = early_split(state["a"], e) or -1
+                            state["split"] = early_split(times, state["a"], e, t_at(e), cfg.min_clip_s, cfg.max_clip_s) or -1
                     new_window = j == state["split"] or times[j] - times[state["a"]] >= cfg.max_clip_s - 1e-9
                 if j == 0 or new_scene or kind != state["kind"] or new_window:
                     close_piece(j)
@@ -363,6 +353,35 @@ def stream_split(
         decide(len(times), final=True)
         close_piece(len(times))
     return cuts, times, pieces
+
+
+def early_split(times, a: int, e: int, end: float, min_clip_s: float, max_clip_s: float) -> int | None:
+    """Where the content window starting at frame `a` ends, in a run [a, e) that ends at `end` seconds
+    (`times`: the frames' seconds), when cutting it at max_clip_s would leave less than min_clip_s at
+    the end: the last min_clip_s (or a little more) become the last window. None: no such frame (the
+    window ends at max_clip_s as usual)."""
+    g = bisect.bisect_left(times, times[a] + max_clip_s - 1e-9, a + 1, e)  # where max_clip_s would cut
+    if g >= e or end - times[g] >= min_clip_s - 1e-9:
+        return None
+    split = bisect.bisect_right(times, end - min_clip_s + 1e-9, a + 1, e) - 1
+    return split if split > a and times[split] - times[a] >= min_clip_s - 1e-9 else None
+
+
+def run_windows(times, a: int, e: int, end: float, min_clip_s: float, max_clip_s: float) -> tuple[list[tuple[int, int]], tuple[int, int] | None]:
+    """The windows the one pass cuts a content run [a, e) ending at `end` seconds into, the run known
+    whole (`one_pass: false` cuts the same): windows [a, b) of max_clip_s, the one before the last ending
+    early where that keeps the last at least min_clip_s (`early_split`); and the rest [a, e) too short
+    to keep, if any (the whole run when it is shorter than min_clip_s)."""
+    windows = []
+    while True:
+        g = bisect.bisect_left(times, times[a] + max_clip_s - 1e-9, a + 1, e)
+        if g >= e:
+            if end - times[a] < min_clip_s - 1e-9:
+                return windows, (a, e)
+            return windows + [(a, e)], None
+        b = early_split(times, a, e, end, min_clip_s, max_clip_s) or g
+        windows.append((a, b))
+        a = b
 
 
 class _Finisher:

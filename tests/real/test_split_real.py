@@ -201,3 +201,20 @@ def test_encode_fps_resamples_clips_to_a_constant_rate(videos, tmp_path, one_pas
                 got = cv2.resize(got, source[0].shape[::-1], interpolation=cv2.INTER_AREA)
                 errors = {j: np.abs(got - source[j]).mean() for j in range(max(0, want - 2), min(len(source), want + 3))}
                 assert errors[want] <= min(errors.values()) + 0.5, (clip["clip_id"], k, want, errors)
+
+
+@pytest.mark.parametrize("name", ["goldeneye-vfr-drop3.mp4", "testvideo.mp4"])
+def test_both_modes_cut_the_same_windows(videos, tmp_path, name):
+    """Short windows (max 1.5 s, min 0.5 s) over VFR footage (goldeneye) and over fades and a dissolve
+    (testvideo: blank and transition runs between content): one pass, which decides as it decodes, and
+    two passes, which know every run first (stream.run_windows), give the same clip rows."""
+    src = Ingest()(pa.table({"uri": [str(videos / name)], "license": ["CC-BY-4.0"]}))
+    rows = {}
+    for one_pass in (True, False):
+        cfg = SplitConfig(min_clip_s=0.5, max_clip_s=1.5, encode=_fast(), one_pass=one_pass)
+        _, _, clips = flatten(Split(cfg, str(tmp_path / str(one_pass)))(src))
+        rows[one_pass] = [(c["start_frame"], c["end_frame"], c["status"], c["reason"]) for c in clips.to_pylist()]
+    assert rows[True] == rows[False]
+    assert sum(r[2] == "kept" for r in rows[True]) >= 5
+    if name == "testvideo.mp4":
+        assert {r[3] for r in rows[True] if r[2] == "filtered"} & {"transition", "blank"}, rows[True]

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from stages.split import SplitConfig, clip_windows, detect_cuts, make_clip_id, scenes_from_cuts
+from stages.split import SplitConfig, detect_cuts, make_clip_id, scenes_from_cuts
+from stages.stream import run_windows
 
 
 def solid(value, n):
@@ -36,18 +37,29 @@ def test_scenes_cover_every_frame_once():
 
 
 @pytest.mark.parametrize(
-    "frames, expected",
+    "frames, windows, rest",
     [
-        (40, []),  # 1.6 s < min 2 s
-        (50, [(0, 50)]),  # exactly 2 s
-        (250, [(0, 250)]),  # exactly max 10 s
-        (251, [(0, 126), (126, 251)]),
-        (625, [(0, 208), (208, 417), (417, 625)]),  # 25 s -> three equal windows
+        (40, [], (0, 40)),  # 1.6 s < min 2 s: all of it too short
+        (50, [(0, 50)], None),  # exactly 2 s
+        (250, [(0, 250)], None),  # exactly max 10 s
+        (251, [(0, 201), (201, 251)], None),  # 10.04 s: a 0.04 s rest is not left: 8.04 + 2
+        (625, [(0, 250), (250, 500), (500, 625)], None),  # 25 s: 10 + 10 + 5
+        (275, [(0, 225), (225, 275)], None),  # 11 s: 9 + 2
     ],
 )
-def test_clip_windows(frames, expected):
-    scene = {"start_frame": 0, "end_frame": frames, "start_s": 0.0, "end_s": frames / 25}
-    assert clip_windows(scene, SplitConfig(min_clip_s=2.0, max_clip_s=10.0)) == expected
+def test_run_windows(frames, windows, rest):
+    """Windows of max_clip_s (25 fps, min 2 s, max 10 s), the one before the last ending early so that no
+    rest shorter than min_clip_s is left."""
+    times = [k / 25 for k in range(frames)]
+    assert run_windows(times, 0, frames, frames / 25, 2.0, 10.0) == (windows, rest)
+
+
+def test_run_windows_leaves_a_rest_only_when_no_two_windows_fit():
+    times = [k / 25 for k in range(90)]  # 3.6 s, min 2, max 3: no two windows of >= 2 s and <= 3 s
+    assert run_windows(times, 0, 90, 3.6, 2.0, 3.0) == ([(0, 75)], (75, 90))
+    # a run inside a longer list of frames, ending at a later frame's time (the next run's start)
+    times = [k / 10 for k in range(100)]
+    assert run_windows(times, 20, 70, 7.0, 1.0, 2.0) == ([(20, 40), (40, 60), (60, 70)], None)
 
 
 def test_clip_ids_are_deterministic_keys():
@@ -75,9 +87,11 @@ def test_config_checks():
         (3.6, 2.0, 3.0, [(0, 75, "kept"), (75, 90, "filtered")]),
     ],
 )
-def test_one_pass_windows_lose_no_content_at_run_ends(tmp_path, ffmpeg, seconds, min_clip_s, max_clip_s, expected):
-    """One shot of `seconds` (25 fps, no cut, no blank): one-pass windows of max_clip_s, except that a rest
-    shorter than min_clip_s is avoided by ending the window before it early (seen through the look-ahead)."""
+@pytest.mark.parametrize("one_pass", [True, False], ids=["one-pass", "two-pass"])
+def test_windows_lose_no_content_at_run_ends(tmp_path, ffmpeg, seconds, min_clip_s, max_clip_s, expected, one_pass):
+    """One shot of `seconds` (25 fps, no cut, no blank): windows of max_clip_s, except that a rest shorter
+    than min_clip_s is avoided by ending the window before it early (seen through the look-ahead in one
+    pass); both modes cut the same windows."""
     import subprocess
 
     import pyarrow as pa
@@ -90,7 +104,7 @@ def test_one_pass_windows_lose_no_content_at_run_ends(tmp_path, ffmpeg, seconds,
     subprocess.run([ffmpeg, "-v", "error", "-f", "lavfi", "-i", f"testsrc2=s=128x72:r=25:d={seconds}",
                     "-c:v", "libx264", "-preset", "ultrafast", str(path)], check=True)  # fmt: skip
     src = Ingest()(pa.table({"uri": [str(path)], "license": ["CC0-1.0"]}))
-    cfg = SplitConfig(min_clip_s=min_clip_s, max_clip_s=max_clip_s, encode=EncodeSettings(preset="ultrafast"))
+    cfg = SplitConfig(min_clip_s=min_clip_s, max_clip_s=max_clip_s, encode=EncodeSettings(preset="ultrafast"), one_pass=one_pass)
     row = Split(cfg, str(tmp_path / "clips"))(src).to_pylist()[0]
     assert row["status"] == "ok", row["error"]
     assert [(s["start_frame"], s["end_frame"]) for s in row["scenes"]] == [(0, round(seconds * 25))]
