@@ -40,6 +40,10 @@ def test_audio_kept_or_dropped(with_audio, tmp_path):
     write_clip(str(with_audio), str(kept), 0.0, 25, EncodeSettings(audio=True, preset="ultrafast"), has_audio=True)
     write_clip(str(with_audio), str(dropped), 0.0, 25, EncodeSettings(audio=False, preset="ultrafast"), has_audio=True)
     assert streams(kept)[3] == 1 and streams(dropped)[3] == 0
+    # the audio ends with the clip's 25 frames (1 s of the 2 s source), give or take one AAC frame
+    with av.open(str(kept)) as c:
+        a = c.streams.audio[0]
+        assert abs(float(a.duration * a.time_base) - 1.0) < 0.05, float(a.duration * a.time_base)
 
 
 def test_encoder_failure_is_a_clear_error(videos, tmp_path):
