@@ -137,6 +137,7 @@ FEATURES = (
 )
 WEIGHTS = (3.2, 9.72, 12.5, 0.304, 0.377, -0.224, -0.057, 0.187)
 BIAS = -20.7
+BOX_MARGIN = 8.0  # the box takes in nearby blobs whose logit is at most this far below the best's (`_grown_box`)
 
 
 def blob_features(frames: list[np.ndarray], cfg: WatermarkConfig, chroma: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[tuple[int, int, int, int]], bool]:
@@ -238,11 +239,32 @@ def detect(frames: list[np.ndarray], cfg: WatermarkConfig, clip_w: int, clip_h: 
     j = int(np.argmax(logits))
     h, w = frames[0].shape[:2]
     sx, sy = clip_w / w, clip_h / h
-    x, y, bw, bh = boxes[j]
+    x, y, bw, bh = _grown_box(boxes, logits, j, gap=w / 30)
     x0, y0 = int(x * sx), int(y * sy)
     x1, y1 = int(np.ceil((x + bw) * sx)), int(np.ceil((y + bh) * sy))
     box = {"x": x0, "y": y0, "w": min(clip_w, x1) - x0, "h": min(clip_h, y1) - y0}
     return Overlay(score=float(1.0 / (1.0 + np.exp(-logits[j]))), box=box)
+
+
+def _grown_box(boxes: list[tuple[int, int, int, int]], logits: np.ndarray, j: int, gap: float,
+               margin: float = BOX_MARGIN) -> tuple[int, int, int, int]:
+    """Blob j's box grown by the blobs within `gap` pixels of it whose logit is at most `margin` below
+    its own, until none is left: the letters of a word, the pieces of a logo, the sides of an outline
+    broken where the picture under it matched its colour. (Measured on the bench's held-out seeds: box
+    IoU with the drawn overlay 0.49 -> 0.56 mean.)"""
+    x0, y0, bw, bh = boxes[j]
+    x1, y1 = x0 + bw, y0 + bh
+    left = [k for k in range(len(boxes)) if k != j and logits[k] >= logits[j] - margin]
+    grew = True
+    while grew:
+        grew = False
+        for k in list(left):
+            bx, by, bw, bh = boxes[k]
+            if max(bx - x1, x0 - (bx + bw), by - y1, y0 - (by + bh)) <= gap:
+                x0, y0, x1, y1 = min(x0, bx), min(y0, by), max(x1, bx + bw), max(y1, by + bh)
+                left.remove(k)
+                grew = True
+    return x0, y0, x1 - x0, y1 - y0
 
 
 def _steps(stack: np.ndarray, cfg: WatermarkConfig):

@@ -247,3 +247,30 @@ def test_clip_level_fit_learns_from_clip_labels():
     assert ranked(w, b) >= 0.95 and ranked(w, b) > ranked(*fit_logistic(*_blob_labels(clips))), ranked(w, b)
     with pytest.raises(ValueError, match="overlaid and clean"):
         fit_clips([dict(c, overlay=False) for c in clips])
+
+
+def test_the_box_takes_in_the_whole_word():
+    """Burned-in text is many blobs (letters, words); the box is the best one grown by its overlay-like
+    neighbours, so it covers the whole caption, not one letter."""
+    from stages.watermark import _grown_box, detect
+
+    texture = _texture(2)
+    mark = np.zeros((240, 320), np.uint8)
+    cv2.putText(mark, "LIVE 24", (150, 40), cv2.FONT_HERSHEY_SIMPLEX, 0.9, 255, 2, cv2.LINE_8)
+    ys, xs = np.nonzero(mark)
+    word = {"x": int(xs.min()), "y": int(ys.min()), "w": int(xs.max() - xs.min() + 1), "h": int(ys.max() - ys.min() + 1)}
+    frames = []
+    for k in range(16):
+        frame = np.clip(texture[4 * k:4 * k + 240, 6 * k:6 * k + 320], 0, 255)
+        frame[mark > 0] = 0.3 * frame[mark > 0] + 0.7 * 255
+        frames.append(frame.astype(np.uint8))
+    found = detect(frames, WatermarkConfig(), 320, 240)
+    assert found.score >= 0.5, found
+    from curate.bench.watermark import iou
+
+    assert iou(found.box, word) >= 0.8, (found.box, word)
+    # the growing rule itself: near and overlay-like joins (transitively), far or much weaker does not
+    boxes = [(0, 0, 10, 10), (14, 0, 10, 10), (28, 0, 10, 10), (100, 0, 10, 10), (0, 14, 10, 10)]
+    logits = np.array([5.0, 2.0, 4.0, 5.0, -10.0])
+    assert _grown_box(boxes, logits, 0, gap=5) == (0, 0, 38, 10)
+    assert _grown_box(boxes, logits, 0, gap=3) == (0, 0, 10, 10)
