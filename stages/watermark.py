@@ -240,6 +240,8 @@ def detect(frames: list[np.ndarray], cfg: WatermarkConfig, clip_w: int, clip_h: 
     h, w = frames[0].shape[:2]
     sx, sy = clip_w / w, clip_h / h
     x, y, bw, bh = _grown_box(boxes, logits, j, gap=w / 30)
+    if bw > 0.7 * w or bh > 0.7 * h:  # grown over most of the frame: drawn scenery (pixel art, a UI), not one overlay
+        x, y, bw, bh = boxes[j]
     x0, y0 = int(x * sx), int(y * sy)
     x1, y1 = int(np.ceil((x + bw) * sx)), int(np.ceil((y + bh) * sy))
     box = {"x": x0, "y": y0, "w": min(clip_w, x1) - x0, "h": min(clip_h, y1) - y0}

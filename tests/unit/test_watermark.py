@@ -274,3 +274,20 @@ def test_the_box_takes_in_the_whole_word():
     logits = np.array([5.0, 2.0, 4.0, 5.0, -10.0])
     assert _grown_box(boxes, logits, 0, gap=5) == (0, 0, 38, 10)
     assert _grown_box(boxes, logits, 0, gap=3) == (0, 0, 10, 10)
+
+
+def test_a_box_grown_over_most_of_the_frame_falls_back_to_its_blob():
+    """Drawn scenery everywhere (a grid of still marks, as pixel art or a UI has): growing the box would
+    take in the whole frame, which is no one overlay; the box stays the best blob's own."""
+    from stages.watermark import detect
+
+    texture = _texture(3)
+    frames = []
+    for k in range(16):
+        frame = np.clip(texture[4 * k:4 * k + 240, 6 * k:6 * k + 320], 0, 255)
+        for y in range(10, 230, 18):
+            for x in range(10, 310, 18):
+                frame[y:y + 10, x:x + 10] = 0.3 * frame[y:y + 10, x:x + 10] + 0.7 * 255
+        frames.append(frame.astype(np.uint8))
+    found = detect(frames, WatermarkConfig(), 320, 240)
+    assert found.box is not None and found.box["w"] <= 0.7 * 320 and found.box["h"] <= 0.7 * 240, found
