@@ -86,6 +86,9 @@ def test_classifier_config_is_checked():
         WatermarkConfig(method="classifier", classifier_arch="timm:resnet18")
     with pytest.raises(FileNotFoundError, match="no such file"):
         WatermarkConfig(method="classifier", classifier_arch="timm:resnet18", classifier_weights="/nonexistent.pth").check()
+    for bad in (dict(seen=0.0), dict(seen=1.5), dict(persist=0.0)):
+        with pytest.raises(ValueError, match="persist and seen"):
+            WatermarkConfig(**bad)
 
 
 def test_open_clip_classifier_loads_from_a_path(tmp_path):
