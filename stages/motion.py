@@ -80,9 +80,15 @@ def open_with_vectors(path: str) -> tuple[av.container.InputContainer, av.VideoS
         c.close()
         raise ScoreError("no video stream")
     s = c.streams.video[0]
+    export_vectors(s)
+    return c, s
+
+
+def export_vectors(s: av.VideoStream) -> None:
+    """Set stream `s`'s decoder (before the first packet) to export motion vectors as frame side data,
+    decoding with VECTOR_THREADS so the vectors are the same every run."""
     s.thread_type = VECTOR_THREADS
     s.codec_context.options = {"flags2": "+export_mvs"}
-    return c, s
 
 
 def vector_field(mvs: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:

@@ -43,7 +43,7 @@ import numpy as np
 
 from schemas import Reason
 from stages.media import Decoded, EncodeSettings, MediaError, _open, prefetch, small_bgr, video_stream
-from stages.motion import VECTOR_THREADS, MotionConfig, VectorWindows, columns, frame_cycles_collected, frame_vectors, settings_key, summarize
+from stages.motion import MotionConfig, VectorWindows, columns, export_vectors, frame_cycles_collected, frame_vectors, settings_key, summarize
 from stages.shots import FrameStats, LabelSettings, confirm_hard_cuts, label_frames
 
 DECIDE_EVERY = 8  # frames between two decisions: small batches keep the encoder fed while the decoder runs ahead (32: 1.12x the floor, 8: 1.02-1.08x)
@@ -237,8 +237,7 @@ def stream_split(
     with _open(path) as c, _Finisher() as finisher:
         s, tb, rate, default_dur = video_stream(c, decoded)
         if vectors:
-            s.codec_context.options = {"flags2": "+export_mvs"}
-            s.thread_type = VECTOR_THREADS  # frame threads export vectors nondeterministically
+            export_vectors(s)
 
         def t_at(k: int) -> float:
             return times[k] if k < len(times) else decoded.end_s
