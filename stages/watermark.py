@@ -5,9 +5,8 @@ spread over the clip (grey, at most 480 wide, never upscaled; blank frames left 
 keeps the edges that are there in >= `persist` (80%) of the frames that show contrast around them (at
 least `seen`, half, of the frames must: a dark logo cannot be seen while the picture under it is
 black). A drawn edge (drawbox, drawtext, an overlaid PNG, at any opacity) is a step one pixel wide in
-the mean frame: one
-neighbour-to-neighbour difference holds most of the grey-level range around it; optics, motion blur and
-scaling spread a filmed edge over several pixels. Still step pixels are closed into blobs (text
+the mean frame: one neighbour-to-neighbour difference holds most of the grey-level range around it;
+optics, motion blur and scaling spread a filmed edge over several pixels. Still step pixels are closed into blobs (text
 strokes, a box's sides). The same is done on the half-size chroma planes (U, V): a coloured overlay
 over the same grey (a yellow box on a grey sky) is a step there and not in the grey; where the grey
 has no still edge and a chroma plane holds more step evidence, its cues stand for the pixel's. Each
@@ -143,13 +142,12 @@ BOX_MARGIN = 8.0  # the box takes in nearby blobs whose logit is at most this fa
 def blob_features(frames: list[np.ndarray], cfg: WatermarkConfig, chroma: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[tuple[int, int, int, int]], bool]:
     """Candidate overlay blobs on grey frames (all the same size; `chroma`: their half-size U, V planes
     stacked on the last axis, or None for grey only): (their FEATURES rows, their boxes x, y, w, h in
-    frame pixels, frozen). Frozen (nothing changes, or fewer than 2 non-blank frames)
-    comes with no blobs.
+    frame pixels, frozen). Frozen (nothing changes, or fewer than 2 frames) comes with no blobs.
 
     A drawn edge (drawbox, drawtext, an overlaid PNG, at any opacity) stays put while the picture
     changes and is a step one pixel wide; a filmed edge is spread over several pixels by optics,
-    motion blur and scaling. Edges present in >= `persist` of the non-blank frames with `contrast`
-    around them are still; still edges whose largest one-pixel difference is most of the grey-level
+    motion blur and scaling. Edges present in >= `persist` of the non-blank frames that show
+    `contrast` around them are still; still edges whose largest one-pixel difference is most of the grey-level
     range around them are drawn-step evidence, closed into blobs (text strokes, a box's sides).
     """
     stack = np.stack(frames).astype(np.float32)
@@ -229,15 +227,23 @@ def blob_features(frames: list[np.ndarray], cfg: WatermarkConfig, chroma: list[n
 def detect(frames: list[np.ndarray], cfg: WatermarkConfig, clip_w: int, clip_h: int,
            weights: tuple[float, ...] = WEIGHTS, bias: float = BIAS, chroma: list[np.ndarray] | None = None) -> Overlay | None:
     """The weight-free detector on grey frames (all the same size; chroma as in blob_features): the most overlay-like blob's
-    P(overlay) under the logistic model, and its box in clip pixels. None with fewer than 2 frames."""
+    P(overlay) under the logistic model, and its box (grown by its overlay-like neighbours) in clip pixels.
+    None with fewer than 2 frames."""
     if len(frames) < 2:
         return None
-    feats, boxes, frozen = blob_features(frames, cfg, chroma)
+    h, w = frames[0].shape[:2]
+    return best_overlay(*blob_features(frames, cfg, chroma), (w, h), (clip_w, clip_h), weights, bias)
+
+
+def best_overlay(feats: np.ndarray, boxes: list[tuple[int, int, int, int]], frozen: bool, frame_size: tuple[int, int],
+                 clip_size: tuple[int, int], weights: tuple[float, ...] = WEIGHTS, bias: float = BIAS) -> Overlay:
+    """What `detect` makes of `blob_features`' output on frames of `frame_size` (w, h) from a clip of
+    `clip_size`: the best blob's P(overlay), and its box grown by its neighbours, in clip pixels."""
     if frozen or not len(boxes):
         return Overlay(score=0.0, box=None)
     logits = feats @ np.asarray(weights, np.float64) + bias
     j = int(np.argmax(logits))
-    h, w = frames[0].shape[:2]
+    (w, h), (clip_w, clip_h) = frame_size, clip_size
     sx, sy = clip_w / w, clip_h / h
     x, y, bw, bh = _grown_box(boxes, logits, j, gap=w / 30)
     if bw > 0.7 * w or bh > 0.7 * h:  # grown over most of the frame: drawn scenery (pixel art, a UI), not one overlay

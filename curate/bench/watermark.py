@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from stages.media import ffmpeg_exe
-from stages.watermark import FEATURES, WatermarkConfig, blob_features, detect, sample_yuv
+from stages.watermark import FEATURES, WatermarkConfig, best_overlay, blob_features, detect, sample_yuv
 
 # (file, start_s, seconds): segments inside one shot, picture moving. vtest/traffic: static cameras;
 # goldeneye: a still screen whose text changes; testvideo 6.2: a still photo fading in; delayed_start:
@@ -163,15 +163,17 @@ def iou(got: dict | None, want: dict) -> float:
 
 
 def clip_features(pairs, cfg: WatermarkConfig) -> list[dict]:
-    """Per clip of each pair: its blobs' features, boxes (clip pixels) and whether it is frozen."""
+    """Per clip of each pair (clean, then overlaid): its blobs' features, boxes (clip pixels), whether
+    it is frozen, and what the shipped detector gives it (`found`, the same as score_file's)."""
     out = []
     for clean, marked, box in pairs:
         for path, overlay in ((clean, False), (marked, True)):
             frames, chroma, w, h = sample_yuv(path, cfg.frames, cfg.width)
-            feats, boxes, frozen = blob_features(frames, cfg, chroma)
-            sx, sy = w / frames[0].shape[1], h / frames[0].shape[0]
-            boxes = [{"x": x * sx, "y": y * sy, "w": bw * sx, "h": bh * sy} for x, y, bw, bh in boxes]
-            out.append({"feats": feats, "boxes": boxes, "frozen": frozen, "overlay": overlay, "truth": box})
+            feats, frame_boxes, frozen = blob_features(frames, cfg, chroma)
+            fh, fw = frames[0].shape[:2]
+            found = best_overlay(feats, frame_boxes, frozen, (fw, fh), (w, h))
+            boxes = [{"x": x * w / fw, "y": y * h / fh, "w": bw * w / fw, "h": bh * h / fh} for x, y, bw, bh in frame_boxes]
+            out.append({"feats": feats, "boxes": boxes, "frozen": frozen, "overlay": overlay, "truth": box, "found": found})
     return out
 
 
@@ -317,9 +319,9 @@ def main(argv: list[str] | None = None) -> None:
             t0 = time.time()
             pairs = make_pairs(videos, out, args.pairs, seed=seed)
             t1 = time.time()
+            clips = clip_features(pairs, cfg)
             pos, neg, ious = [], [], []
-            for clean, marked, box in pairs:
-                a, b = score_file(clean, cfg), score_file(marked, cfg)
+            for (clean, marked, box), a, b in zip(pairs, [c["found"] for c in clips[0::2]], [c["found"] for c in clips[1::2]]):
                 neg.append(a.score)
                 pos.append(b.score)
                 ious.append(iou(b.box, box))
@@ -331,9 +333,8 @@ def main(argv: list[str] | None = None) -> None:
                 acc.extend(part)
             print(f"  making pairs {t1 - t0:.1f} s, scoring {2 * len(pairs)} clips {t2 - t1:.1f} s ({(t2 - t1) / (2 * len(pairs)) * 1000:.0f} ms/clip, "
                   f"{cfg.frames} frames at width {cfg.width}, decoding included)")
-            if args.lovo:
-                all_pairs += pairs
-                all_clips += clip_features(pairs, cfg)
+            all_pairs += pairs
+            all_clips += clips
         if len(args.seeds) > 1:
             _report(f"seeds {', '.join(map(str, args.seeds))} together (the shipped constants, fitted on seed 0)", *held)
         if args.lovo:
@@ -347,8 +348,8 @@ def main(argv: list[str] | None = None) -> None:
                 train = [c for c, s in zip(all_clips, sources) if s != video]
                 weights, bias = fit_clips(train)
                 bias = calibrate(train, weights, bias)
-                held = [k for k, s in enumerate(sources) if s == video]
-                for k, s in zip(held, clip_scores([all_clips[k] for k in held], weights, bias)):
+                left_out = [k for k, s in enumerate(sources) if s == video]
+                for k, s in zip(left_out, clip_scores([all_clips[k] for k in left_out], weights, bias)):
                     scores[k] = s
             _report(f"leave-one-video-out (seeds 0, {', '.join(map(str, args.seeds))}; each video's pairs scored by a model fitted without that video)",
                     all_pairs, scores[1::2], scores[0::2])
