@@ -3,7 +3,7 @@
     OUT/work/ingest.parquet                   SOURCES rows keyed by (uri, size, mtime): files unchanged
                                               since are not hashed or probed again
     OUT/work/split-<settings>/<source>.parquet one SPLIT row per source, written after all its clips:
-                                              a source split once is never decoded again
+                                              a source split once (same settings, same SPLIT_RULES) is never decoded again
     OUT/work/shards.json                      each shard's content plan and row: an unchanged shard is
                                               not rewritten
 
@@ -82,8 +82,13 @@ class IngestCache:
         self.out.write_bytes("work/ingest.parquet", buf.getvalue())
 
 
+# Bumped when the split code cuts other windows from the same settings, so a rerun does not reuse a
+# split the current code would not make (2: `one_pass: false` cuts the one-pass windows, not equal ones).
+SPLIT_RULES = 2
+
+
 def split_dir(cfg: SplitConfig) -> str:
-    settings = json.dumps(to_dict(cfg), sort_keys=True)
+    settings = json.dumps({**to_dict(cfg), "rules": SPLIT_RULES}, sort_keys=True)
     return "work/split-" + hashlib.sha256(settings.encode()).hexdigest()[:12]
 
 
