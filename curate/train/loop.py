@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -186,6 +187,17 @@ def _save(path: str, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def _same_file(src: str, dst: str) -> None:
+    """`dst` becomes a second name of the written checkpoint `src` (a hard link; a copy where the file
+    system has none), through a temporary name: the state is serialised once, not once a name."""
+    tmp = f"{dst}.tmp-{os.getpid()}"
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
 # ---------------------------------------------------------------------------------------- train
 
 
@@ -325,7 +337,7 @@ def train(cfg: TrainConfig) -> dict:
                          "data_info": {k: v for k, v in info.items() if k != "latent_shapes"} | {"latent_shapes": [list(s) for s in info["latent_shapes"]]}}
                 path = os.path.join(ckpt_dir, f"step-{done:06d}.pt")
                 _save(path, state)
-                _save(latest, state)
+                _same_file(path, latest)
                 old = sorted(f for f in os.listdir(ckpt_dir) if f.startswith("step-") and f.endswith(".pt"))
                 for f in old[: max(0, len(old) - cfg.keep_checkpoints)]:
                     os.remove(os.path.join(ckpt_dir, f))
