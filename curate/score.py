@@ -20,7 +20,7 @@ from curate.storage import Output
 from schemas import CLIPS, ClipStatus, Reason, conform
 from stages.aesthetic import ScoreAesthetic, WeightsError
 from stages.motion import ScoreMotion
-from stages.watermark import ScoreWatermark
+from stages.watermark import BIAS, BOX_MARGIN, WEIGHTS, ScoreWatermark
 
 
 def check_scorers(cfg: JobConfig) -> None:
@@ -84,11 +84,18 @@ SCORED = ["motion_score", "motion_min_region", "motion_method", "aesthetic_score
           "watermark_score", "watermark_box", "status", "reason", "error"]
 
 
+# Bumped when a scorer's code scores the same clip differently under the same settings, so a rerun does
+# not reuse scores the current code would not give (2: the watermark detector's votes and blank rule).
+# The watermark model's fitted constants are part of the key too, so a refit invalidates on its own.
+SCORE_RULES = 2
+
+
 class ScoreCache:
     """OUT/work/scores-<settings>.parquet: what each clip (by clip_id) scored, for reruns."""
 
     def __init__(self, out: Output, cfg: JobConfig):
-        settings = json.dumps([to_dict(cfg.motion), to_dict(cfg.aesthetic), to_dict(cfg.watermark)], sort_keys=True, default=str)
+        code = {"rules": SCORE_RULES, "watermark_model": [WEIGHTS, BIAS, BOX_MARGIN]}
+        settings = json.dumps([to_dict(cfg.motion), to_dict(cfg.aesthetic), to_dict(cfg.watermark), code], sort_keys=True, default=str)
         self.out, self.rel = out, f"work/scores-{hashlib.sha256(settings.encode()).hexdigest()[:12]}.parquet"
         self.rows: dict[str, dict] = {}
         if out.exists(self.rel):

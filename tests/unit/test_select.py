@@ -58,3 +58,23 @@ def test_conditions_on_caption_columns_wait_for_the_captions():
     assert before == "motion_score >= 0.5 and (watermark_score < 0.5 or aesthetic_score > 5)"
     assert after == "caption_clip_score > 0.2"
     assert split_where(None) == (None, None) and split_where("motion_score > 1") == ("motion_score > 1", None)
+
+
+def test_score_cache_is_keyed_by_settings_and_scoring_code(tmp_path, monkeypatch):
+    """Cached scores are reused only under the same scorer settings, SCORE_RULES and watermark constants."""
+    from pathlib import Path
+
+    import curate.score as score
+    from curate.config import load_job
+    from curate.storage import Output
+
+    out = Output(str(tmp_path))
+    demo = str(Path(__file__).resolve().parents[2] / "jobs" / "demo.yaml")
+    base = score.ScoreCache(out, load_job(demo)).rel
+    assert base.startswith("work/scores-") and score.ScoreCache(out, load_job(demo)).rel == base
+    assert score.ScoreCache(out, load_job(demo, ["watermark.persist=0.7"])).rel != base
+    monkeypatch.setattr(score, "WEIGHTS", tuple(w + 1 for w in score.WEIGHTS))
+    assert score.ScoreCache(out, load_job(demo)).rel != base
+    monkeypatch.undo()
+    monkeypatch.setattr(score, "SCORE_RULES", score.SCORE_RULES + 1)
+    assert score.ScoreCache(out, load_job(demo)).rel != base
