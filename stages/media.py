@@ -311,6 +311,15 @@ def iter_frames(path: str, width: int, decoded: Decoded, fmt: str = "bgr24") -> 
 # --------------------------------------------------------------------------------------------- encode
 
 
+# x264's macroblock-tree rate control does not give the same bytes twice for the same frames in the
+# x264 that PyAV ships (core 165): the first encoder of a process differs from the next ones, and on a
+# loaded machine encoders differ from run to run (one 75-frame clip, 6 encodes, 3 idle + 3 with the CPU
+# saturated: 2 different outputs; threads=1 and frames copied before encoding did not help). With
+# mbtree off every encode is byte-identical, idle or loaded, in any thread; AQ, B-frames, lookahead and
+# weighted prediction stay on. Both writers (PyAV in one pass, ffmpeg in two) use these options.
+DETERMINISTIC_OPTIONS = {"libx264": {"x264-params": "mbtree=0"}}
+
+
 @dataclass(frozen=True)
 class EncodeSettings:
     codec: str = "libx264"
@@ -383,7 +392,7 @@ def write_clip(
     if settings.audio and has_audio:
         streams, opts = [video, source["a:0"]], {"acodec": "aac", "audio_bitrate": "128k"}
     if settings.codec in ("libx264", "libx265"):
-        opts.update(preset=settings.preset, crf=settings.crf)
+        opts.update(preset=settings.preset, crf=settings.crf, **DETERMINISTIC_OPTIONS.get(settings.codec, {}))
     tmp = f"{dst}.tmp-{os.getpid()}"
     out = ffmpeg.output(
         *streams, tmp, vframes=n_frames, fps_mode="passthrough", vcodec=settings.codec, pix_fmt="yuv420p",

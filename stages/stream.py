@@ -42,7 +42,7 @@ import av
 import numpy as np
 
 from schemas import Reason
-from stages.media import Decoded, EncodeSettings, MediaError, _open, prefetch, small_bgr, video_stream
+from stages.media import DETERMINISTIC_OPTIONS, Decoded, EncodeSettings, MediaError, _open, prefetch, small_bgr, video_stream
 from stages.motion import MotionConfig, VectorWindows, columns, export_vectors, frame_cycles_collected, frame_vectors, settings_key, summarize
 from stages.shots import FrameStats, LabelSettings, confirm_hard_cuts, label_frames
 
@@ -99,7 +99,7 @@ class _Encoder:
         s.codec_context.time_base = time_base
         opts = {}
         if settings.codec in ("libx264", "libx265"):
-            opts = {"crf": str(settings.crf), "preset": settings.preset}
+            opts = {"crf": str(settings.crf), "preset": settings.preset, **DETERMINISTIC_OPTIONS.get(settings.codec, {})}
         s.options = opts
         # PyAV asks for slice threads; the ffmpeg CLI gives x264 frame threads (faster, same as the floor).
         s.thread_type = "FRAME"
