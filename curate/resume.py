@@ -83,8 +83,9 @@ class IngestCache:
 
 
 # Bumped when the split code cuts other windows from the same settings, so a rerun does not reuse a
-# split the current code would not make (2: `one_pass: false` cuts the one-pass windows, not equal ones).
-SPLIT_RULES = 2
+# split the current code would not make (2: `one_pass: false` cuts the one-pass windows, not equal ones;
+# 3: frame times from the repaired timeline, discontinuities start scenes, edit lists are not truncation).
+SPLIT_RULES = 3
 
 
 def split_dir(cfg: SplitConfig) -> str:

@@ -92,7 +92,7 @@ SOURCES = pa.schema(
         *_ATTRIBUTION,
         pa.field("container", pa.string()),
         pa.field("codec", pa.string()),
-        pa.field("duration_s", pa.float64()),
+        pa.field("duration_s", pa.float64()),  # the split's frames on the repaired timeline (gaps not counted); the container's before
         pa.field("fps", pa.float64()),  # average frame rate
         pa.field("n_frames", pa.int64()),  # frames decoded by the split (the container's count before)
         pa.field("width", pa.int32()),  # displayed, after rotation
@@ -101,6 +101,8 @@ SOURCES = pa.schema(
         pa.field("vfr", pa.bool_()),  # variable frame rate
         pa.field("stream_start_s", pa.float64()),  # the video stream's start time
         pa.field("has_audio", pa.bool_()),
+        pa.field("timestamps", pa.string()),  # `ok` | `repaired` (stages.timeline), set by the split
+        pa.field("timestamps_note", pa.string()),  # what was repaired: reordered, repeated, missing pts, restarts, gaps
         pa.field("status", pa.string(), nullable=False),
         pa.field("reason", pa.string()),
         pa.field("error", pa.string()),

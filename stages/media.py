@@ -25,6 +25,7 @@ import fsspec
 import numpy as np
 
 from schemas import Reason
+from stages.timeline import Timeline
 
 T = TypeVar("T")
 
@@ -200,21 +201,42 @@ def probe(path: str) -> Probe:
 
 @dataclass
 class Decoded:
-    """What a streaming decode learned about the timeline, filled while iterating."""
+    """What a streaming decode learned about the timeline, filled while iterating (see `finish`)."""
 
     n_frames: int = 0
-    first_pts_s: float | None = None  # stream pts of frame 0 (seconds)
-    last_pts_s: float | None = None
-    last_duration_s: float | None = None
+    n_packets: int = 0  # video packets demuxed with data (a file cut short has fewer than it declares)
+    first_pts_s: float | None = None  # raw stream pts of frame 0 (seconds): where ffmpeg's -ss aims from
+    end_s: float = 0.0  # end of the last frame from frame 0, on the repaired timeline (gaps not counted)
     container_start_s: float = 0.0  # what ffmpeg's -ss counts from
     fps: float | None = None
+    timestamps: str = "ok"  # `ok` | `repaired` (stages.timeline)
+    timestamps_note: str | None = None  # what was repaired
+    repaired: bool = False
 
-    @property
-    def end_s(self) -> float:
-        """End of the last frame, from the first frame."""
-        if self.first_pts_s is None:
-            return 0.0
-        return self.last_pts_s - self.first_pts_s + (self.last_duration_s or 0.0)
+    def finish(self, timeline: Timeline, last_duration_s: float | None) -> None:
+        """Fill the timeline facts once every frame went through `timeline`."""
+        self.n_frames = len(timeline.pts)
+        if timeline.first_raw is not None:
+            self.first_pts_s = float(timeline.first_raw * timeline.tb)
+        self.timestamps, self.timestamps_note = timeline.report()
+        self.repaired = timeline.repaired
+        if self.n_frames:
+            last = timeline.frame_s if self.repaired or not last_duration_s else last_duration_s
+            self.end_s = timeline.seconds(self.n_frames - 1) + last
+
+
+def decode_video(c: av.container.InputContainer, s: av.VideoStream, decoded: Decoded, size: int | None = None) -> Iterator[av.VideoFrame]:
+    """Every frame of stream `s` in the decoder's output order; counts packets into `decoded`.
+
+    A last packet cut short by the end of the file (`size` bytes: a truncated file) is not decoded:
+    the packet count then says `truncated`, whatever the decoder's threading would make of it.
+    """
+    for packet in c.demux(s):
+        if packet.size:
+            decoded.n_packets += 1
+        if packet.is_corrupt and size and packet.pos is not None and packet.pos + packet.size >= size:
+            continue
+        yield from packet.decode()
 
 
 def video_stream(c: av.container.InputContainer, decoded: Decoded):
@@ -228,6 +250,13 @@ def video_stream(c: av.container.InputContainer, decoded: Decoded):
     decoded.fps = float(rate) if rate else None
     decoded.container_start_s = (c.start_time or 0) / av.time_base
     return s, s.time_base, rate, (1.0 / decoded.fps if decoded.fps else 0.0)
+
+
+def nominal_fps(s: av.VideoStream) -> float | None:
+    """The rate one frame's step is counted at when timestamps need repair: FFmpeg's guess from the
+    first timestamps (r_frame_rate), not the average, which a gap in the timestamps drags down."""
+    rate = s.guessed_rate or s.average_rate
+    return float(rate) if rate else None
 
 
 def sample_evenly(path: str, n: int, convert: Callable[[av.VideoFrame], T], n_frames: int | None = None) -> list[T]:
@@ -281,31 +310,31 @@ def small_bgr(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
 def iter_frames(path: str, width: int, decoded: Decoded, fmt: str = "bgr24") -> Iterator[tuple[float, np.ndarray]]:
     """Decode every frame of the first video stream, yielding (seconds from frame 0, image `width` wide).
 
-    Memory stays flat: one frame at a time. `decoded` is filled as frames go by. Raises MediaError when
-    decoding fails part way.
+    Times are the repaired timeline (stages.timeline), `Timeline.REORDER` frames behind the decoder.
+    Memory stays flat: a few frames at a time. `decoded` is filled as frames go by and finished at the
+    end. Raises MediaError when decoding fails part way.
     """
     with _open(path) as c:
-        s, tb, _rate, default_dur = video_stream(c, decoded)
+        s, tb, _rate, _ = video_stream(c, decoded)
+        timeline = Timeline(tb, nominal_fps(s))
         height = None
-        prev_pts = None
+        last_duration = None
+
+        def small(frame):
+            nonlocal height, last_duration
+            if height is None:
+                height = max(2, round(frame.height * width / frame.width / 2) * 2)
+            last_duration = float(frame.duration * tb) if frame.duration else None
+            return small_bgr(frame, width, height) if fmt == "bgr24" else frame.to_ndarray(width=width, height=height, format=fmt)
+
         try:
-            for frame in c.decode(s):
-                if frame.pts is None:
-                    # No timestamp: count on from the last one by the nominal rate.
-                    pts_s = (prev_pts + default_dur) if prev_pts is not None else 0.0
-                else:
-                    pts_s = float(frame.pts * tb)
-                if decoded.first_pts_s is None:
-                    decoded.first_pts_s = pts_s
-                    height = max(2, round(frame.height * width / frame.width / 2) * 2)
-                decoded.n_frames += 1
-                decoded.last_pts_s = pts_s
-                decoded.last_duration_s = float(frame.duration * tb) if frame.duration else default_dur
-                prev_pts = pts_s
-                small = small_bgr(frame, width, height) if fmt == "bgr24" else frame.to_ndarray(width=width, height=height, format=fmt)
-                yield pts_s - decoded.first_pts_s, small
+            frames = ((f.pts, small(f)) for f in decode_video(c, s, decoded, os.path.getsize(path)))
+            for k, _pts, img in timeline.run(frames):
+                decoded.n_frames = k + 1
+                yield timeline.seconds(k), img
         except av.FFmpegError as e:
             raise MediaError(Reason.DECODE_ERROR, f"decoding failed after {decoded.n_frames} frames: {e}") from e
+        decoded.finish(timeline, last_duration)
 
 
 # --------------------------------------------------------------------------------------------- encode
@@ -423,6 +452,7 @@ __all__ = [
     "count_frames",
     "ffmpeg_exe",
     "hash_file",
+    "decode_video",
     "iter_frames",
     "local_copy",
     "probe",

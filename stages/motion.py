@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
+from stages.timeline import DEFAULT_FPS
 from schemas import MOTION_FIELDS
 from stages.columns import ScoreError, score_rows
 from stages.media import MediaError, local_copy
@@ -215,7 +216,7 @@ def _magnitude(dx: np.ndarray, dy: np.ndarray, diag: float, rate: float | None) 
         dx, dy = cv2.medianBlur(dx, 3), cv2.medianBlur(dy, 3)
     # Taken as one frame interval: the reference distance is not exported. With B-frames, P-frame
     # vectors span several frames, so x264 clips read about 1.5x the true speed (4.0 reads as ~6).
-    return np.hypot(dx, dy) / diag * (rate or 25.0) * 100.0
+    return np.hypot(dx, dy) / diag * (rate or DEFAULT_FPS) * 100.0
 
 
 # ------------------------------------------------------------------------------------------ optical flow

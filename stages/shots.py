@@ -18,10 +18,12 @@ Inside a scene every frame gets a label, from the same statistics (no second dec
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Protocol
 
 import cv2
 import numpy as np
+
+from stages.timeline import DEFAULT_FPS
 
 CONTENT, TRANSITION, BLANK = 0, 1, 2
 
@@ -165,6 +167,22 @@ def runs(labels: np.ndarray, a: int, b: int) -> Iterator[tuple[int, int, int]]:
 # ------------------------------------------------------------------------------------------- detectors
 
 
+class Detector(Protocol):
+    """A shot detector fed one analysis frame at a time, in decode order.
+
+    `cuts` are the cuts reported so far (frame indices that start a new shot); every cut before frame
+    `known()` has been reported; `finish()` returns the final cuts once every frame was pushed.
+    """
+
+    cuts: list[int]
+
+    def push(self, t: float, bgr: np.ndarray) -> None: ...
+
+    def known(self) -> int: ...
+
+    def finish(self) -> list[int]: ...
+
+
 class SceneDetectDetector:
     """PySceneDetect's adaptive, content or threshold detector, fed our decode indices."""
 
@@ -173,7 +191,7 @@ class SceneDetectDetector:
         from scenedetect.common import FrameTimecode
 
         self._tc = FrameTimecode
-        self.rate = fps or 25.0
+        self.rate = fps or DEFAULT_FPS
         msl = max(1, min_scene_frames)
         if kind == "adaptive":
             self.det = AdaptiveDetector(adaptive_threshold=threshold, min_scene_len=msl)

@@ -33,6 +33,7 @@ import pyarrow as pa
 from schemas import CLIP_WINDOW_FIELDS, MOTION_FIELDS, SCENE_FIELDS, SOURCES, ClipStatus, Reason, SourceStatus
 from stages.media import Decoded, EncodeSettings, MediaError, is_local, iter_frames, local_copy, local_path_of, write_clip
 from stages.motion import MotionConfig
+from stages.timeline import DEFAULT_FPS
 from stages.stream import EncodeError, run_windows, stream_split
 from stages.shots import (
     BLANK,
@@ -106,7 +107,7 @@ def settings_tag(encode: EncodeSettings) -> str:
 
 def make_detector(cfg: SplitConfig, fps: float, model=None):
     """The detector `cfg.detector` names: an object with push(t, bgr) per frame and finish() -> cuts."""
-    rate = fps or 25.0
+    rate = fps or DEFAULT_FPS
     min_frames = round(cfg.min_scene_s * rate)
     if cfg.detector == "adaptive":
         return SceneDetectDetector("adaptive", rate, min_frames, cfg.adaptive_threshold)
@@ -148,7 +149,7 @@ def label_settings(cfg: SplitConfig, fps: float) -> LabelSettings:
         ramp_min_frames=cfg.ramp_min_frames,
         ramp_min_step=cfg.ramp_min_step,
         ramp_max_curve=cfg.ramp_max_curve,
-        margin_frames=round(cfg.transition_margin_s * (fps or 25.0)),
+        margin_frames=round(cfg.transition_margin_s * (fps or DEFAULT_FPS)),
     )
 
 
@@ -248,10 +249,14 @@ class Split:
         declared = row.get("n_frames")
         if decoded.n_frames == 0:
             raise MediaError(Reason.NO_FRAMES, "no frame decodes")
-        if (row.get("container") or "").startswith("mov") and declared and decoded.n_frames < declared - max(2, declared // 50):
-            # mp4/mov declare an exact sample count: far fewer decoded frames means the file was cut short.
-            raise MediaError(Reason.TRUNCATED, f"{decoded.n_frames} of {declared} declared frames decode")
-        row["n_frames"] = decoded.n_frames
+        if (row.get("container") or "").startswith("mov") and declared and decoded.n_packets < declared - max(2, declared // 50):
+            # mp4/mov declare an exact sample count: far fewer packets than that means the file was cut
+            # short. Packets, not frames: an edit list (a stream copy cut between keyframes) hides
+            # leading frames from the decoder's output as players do, and those packets are all there.
+            raise MediaError(Reason.TRUNCATED, f"{decoded.n_packets} of {declared} declared packets read")
+        row.update(n_frames=decoded.n_frames, duration_s=decoded.end_s, timestamps=decoded.timestamps, timestamps_note=decoded.timestamps_note)
+        if decoded.repaired and decoded.end_s > 0:  # the container's average counted the timestamps' gaps too
+            row["fps"] = decoded.n_frames / decoded.end_s
 
     def _split_one_pass(self, row: dict, path: str, workdir: str) -> None:
         """Decode once: detection, labels and clip encoding in one streaming pass (stages.stream)."""
@@ -260,7 +265,7 @@ class Split:
         decoded = Decoded()
         detector = make_detector(cfg, fps, self.model)
         labels = label_settings(cfg, fps) if cfg.transitions else None
-        cuts, times, pieces = stream_split(path, fps, cfg, detector, labels, decoded, workdir, int(row.get("rotation") or 0), self.motion)
+        cuts, times, pieces = stream_split(path, cfg, detector, labels, decoded, workdir, int(row.get("rotation") or 0), self.motion)
         self._check_decoded(row, decoded)
         t = np.asarray(times, dtype=np.float64)
         end_s = decoded.end_s

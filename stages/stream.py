@@ -42,9 +42,10 @@ import av
 import numpy as np
 
 from schemas import Reason
-from stages.media import DETERMINISTIC_OPTIONS, Decoded, EncodeSettings, MediaError, _open, prefetch, small_bgr, video_stream
+from stages.media import DETERMINISTIC_OPTIONS, Decoded, EncodeSettings, MediaError, _open, decode_video, nominal_fps, prefetch, small_bgr, video_stream
 from stages.motion import MotionConfig, VectorWindows, columns, export_vectors, frame_cycles_collected, frame_vectors, settings_key, summarize
-from stages.shots import FrameStats, LabelSettings, confirm_hard_cuts, label_frames
+from stages.shots import Detector, FrameStats, LabelSettings, confirm_hard_cuts, label_frames
+from stages.timeline import Timeline
 
 DECIDE_EVERY = 8  # frames between two decisions: small batches keep the encoder fed while the decoder runs ahead (32: 1.12x the floor, 8: 1.02-1.08x)
 
@@ -174,184 +175,229 @@ class _Encoder:
         os.remove(self.path)
 
 
-def _decode_small(c, s, width: int, vectors: bool = False, size: int | None = None):
+def _decode_small(c, s, width: int, decoded: Decoded, vectors: bool = False, size: int | None = None):
     """(full frame, BGR copy `width` wide, motion-vector field or None) for every frame of stream `s`.
 
     Reading a frame's vectors ties it in PyAV's side-data reference cycle (see stages.motion), so
     with `vectors` the cycles are collected as frames go by (the frames themselves are freed once
-    the encoder and the look-ahead are done with them). A last packet cut short by the end of the
-    file (`size` bytes: a truncated file) is not decoded: the frame count then says `truncated`,
-    whatever the decoder's threading would make of the broken packet.
+    the encoder and the look-ahead are done with them).
     """
     height = None
     with frame_cycles_collected() if vectors else contextlib.nullcontext(lambda: None) as collect:
-        for packet in c.demux(s):
-            if packet.is_corrupt and size and packet.pos is not None and packet.pos + packet.size >= size:
-                continue
-            for frame in packet.decode():
-                if height is None:
-                    height = max(2, round(frame.height * width / frame.width / 2) * 2)
-                field = frame_vectors(frame) if vectors else None
-                collect()
-                yield frame, small_bgr(frame, width, height), field
+        for frame in decode_video(c, s, decoded, size):
+            if height is None:
+                height = max(2, round(frame.height * width / frame.width / 2) * 2)
+            field = frame_vectors(frame) if vectors else None
+            collect()
+            yield frame, small_bgr(frame, width, height), field
 
 
-def stream_split(
-    path: str,
-    fps: float,
-    cfg,
-    detector,
-    labels: LabelSettings | None,
-    decoded: Decoded,
-    workdir: str,
-    rotation: int = 0,
-    motion: MotionConfig | None = None,
-) -> tuple[list[int], list[float], list[Piece]]:
-    """Decode `path` once; return (hard cuts, frame times from frame 0, pieces in frame order).
+@dataclass
+class _Open:
+    """The piece being built: its kind, first frame, encoder and motion windows (content windows);
+    `split`: where a content window is to end early (-1: nowhere), None until the run's end is known."""
+
+    kind: str | None = None
+    a: int = 0
+    enc: _Encoder | None = None
+    motion: VectorWindows | None = None
+    split: int | None = None
+
+
+class StreamSplit:
+    """One source, decoded once: frames go to the detector and the frame statistics as they come,
+    wait in the look-ahead until their scene, label and window are known, then go to their window's
+    encoder or are dropped. `run()` returns (hard cuts, frame times from frame 0, pieces in frame order).
 
     `cfg` is the SplitConfig (analysis_width, min/max_clip_s, hard_cut_ratio, detector, encode);
-    content windows are encoded under `workdir` as piece files. `labels` None: every frame is content.
-    `motion` (method vectors): each clip piece gets its motion from the source's vectors.
+    `detector` a stages.shots Detector; content windows are encoded under `workdir` as piece files.
+    `labels` None: every frame is content. `motion` (method vectors): each clip piece gets its motion
+    from the source's vectors. Frame times come from the repaired timeline (stages.timeline); its
+    discontinuities start new scenes.
     """
-    vectors = motion is not None and motion.method == "vectors"
-    pad = (labels.ramp_min_frames + labels.margin_frames + 4) if labels else 0
-    look_s = cfg.min_clip_s  # frames are decided this far behind the known ones: a content run's end is seen in time
-    look_max = round(4 * look_s * (fps or 25.0)) + DECIDE_EVERY  # ... but never more frames behind (timestamps jumping back)
-    confirm = cfg.detector not in ("stride", "threshold")
-    stats = FrameStats()
-    times: list[float] = []
-    pts_of: list[int] = []
-    pending: deque = deque()  # (index, frame, vector field or None)
-    cuts: list[int] = []  # confirmed hard cuts, sorted
-    cut_set: set[int] = set()
-    seen: set[int] = set()  # detector cuts already looked at
-    labs = bytearray()  # labels (CONTENT / TRANSITION / BLANK) of frames [0, len(labs)), fixed once computed
-    pieces: list[Piece] = []
-    # the open piece: its kind, first frame, encoder; `split` where a content window is to end early
-    state = {"kind": None, "a": 0, "enc": None, "split": None, "motion": None}
-    done = 0  # frames decided
-    known = 0  # frames whose label and cut are known (the decision horizon)
-    nxt = [0]  # the next run boundary after the frame being decided (a cache; see run_end)
-    diag = 1.0  # the decoded picture's diagonal (motion is in % of it)
 
-    with _open(path) as c, _Finisher() as finisher:
-        s, tb, rate, default_dur = video_stream(c, decoded)
-        if vectors:
-            export_vectors(s)
+    def __init__(self, path: str, cfg, detector: Detector, labels: LabelSettings | None, decoded: Decoded,
+                 workdir: str, rotation: int = 0, motion: MotionConfig | None = None):
+        self.path, self.cfg, self.detector, self.labels, self.decoded = path, cfg, detector, labels, decoded
+        self.workdir, self.rotation, self.motion = workdir, rotation, motion
+        self.vectors = motion is not None and motion.method == "vectors"
+        self.pad = (labels.ramp_min_frames + labels.margin_frames + 4) if labels else 0
+        self.confirm = cfg.detector not in ("stride", "threshold")
+        self.stats = FrameStats()
+        self.times: list[float] = []
+        self.pts: list[int] = []  # repaired pts, in the source's time base (what the encoder gets)
+        self.pending: deque = deque()  # (frame, vector field or None) of frames not decided yet
+        self.cuts: list[int] = []  # hard cuts, sorted
+        self.cut_set: set[int] = set()
+        self.seen: set[int] = set()  # detector cuts already looked at
+        self.final_cuts: list[int] | None = None  # the detector's cuts once it has seen every frame
+        self.labs = bytearray()  # labels (CONTENT / TRANSITION / BLANK) of frames [0, len(labs)), fixed once computed
+        self.pieces: list[Piece] = []
+        self.open = _Open()
+        self.done = 0  # frames decided
+        self.known = 0  # frames whose label and cut are known (the decision horizon)
+        self.next_end = 0  # the next run boundary after the frame being decided (a cache; see run_end)
+        self.diag = 1.0  # the decoded picture's diagonal (motion is in % of it)
+        self.last_duration: float | None = None  # the last frame's own duration, when it has one
 
-        def t_at(k: int) -> float:
-            return times[k] if k < len(times) else decoded.end_s
+    # ---------------------------------------------------------------------------------------- the pass
 
-        def close_piece(b: int) -> None:
-            kind, a, enc = state["kind"], state["a"], state["enc"]
-            if kind is None or b <= a:
-                return
-            if enc is None:
-                pieces.append(Piece(kind, a, b))
-                return
-            duration = t_at(b) - times[a]
-            if duration < cfg.min_clip_s - 1e-9:
-                finisher.submit(enc.discard)
-                pieces.append(Piece("too_short", a, b))
-            else:
-                finisher.submit(enc.close, duration)
-                pieces.append(Piece("clip", a, b, enc.path, _clip_motion(state["motion"], motion)))
-            state["enc"] = state["motion"] = None
+    def run(self) -> tuple[list[int], list[float], list[Piece]]:
+        d = self.decoded
+        with _open(self.path) as c, _Finisher() as self.finisher:
+            s, tb, self.rate, _ = video_stream(c, d)
+            if self.vectors:
+                export_vectors(s)
+            self.tb = tb
+            timeline = Timeline(tb, nominal_fps(s))
+            frame_s = timeline.frame_s
+            look_s = self.cfg.min_clip_s  # frames are decided this far behind the known ones: a content run's end is seen in time
+            self.look_max = round(4 * look_s / frame_s) + DECIDE_EVERY  # ... but never more frames behind
+            decoded = prefetch(_decode_small(c, s, self.cfg.analysis_width, d, self.vectors, os.path.getsize(self.path)))
+            last = n_breaks = 0
+            try:
+                for k, pts, (frame, small, field) in timeline.run((f.pts, (f, sm, fi)) for f, sm, fi in decoded):
+                    for cut in timeline.cuts[n_breaks:]:
+                        self._add_cut(cut)
+                    n_breaks = len(timeline.cuts)
+                    self._push(k, pts, frame, small, field, timeline.seconds(k))
+                    safe = min(self.detector.known(), len(self.times) - 3) - self.pad
+                    if safe - last >= DECIDE_EVERY:
+                        self._decide(safe, final=False)
+                        last = safe
+            except av.FFmpegError as e:
+                raise MediaError(Reason.DECODE_ERROR, f"decoding failed after {len(self.times)} frames: {e}") from e
+            d.finish(timeline, self.last_duration)
+            if not self.times:
+                return [], [], []
+            self.final_cuts = self.detector.finish()
+            self._decide(len(self.times), final=True)
+            self._close_piece(len(self.times))
+        return self.cuts, self.times, self.pieces
 
-        def open_piece(kind: str, j: int, frame) -> None:
-            state["kind"], state["a"], state["split"] = kind, j, None
-            if kind == "clip":
-                state["enc"] = _Encoder(os.path.join(workdir, f"{j:08d}.mp4"), cfg.encode, frame, rotation, tb, rate)
-                if vectors:
-                    state["motion"] = VectorWindows(motion.window_s, float(rate) if rate else None)
+    def _add_cut(self, k: int) -> None:
+        """A discontinuity of the timeline at frame k: a new scene, whatever the detector says."""
+        if k > 0 and k not in self.cut_set:
+            bisect.insort(self.cuts, k)
+            self.cut_set.add(k)
 
-        def run_end(j: int, final: bool) -> int | None:
-            """The first frame after j that starts a new scene or has another label; None if not known yet."""
-            e = max(nxt[0], j + 1)
-            while e < known and e not in cut_set and labs[e] == labs[e - 1]:
-                e += 1
-            nxt[0] = e
-            return e if (e < known or final) else None
+    def _push(self, k: int, pts: int, frame, small, field, t: float) -> None:
+        if k == 0:
+            self.diag = float(np.hypot(frame.width, frame.height))
+        self.last_duration = float(frame.duration * self.tb) if frame.duration else None
+        self.detector.push(t, small)
+        self.stats.push(small)
+        self.times.append(t)
+        self.pts.append(pts)
+        self.pending.append((frame, field))
 
-        def decide(horizon: int, final: bool) -> None:
-            nonlocal done, known
-            # hard cuts among the detector's cuts whose neighbourhood has been seen
-            diff = None
-            for k in sorted(set(detector.cuts) - seen):
-                if not (final or k + 3 <= len(times)):
-                    continue
-                seen.add(k)
-                if diff is None:
-                    diff = np.asarray(stats._diff, np.float64)
-                if done <= k < len(times) and k > 0 and (not confirm or confirm_hard_cuts([k], diff, cfg.hard_cut_ratio)):
-                    bisect.insort(cuts, k)
-                    cut_set.add(k)
-            # labels up to the horizon, each computed once with `pad` frames of context on both sides
-            if horizon > len(labs):
-                if labels:
-                    lo, hi = max(0, len(labs) - pad), len(times) if final else min(len(times), horizon + pad)
-                    labs.extend(label_frames(stats.slice(lo, hi), labels)[len(labs) - lo : horizon - lo].astype(np.int8).tobytes())
-                else:
-                    labs.extend(bytes(horizon - len(labs)))
-            known = horizon
-            upto = horizon
-            if not final:  # decide frame j once every frame less than look_s after frame j+1 is known
-                upto = done
-                while upto + 1 < horizon and (times[upto + 1] + look_s <= times[horizon - 1] or horizon - upto > look_max):
-                    upto += 1
-            for j in range(done, upto):
-                _, frame, field = pending.popleft()
-                kind = ("clip", "transition", "blank")[labs[j]]
-                new_scene = j in cut_set
-                new_window = False
-                if kind == "clip" and state["kind"] == "clip" and not new_scene:
-                    if state["split"] is None:
-                        e = run_end(j, final)
-                        if e is not None:
-                            state["split"] = early_split(times, state["a"], e, t_at(e), cfg.min_clip_s, cfg.max_clip_s) or -1
-                    new_window = j == state["split"] or times[j] - times[state["a"]] >= cfg.max_clip_s - 1e-9
-                if j == 0 or new_scene or kind != state["kind"] or new_window:
-                    close_piece(j)
-                    open_piece(kind, j, frame)
-                if state["enc"] is not None:
-                    state["enc"].add(frame, pts_of[j])
-                    if state["motion"] is not None:
-                        state["motion"].push(times[j], field, diag)
-            done = max(done, upto)
+    # ---------------------------------------------------------------------------------------- decisions
 
-        try:
-            last = 0
-            for frame, small, field in prefetch(_decode_small(c, s, cfg.analysis_width, vectors, os.path.getsize(path))):
-                if frame.pts is None:
-                    pts_s = (decoded.last_pts_s + default_dur) if decoded.last_pts_s is not None else 0.0
-                    pts = round(pts_s / tb)
-                else:
-                    pts, pts_s = frame.pts, float(frame.pts * tb)
-                if decoded.first_pts_s is None:
-                    decoded.first_pts_s = pts_s
-                decoded.n_frames += 1
-                if decoded.n_frames == 1:
-                    diag = float(np.hypot(frame.width, frame.height))
-                decoded.last_pts_s = pts_s
-                decoded.last_duration_s = float(frame.duration * tb) if frame.duration else default_dur
-                t = pts_s - decoded.first_pts_s
-                detector.push(t, small)
-                stats.push(small)
-                times.append(t)
-                pts_of.append(pts)
-                pending.append((len(times) - 1, frame, field))
-                safe = min(detector.known(), len(times) - 3) - pad
-                if safe - last >= DECIDE_EVERY:
-                    decide(safe, final=False)
-                    last = safe
-        except av.FFmpegError as e:
-            raise MediaError(Reason.DECODE_ERROR, f"decoding failed after {decoded.n_frames} frames: {e}") from e
-        if not times:
-            return [], [], []
-        detector.cuts = detector.finish()
-        decide(len(times), final=True)
-        close_piece(len(times))
-    return cuts, times, pieces
+    def _t_at(self, k: int) -> float:
+        return self.times[k] if k < len(self.times) else self.decoded.end_s
+
+    def _confirm_cuts(self, final: bool) -> None:
+        """Hard cuts among the detector's cuts whose neighbourhood has been seen."""
+        found = self.final_cuts if final else self.detector.cuts
+        diff = None
+        for k in sorted(set(found) - self.seen):
+            if not (final or k + 3 <= len(self.times)):
+                continue
+            self.seen.add(k)
+            if diff is None:
+                diff = self.stats.diff
+            if self.done <= k < len(self.times) and k > 0 and k not in self.cut_set and (
+                not self.confirm or confirm_hard_cuts([k], diff, self.cfg.hard_cut_ratio)
+            ):
+                bisect.insort(self.cuts, k)
+                self.cut_set.add(k)
+
+    def _label_until(self, horizon: int, final: bool) -> None:
+        """Labels up to the horizon, each computed once with `pad` frames of context on both sides."""
+        labs, n = self.labs, len(self.times)
+        if horizon <= len(labs):
+            return
+        if self.labels:
+            lo, hi = max(0, len(labs) - self.pad), n if final else min(n, horizon + self.pad)
+            labs.extend(label_frames(self.stats.slice(lo, hi), self.labels)[len(labs) - lo : horizon - lo].astype(np.int8).tobytes())
+        else:
+            labs.extend(bytes(horizon - len(labs)))
+
+    def _decidable(self, horizon: int, final: bool) -> int:
+        """Frames below this are decided: every frame less than min_clip_s after frame j+1 is known."""
+        if final:
+            return horizon
+        times, upto = self.times, self.done
+        look_s = self.cfg.min_clip_s
+        while upto + 1 < horizon and (times[upto + 1] + look_s <= times[horizon - 1] or horizon - upto > self.look_max):
+            upto += 1
+        return upto
+
+    def _run_end(self, j: int, final: bool) -> int | None:
+        """The first frame after j that starts a new scene or has another label; None if not known yet."""
+        e = max(self.next_end, j + 1)
+        while e < self.known and e not in self.cut_set and self.labs[e] == self.labs[e - 1]:
+            e += 1
+        self.next_end = e
+        return e if (e < self.known or final) else None
+
+    def _decide(self, horizon: int, final: bool) -> None:
+        self._confirm_cuts(final)
+        self._label_until(horizon, final)
+        self.known = horizon
+        upto = self._decidable(horizon, final)
+        cfg, times, op = self.cfg, self.times, self.open
+        for j in range(self.done, upto):
+            frame, field = self.pending.popleft()
+            kind = ("clip", "transition", "blank")[self.labs[j]]
+            new_scene = j in self.cut_set
+            new_window = False
+            if kind == "clip" and op.kind == "clip" and not new_scene:
+                if op.split is None:
+                    e = self._run_end(j, final)
+                    if e is not None:
+                        op.split = early_split(times, op.a, e, self._t_at(e), cfg.min_clip_s, cfg.max_clip_s) or -1
+                new_window = j == op.split or times[j] - times[op.a] >= cfg.max_clip_s - 1e-9
+            if j == 0 or new_scene or kind != op.kind or new_window:
+                self._close_piece(j)
+                op = self.open = self._open_piece(kind, j, frame)
+            if op.enc is not None:
+                op.enc.add(frame, self.pts[j])
+                if op.motion is not None:
+                    op.motion.push(times[j], field, self.diag)
+        self.done = max(self.done, upto)
+
+    # ---------------------------------------------------------------------------------------- pieces
+
+    def _open_piece(self, kind: str, j: int, frame) -> _Open:
+        op = _Open(kind=kind, a=j)
+        if kind == "clip":
+            op.enc = _Encoder(os.path.join(self.workdir, f"{j:08d}.mp4"), self.cfg.encode, frame, self.rotation, self.tb, self.rate)
+            if self.vectors:
+                op.motion = VectorWindows(self.motion.window_s, self.decoded.fps)
+        return op
+
+    def _close_piece(self, b: int) -> None:
+        op = self.open
+        if op.kind is None or b <= op.a:
+            return
+        if op.enc is None:
+            self.pieces.append(Piece(op.kind, op.a, b))
+            return
+        duration = self._t_at(b) - self.times[op.a]
+        if duration < self.cfg.min_clip_s - 1e-9:
+            self.finisher.submit(op.enc.discard)
+            self.pieces.append(Piece("too_short", op.a, b))
+        else:
+            self.finisher.submit(op.enc.close, duration)
+            self.pieces.append(Piece("clip", op.a, b, op.enc.path, _clip_motion(op.motion, self.motion)))
+        self.open = _Open()
+
+
+def stream_split(path: str, cfg, detector: Detector, labels: LabelSettings | None, decoded: Decoded, workdir: str,
+                 rotation: int = 0, motion: MotionConfig | None = None) -> tuple[list[int], list[float], list[Piece]]:
+    """Decode `path` once; return (hard cuts, frame times from frame 0, pieces in frame order). See StreamSplit."""
+    return StreamSplit(path, cfg, detector, labels, decoded, workdir, rotation, motion).run()
 
 
 def early_split(times, a: int, e: int, end: float, min_clip_s: float, max_clip_s: float) -> int | None:
@@ -415,4 +461,4 @@ def _clip_motion(windows: VectorWindows | None, cfg: MotionConfig | None) -> dic
     return {**columns(summarize(windows.finish(), cfg), cfg), "motion_key": settings_key(cfg)}
 
 
-__all__ = ["EncodeError", "Piece", "stream_split"]
+__all__ = ["EncodeError", "Piece", "StreamSplit", "stream_split"]
