@@ -219,6 +219,13 @@ class Split:
         frames = _timed(iter_frames(path, cfg.analysis_width, decoded), times)
         cuts, stats = analyse(frames, row.get("fps") or 0.0, cfg, self.model)
         self._check_decoded(row, decoded)
+        if decoded.repaired:
+            # ffmpeg's seek by time cannot be trusted on repaired timestamps: cut the clips in one pass
+            # (frame-exact by decode index), without audio; the source row says why.
+            with tempfile.TemporaryDirectory(prefix="curate-split-") as workdir:
+                self._split_one_pass(row, path, workdir)
+            row["timestamps_note"] += "; split in one pass (no audio): seeking by time is not exact here"
+            return
         t = np.asarray(times, dtype=np.float64)
         end_s = decoded.end_s
         row["scenes"] = scenes_from_cuts(cuts, t, end_s)
@@ -342,6 +349,7 @@ class Split:
     def _write(self, src: str, clip: dict, seek_s: float, has_audio: bool) -> None:
         uri = f"{self.clips_root}/{clip['clip_id']}.mp4"
         n = self._frames_out(clip)
+
         try:
             if is_local(uri):
                 dst = local_path_of(uri)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -100,3 +101,16 @@ def tiny_models(tmp_path_factory) -> dict[str, str]:
     from curate.tiny import make_tiny
 
     return make_tiny(str(tmp_path_factory.mktemp("tiny-models")))
+
+
+@contextlib.contextmanager
+def busy_cpu(n: int | None = None):
+    """Saturate the CPU with `n` busy loops (default: one more than the cores) while the block runs:
+    determinism must hold on a loaded machine, where thread timing differs from an idle one."""
+    procs = [subprocess.Popen(["bash", "-c", "while :; do :; done"]) for _ in range(n or (os.cpu_count() or 1) + 1)]
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()

@@ -96,3 +96,46 @@ def test_job_over_the_corpus_and_a_manifest(corpus, ray_session, tmp_path, video
     assert {ok[0]["uri"], ok[0]["alias_uris"][0]} == {str(sub / "bikes.mp4"), str(tmp_path / "m" / "bikes again.mp4")}
     kept = json.loads(query(str(out2), "select count(*) as n from clips where status = 'kept'", "json"))[0]["n"]
     assert kept >= 4
+
+
+@pytest.fixture(scope="module")
+def timestamp_corpus(tmp_path_factory, ffmpeg):
+    from tests.bad_inputs import make_timestamp_corpus
+
+    folder = tmp_path_factory.mktemp("timestamps")
+    return folder, make_timestamp_corpus(folder, ffmpeg)
+
+
+@pytest.mark.parametrize("one_pass", [True, False])
+def test_timestamps_from_the_wild_lose_no_frame(timestamp_corpus, tmp_path, one_pass):
+    """Packed B-frames, re-timed passthrough, a stream-copy cut, a restart, a 40-minute jump, MPEG-2 PS:
+    every source ok, every decoded frame in exactly one clip row, durations from the frames."""
+    import av
+
+    folder, expect = timestamp_corpus
+    uris = [str(folder / name) for name in sorted(expect)]
+    sources = Ingest()(pa.table({"uri": uris, "license": ["MIT"] * len(uris)}))
+    cfg = SplitConfig(min_clip_s=0.5, one_pass=one_pass, encode=EncodeSettings(preset="ultrafast"))
+    rows, scenes, clips = flatten(Split(cfg, str(tmp_path / "clips"))(sources))
+    scenes, clips = scenes.to_pylist(), clips.to_pylist()
+    for row in rows.to_pylist():
+        name, want = os.path.basename(row["uri"]), expect[os.path.basename(row["uri"])]
+        assert (row["status"], row["reason"]) == ("ok", None), (name, row["error"])
+        assert row["n_frames"] == want["frames"], name
+        assert abs(row["duration_s"] - want["duration_s"]) <= 0.08, (name, row["duration_s"])
+        assert row["timestamps"] == want["timestamps"], (name, row["timestamps_note"])
+        assert (row["timestamps_note"] is None) == (want["timestamps"] == "ok"), name
+        starts = {s["start_frame"] for s in scenes if s["source_id"] == row["source_id"]}
+        assert set(want["breaks"]) <= starts, (name, sorted(starts))
+        mine = sorted((c for c in clips if c["source_id"] == row["source_id"]), key=lambda c: c["start_frame"])
+        bounds = [(c["start_frame"], c["end_frame"]) for c in mine]
+        assert bounds[0][0] == 0 and bounds[-1][1] == want["frames"], (name, bounds)
+        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:])), (name, bounds)  # no gap, no overlap
+        kept = [c for c in mine if c["status"] == "kept"]
+        assert kept, (name, [(c["status"], c["reason"], c["error"]) for c in mine])
+        assert abs(sum(c["duration_s"] for c in mine) - row["duration_s"]) <= 0.08, name
+        for c in kept:
+            with av.open(c["clip_uri"]) as f:
+                pts = [fr.pts for fr in f.decode(video=0)]
+            assert len(pts) == c["end_frame"] - c["start_frame"] == c["n_frames"], (name, c["clip_id"])
+            assert all(b > a for a, b in zip(pts, pts[1:])), (name, pts[:10])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ import pytest
 from curate.catalog import query
 from curate.cli import main
 from curate.samples import SamplesConfig, generate_samples
-from tests.conftest import ROOT
+from tests.conftest import ROOT, busy_cpu
 
 pytestmark = pytest.mark.ray
 
@@ -91,8 +92,15 @@ def _kill_everything_of(marker: str) -> None:
         time.sleep(0.1)
 
 
-@pytest.mark.parametrize("when", list(KILL_WHEN))
-def test_killed_run_resumes_to_the_same_output(when, inputs, uninterrupted, ray_session, tmp_path):
+@pytest.mark.parametrize("when, loaded", [(w, False) for w in KILL_WHEN] + [("first source done", True)])
+def test_killed_run_resumes_to_the_same_output(when, loaded, inputs, uninterrupted, ray_session, tmp_path):
+    """Killed at each point, resumed: the same tables and shard bytes as a quiet uninterrupted run; with
+    `loaded`, the killed run and the resume run while other processes saturate the CPU."""
+    with busy_cpu() if loaded else contextlib.nullcontext():
+        _kill_and_resume(when, inputs, uninterrupted, tmp_path)
+
+
+def _kill_and_resume(when, inputs, uninterrupted, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "curate.cli", *args(inputs, out), "--set", "ray.num_cpus=1"]
     ray_tmp = Path("/tmp") / f"crk{os.getpid()}{abs(hash(when)) % 1000}"  # marks every process of the run
