@@ -345,7 +345,9 @@ def iter_frames(path: str, width: int, decoded: Decoded, fmt: str = "bgr24") -> 
 # loaded machine encoders differ from run to run (one 75-frame clip, 6 encodes, 3 idle + 3 with the CPU
 # saturated: 2 different outputs; threads=1 and frames copied before encoding did not help). With
 # mbtree off every encode is byte-identical, idle or loaded, in any thread; AQ, B-frames, lookahead and
-# weighted prediction stay on. Both writers (PyAV in one pass, ffmpeg in two) use these options.
+# weighted prediction stay on. Both writers (PyAV in one pass, ffmpeg in two) use these options unless
+# `encode.deterministic` is false. The cost, at the same crf on real footage: 1.2-2.5x the bytes for
+# +0.1 to +3 dB PSNR (bikes 1.17x, testvideo 2.46x, traffic_camera 1.74x at crf 18).
 DETERMINISTIC_OPTIONS = {"libx264": {"x264-params": "mbtree=0"}}
 
 
@@ -357,6 +359,7 @@ class EncodeSettings:
     max_height: int | None = None  # scale down (keeping aspect) when taller; None keeps the source size
     audio: bool = False
     fps: float | None = None  # resample clips to this constant rate; None keeps the source's timing (VFR stays VFR)
+    deterministic: bool = True  # encoder options that give the same bytes on a busy machine (DETERMINISTIC_OPTIONS)
 
     def __post_init__(self):
         if self.fps is not None and not 0 < self.fps <= 1000:
@@ -371,7 +374,15 @@ class EncodeSettings:
 
     def fingerprint(self) -> str:
         base = f"{self.codec}-crf{self.crf}-{self.preset}-h{self.max_height or 0}-a{int(self.audio)}"
-        return f"{base}-r{self.rate}" if self.fps else base  # unchanged without fps: clip ids stay the same
+        base = f"{base}-r{self.rate}" if self.fps else base  # unchanged without fps: clip ids stay the same
+        return base if self.deterministic else f"{base}-nondet"
+
+    def codec_options(self) -> dict[str, str]:
+        """The encoder's private options: crf and preset for x264/x265, plus DETERMINISTIC_OPTIONS."""
+        if self.codec not in ("libx264", "libx265"):
+            return {}
+        extra = DETERMINISTIC_OPTIONS.get(self.codec, {}) if self.deterministic else {}
+        return {"crf": str(self.crf), "preset": self.preset, **extra}
 
     def frames_out(self, n_frames: int, duration_s: float) -> int:
         """Frames a clip of `n_frames` source frames lasting `duration_s` has once written.
@@ -420,8 +431,7 @@ def write_clip(
     streams, opts = [video], {"an": None}
     if settings.audio and has_audio:
         streams, opts = [video, source["a:0"]], {"acodec": "aac", "audio_bitrate": "128k"}
-    if settings.codec in ("libx264", "libx265"):
-        opts.update(preset=settings.preset, crf=settings.crf, **DETERMINISTIC_OPTIONS.get(settings.codec, {}))
+    opts.update(settings.codec_options())
     tmp = f"{dst}.tmp-{os.getpid()}"
     out = ffmpeg.output(
         *streams, tmp, vframes=n_frames, fps_mode="passthrough", vcodec=settings.codec, pix_fmt="yuv420p",

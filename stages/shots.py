@@ -186,7 +186,7 @@ class Detector(Protocol):
 class SceneDetectDetector:
     """PySceneDetect's adaptive, content or threshold detector, fed our decode indices."""
 
-    def __init__(self, kind: str, fps: float, min_scene_frames: int, threshold: float):
+    def __init__(self, kind: str, fps: float | None, min_scene_frames: int, threshold: float):
         from scenedetect import AdaptiveDetector, ContentDetector, ThresholdDetector
         from scenedetect.common import FrameTimecode
 

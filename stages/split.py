@@ -105,7 +105,7 @@ def settings_tag(encode: EncodeSettings) -> str:
 # ------------------------------------------------------------------------------------------ detection
 
 
-def make_detector(cfg: SplitConfig, fps: float, model=None):
+def make_detector(cfg: SplitConfig, fps: float | None, model=None):
     """The detector `cfg.detector` names: an object with push(t, bgr) per frame and finish() -> cuts."""
     rate = fps or DEFAULT_FPS
     min_frames = round(cfg.min_scene_s * rate)
@@ -120,7 +120,7 @@ def make_detector(cfg: SplitConfig, fps: float, model=None):
     return StrideDetector(cfg.stride_s)
 
 
-def analyse(frames: Iterable[tuple[float, np.ndarray]], fps: float, cfg: SplitConfig, model=None) -> tuple[list[int], FrameStats]:
+def analyse(frames: Iterable[tuple[float, np.ndarray]], fps: float | None, cfg: SplitConfig, model=None) -> tuple[list[int], FrameStats]:
     """One pass over (t, BGR image) pairs: (hard cuts, per-frame statistics).
 
     Cuts are decode indices of the first frame of every new shot (0 excluded): the detector's cuts,
@@ -138,12 +138,12 @@ def analyse(frames: Iterable[tuple[float, np.ndarray]], fps: float, cfg: SplitCo
     return cuts, stats
 
 
-def detect_cuts(frames: Iterable[tuple[float, np.ndarray]], fps: float, cfg: SplitConfig, model=None) -> list[int]:
+def detect_cuts(frames: Iterable[tuple[float, np.ndarray]], fps: float | None, cfg: SplitConfig, model=None) -> list[int]:
     """Hard cuts only (see `analyse`)."""
     return analyse(frames, fps, cfg, model)[0]
 
 
-def label_settings(cfg: SplitConfig, fps: float) -> LabelSettings:
+def label_settings(cfg: SplitConfig, fps: float | None) -> LabelSettings:
     return LabelSettings(
         blank_max_std=cfg.blank_max_std,
         ramp_min_frames=cfg.ramp_min_frames,
@@ -217,7 +217,7 @@ class Split:
         decoded = Decoded()
         times: list[float] = []
         frames = _timed(iter_frames(path, cfg.analysis_width, decoded), times)
-        cuts, stats = analyse(frames, row.get("fps") or 0.0, cfg, self.model)
+        cuts, stats = analyse(frames, row.get("fps"), cfg, self.model)
         self._check_decoded(row, decoded)
         if decoded.repaired:
             # ffmpeg's seek by time cannot be trusted on repaired timestamps: cut the clips in one pass
@@ -233,7 +233,7 @@ class Split:
         offset = decoded.first_pts_s - decoded.container_start_s
         half = 0.5 * float(np.min(np.diff(t))) if len(t) > 1 else 0.0
         if cfg.transitions:
-            labels = label_frames(stats, label_settings(cfg, row.get("fps") or 0.0))
+            labels = label_frames(stats, label_settings(cfg, row.get("fps")))
         else:
             labels = np.full(decoded.n_frames, CONTENT, np.int8)
         clips = []
@@ -268,7 +268,7 @@ class Split:
     def _split_one_pass(self, row: dict, path: str, workdir: str) -> None:
         """Decode once: detection, labels and clip encoding in one streaming pass (stages.stream)."""
         cfg = self.cfg
-        fps = row.get("fps") or 0.0
+        fps = row.get("fps")
         decoded = Decoded()
         detector = make_detector(cfg, fps, self.model)
         labels = label_settings(cfg, fps) if cfg.transitions else None

@@ -22,6 +22,10 @@ windows: `run_windows`.)
 
 With `encode.fps` the encoder resamples each window to that constant rate (see `_Encoder`).
 
+Frame times come from the repaired timeline (stages.timeline), a few frames behind the decoder: pts
+out of order, repeated or missing are fixed on the way, and a restart or a jump of the timestamps
+starts a new scene. The encoders get those times, so a clip's timestamps always increase.
+
 With `motion` given (method `vectors`), the decoder also exports the source's motion vectors and
 each content window's motion score is measured from them on the way (stages.motion), so scoring
 needs no second decode of the clip.
@@ -42,7 +46,7 @@ import av
 import numpy as np
 
 from schemas import Reason
-from stages.media import DETERMINISTIC_OPTIONS, Decoded, EncodeSettings, MediaError, _open, decode_video, nominal_fps, prefetch, small_bgr, video_stream
+from stages.media import Decoded, EncodeSettings, MediaError, _open, decode_video, nominal_fps, prefetch, small_bgr, video_stream
 from stages.motion import MotionConfig, VectorWindows, columns, export_vectors, frame_cycles_collected, frame_vectors, settings_key, summarize
 from stages.shots import Detector, FrameStats, LabelSettings, confirm_hard_cuts, label_frames
 from stages.timeline import Timeline
@@ -98,10 +102,7 @@ class _Encoder:
         s.pix_fmt = "yuv420p"
         s.time_base = time_base
         s.codec_context.time_base = time_base
-        opts = {}
-        if settings.codec in ("libx264", "libx265"):
-            opts = {"crf": str(settings.crf), "preset": settings.preset, **DETERMINISTIC_OPTIONS.get(settings.codec, {})}
-        s.options = opts
+        s.options = settings.codec_options()
         # PyAV asks for slice threads; the ffmpeg CLI gives x264 frame threads (faster, same as the floor).
         s.thread_type = "FRAME"
         self.stream = s

@@ -98,3 +98,13 @@ def test_write_clip_resamples_to_fps(videos, tmp_path):
         src = [f.to_ndarray(format="gray", width=114, height=64).astype(np.float32) for f in c.decode(video=0)]
     nearest = [int(np.argmin([np.abs(g - s).mean() for s in src])) for g in got]
     assert nearest == [0, 2, 5, 7, 10, 12, 15, 17, 20, 22, 25, 27]
+
+
+def test_clip_encoder_options_are_deterministic_unless_asked_not_to_be():
+    from stages.media import EncodeSettings
+
+    default, fast = EncodeSettings(), EncodeSettings(deterministic=False)
+    assert default.codec_options()["x264-params"] == "mbtree=0"
+    assert "x264-params" not in fast.codec_options()
+    assert fast.fingerprint() != default.fingerprint()  # other bytes, other clip ids
+    assert EncodeSettings(codec="h264_nvenc").codec_options() == {}
