@@ -7,7 +7,7 @@ traffic_camera.mp4, bigbuckbunny.mp4), each looped (a hard cut at every loop poi
 about a third of `--seconds`; cached in `--corpus` when given. On the same inputs, one after the other:
 
   floor        ffmpeg decodes each input and encodes the frames curate wrote, once, with the same
-               encoder settings (libx264, crf, preset), into one file per input
+               encoder settings (libx264, crf, preset, EncodeSettings.codec_options), into one file per input
   pyscenedetect  `scenedetect -i X detect-adaptive split-video` with the same encoder settings
   curate       the split stage (ingest + split, no Ray): detection, labels, every clip written
 
@@ -91,7 +91,7 @@ def run_floor(inputs: list[Path], kept: dict[str, list[tuple[int, int]]], enc: E
         select = "+".join(f"between(n\\,{a}\\,{b - 1})" for a, b in ranges)
         subprocess.run(
             [ffmpeg, "-v", "error", "-y", "-i", str(p), "-an", "-vf", f"select={select}", "-fps_mode", "passthrough",
-             "-c:v", enc.codec, "-preset", enc.preset, "-crf", str(enc.crf), "-pix_fmt", "yuv420p",
+             "-c:v", enc.codec, *[a for k, v in enc.codec_options().items() for a in (f"-{k}", v)], "-pix_fmt", "yuv420p",
              "-movflags", "+faststart", str(out / f"{p.stem}.mp4")],
             check=True,
         )  # fmt: skip

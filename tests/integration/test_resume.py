@@ -57,6 +57,21 @@ def uninterrupted(inputs, ray_session, tmp_path_factory):
     return state(out)
 
 
+def assert_same_state(got: dict, want: dict) -> None:
+    """state(out) == want, failing with the cells that differ (table, row, column) rather than a blob."""
+    diffs = []
+    for table, rows in want["tables"].items():
+        mine = got["tables"][table]
+        if len(mine) != len(rows):
+            diffs.append(f"{table}: {len(mine)} rows, want {len(rows)}")
+            continue
+        for k, (a, b) in enumerate(zip(mine, rows)):
+            diffs += [f"{table}[{k}].{c}: {a.get(c)!r} != {b.get(c)!r}" for c in sorted(set(a) | set(b)) if a.get(c) != b.get(c)]
+    if got["shards"] != want["shards"]:
+        diffs.append(f"shards differ: {sorted(n for n in set(got['shards']) | set(want['shards']) if got['shards'].get(n) != want['shards'].get(n))}")
+    assert not diffs, "\n".join(diffs[:40])
+
+
 def _ray_free_env() -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
@@ -123,7 +138,7 @@ def _kill_and_resume(when, inputs, uninterrupted, tmp_path):
         pytest.skip(f"the run finished before '{when}' could be caught")  # never seen; keeps the test honest
     assert not (out / "summary.json").exists()
     assert main(args(inputs, out)) == 0
-    assert state(out) == uninterrupted
+    assert_same_state(state(out), uninterrupted)
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
 
 
@@ -137,7 +152,7 @@ def test_rerun_of_a_finished_job_redoes_nothing(inputs, uninterrupted, ray_sessi
     assert main(args(inputs, out)) == 0
     again = time.time() - t0
     assert {p: p.stat().st_mtime_ns for p in times} == times  # no clip, shard or latent written again
-    assert state(out) == uninterrupted
+    assert_same_state(state(out), uninterrupted)
     print(f"first run {first:.1f} s, rerun {again:.2f} s ({again / first:.1%})")
 
 
@@ -172,7 +187,7 @@ def test_a_lost_worker_costs_nothing(inputs, uninterrupted, ray_session, tmp_pat
     assert main(args(inputs, out)) == 0
     thread.join()
     assert killed, "no split worker was seen to kill"
-    assert state(out) == uninterrupted
+    assert_same_state(state(out), uninterrupted)
 
 
 def test_a_second_writer_is_refused(tmp_path, capsys):
@@ -209,4 +224,4 @@ def test_a_lost_node_costs_nothing(inputs, uninterrupted, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["removed_node"], "the worker node was not removed during the run"
-    assert state(out) == uninterrupted
+    assert_same_state(state(out), uninterrupted)
