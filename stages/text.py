@@ -4,7 +4,9 @@ Subtitles, titles, credits and tickers teach a video model to paint garbled lett
 the ones the `rapidocr` wheel ships (`rapidocr/models/`: PP-OCRv6 small detection and recognition,
 ONNX, on onnxruntime); their paths are given to RapidOCR explicitly, so it never looks for (or
 downloads) anything. Detection runs on `frames` evenly spaced frames (longer side `size`), frames of
-one shape batched through one session run; the detected quadrilaterals are filled into a mask per frame:
+one shape batched through one session run. A box counts when it is no taller than `max_box_height` of
+the frame and, with recognition on, its text is read with confidence >= `text_score` (RapidOCR's own
+rule for its output); the boxes are filled into a mask per frame:
 
     text_area    mean over the frames of the share of the frame inside text boxes (0..1)
     text_frames  share of the frames with any text box
@@ -45,6 +47,7 @@ class TextConfig:
     box_score: float = 0.5  # detector: mean text probability inside a box for it to count (rapidocr Det.box_thresh)
     text_score: float = 0.5  # recognition: confidence for a line to go into ocr_text
     max_chars: int = 500  # ocr_text is cut at this many characters
+    max_box_height: float = 0.3  # a box taller than this share of the frame is not a line of text (the detector sees "text" in fractal texture)
     batch_size: int = 8  # frames per detector run
     threads: int = 1  # onnxruntime intra-op threads per session (one session per worker: keep cores x workers in mind)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when onnxruntime has its CUDA provider
@@ -55,6 +58,8 @@ class TextConfig:
             raise ValueError(f"frames must be >= 1, got {self.frames}")
         if self.size < 32:
             raise ValueError(f"size must be >= 32, got {self.size}")
+        if not 0 < self.max_box_height <= 1:
+            raise ValueError(f"max_box_height must be in (0, 1], got {self.max_box_height}")
         if not 0 < self.box_score < 1 or not 0 <= self.text_score <= 1:
             raise ValueError(f"box_score must be in (0, 1) and text_score in [0, 1], got {self.box_score}, {self.text_score}")
         if self.max_chars < 1 or self.batch_size < 1 or self.threads < 1 or self.actors < 1:
@@ -140,7 +145,8 @@ class OcrModel:
                 pred = self.det.session(x)
                 for j, i in enumerate(chunk):
                     boxes, _ = self.det.postprocess_op(pred[j:j + 1], shape[:2])
-                    if len(boxes):
+                    boxes = [b for b in boxes if np.ptp(np.asarray(b)[:, 1]) <= self.cfg.max_box_height * shape[0]]
+                    if boxes:
                         out[i] = self.det.sorted_boxes(np.asarray(boxes)).astype(np.int32)
         return out
 
@@ -247,6 +253,9 @@ class ScoreText:
         flat = [fit(f, self.cfg.size) for i in order for f in frames[i]]
         boxes = self.model.detect(flat) if flat else []
         lines = self.model.read(flat, boxes) if flat and self.cfg.recognize else None
+        if lines is not None:  # as RapidOCR's own output: a box counts when its text is read with confidence
+            boxes = [b[[bool(t) for t in ts]] if len(b) else b for b, ts in zip(boxes, lines)]
+            lines = [[t for t in ts if t] for ts in lines]
         k = 0
         for i in order:
             n = len(frames[i])
