@@ -201,14 +201,14 @@ def _image_models(job: dict) -> list[tuple[str, str]]:
 
         info, what = model_info(), "detection + recognition" if job["text"].get("recognize", True) else "detection"
         rows.append(("burned-in text (text_area, text_frames, text_static, ocr_text)",
-                     f"PP-OCRv6 small {what} from {info['package']} on {info['runtime']}: {files(info)}"))
+                     f"PP-OCRv6 small {what} from {info['package']} on {info['runtime']}: {files(info)}; licence {info['license']}"))
     if job.get("nsfw"):
         from stages.nsfw import model_info
 
         info = model_info()
         classes = ", ".join(job["nsfw"].get("classes") or [])
         rows.append(("NSFW (nsfw_score, nsfw_labels)", f"NudeNet detector from {info['package']} on {info['runtime']}: "
-                     f"{files(info)}; nsfw_score counts {classes}"))
+                     f"{files(info)}; licence {info['license']}; nsfw_score counts {classes}"))
     return rows
 
 

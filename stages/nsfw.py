@@ -72,10 +72,15 @@ def packaged_model() -> str:
 
 @functools.lru_cache(maxsize=1)
 def model_info() -> dict:
-    from importlib.metadata import version
+    from importlib.metadata import metadata, version
+
+    import onnxruntime as ort
 
     path = packaged_model()
+    # The package is MIT; the model file's own metadata names the licence of the tool that trained it.
+    model_licence = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map.get("license", "?")
     return {"package": f"nudenet {version('nudenet')}", "runtime": f"onnxruntime {version('onnxruntime')}",
+            "license": f"{metadata('nudenet').get('License') or '?'} (the package); the model file says: {model_licence}",
             "files": {MODEL_FILE: file_sha256(path)[:16]}}
 
 

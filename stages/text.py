@@ -99,9 +99,11 @@ def file_sha256(path: str) -> str:
 @functools.lru_cache(maxsize=1)
 def model_info() -> dict:
     """What the data card says about the OCR models: package version, files, sha256."""
-    from importlib.metadata import version
+    from importlib.metadata import metadata, version
 
+    meta = metadata("rapidocr")
     return {"package": f"rapidocr {version('rapidocr')}", "runtime": f"onnxruntime {version('onnxruntime')}",
+            "license": f"{meta.get('License-Expression') or meta.get('License') or '?'} (the package; its MODEL_LICENSES.md for the models)",
             "files": {os.path.basename(p): file_sha256(p)[:16] for p in packaged_models().values()}}
 
 
