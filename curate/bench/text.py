@@ -16,7 +16,7 @@ defaults (4 frames) and with 16 frames: the distribution of nsfw_score (all the 
 Speed: on those clips, ms per clip for decoding the sampled frames (PyAV, what the scorers share),
 text detection, recognition and the NSFW detector, each as a ratio to the decode.
 
-    python -m curate.bench.text [--videos ../shared/data/videos] [--seeds 1 2] [--width 640] [--skip-nsfw]
+    python -m curate.bench.text [--videos ../shared/data/videos] [--seeds 1 2] [--width 640] [--size 480] [--no-recognize] [--skip-nsfw]
 """
 
 from __future__ import annotations
@@ -133,7 +133,8 @@ def speed(paths: list[str], text_cfg: TextConfig, nsfw_cfg: NsfwConfig) -> None:
         f = frames.get(0, [])
         boxes = ocr.detect(f)
         t2 = time.perf_counter()
-        ocr.read(f, boxes)
+        if text_cfg.recognize:
+            ocr.read(f, boxes)
         t3 = time.perf_counter()
         nsfw(f)
         t4 = time.perf_counter()
@@ -153,11 +154,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--videos", default=default_videos)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--width", type=int, default=640)
+    ap.add_argument("--size", type=int, default=TextConfig.size, help="text.size: longer side the detector sees")
+    ap.add_argument("--no-recognize", action="store_true", help="text.recognize: false (detection only)")
     ap.add_argument("--skip-nsfw", action="store_true", help="no split, no NSFW distribution, no speed")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
 
-    text_cfg = TextConfig()
+    text_cfg = TextConfig(size=args.size, recognize=not args.no_recognize)
     stage = ScoreText(text_cfg)
     with tempfile.TemporaryDirectory(prefix="curate-text-bench-") as tmp:
         t0 = time.perf_counter()
