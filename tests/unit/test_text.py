@@ -165,3 +165,22 @@ def test_nsfw_score_counts_only_the_configured_classes():
     assert nsfw_stats([[], []], EXPOSED, 0.5) == {"nsfw_score": 0.0, "nsfw_labels": []}
     with pytest.raises(ValueError, match="unknown"):
         NsfwConfig(classes=("NOT_A_CLASS",))
+
+
+def test_the_score_step_decodes_each_clip_once_for_text_and_nsfw(clips, monkeypatch):
+    import curate.score as score
+
+    calls = []
+    real = score.read_frames
+
+    def counting(batch, n, size):
+        calls.append((n, size))
+        return real(batch, n, size)
+
+    monkeypatch.setattr(score, "read_frames", counting)
+    out = score._ImageModelsActor(TextConfig(), NsfwConfig())(_rows([clips["title"], clips["clean"]])).to_pylist()
+    assert calls == [(4, 480)]  # one decode, at the larger of the two sizes
+    assert out[0]["text_area"] > 0 and out[1]["text_area"] == 0 and all(r["nsfw_score"] == 0 for r in out)
+    calls.clear()
+    score._ImageModelsActor(TextConfig(frames=2), NsfwConfig(frames=3))(_rows([clips["clean"]]))
+    assert sorted(calls) == [(2, 480), (3, 320)]  # different frames: each decodes its own
