@@ -24,6 +24,8 @@ from stages.latents import LatentsConfig
 from stages.shards import ShardConfig
 from stages.aesthetic import AestheticConfig
 from stages.motion import MotionConfig
+from stages.nsfw import NsfwConfig
+from stages.text import TextConfig
 from stages.watermark import WatermarkConfig
 from stages.split import SplitConfig
 
@@ -74,6 +76,8 @@ class JobConfig:
     motion: MotionConfig | None = field(default_factory=MotionConfig)
     aesthetic: AestheticConfig | None = None
     watermark: WatermarkConfig | None = field(default_factory=WatermarkConfig)
+    text: TextConfig | None = field(default_factory=TextConfig)  # burned-in text (OCR models from the rapidocr wheel)
+    nsfw: NsfwConfig | None = field(default_factory=NsfwConfig)  # unsafe content (the nudenet wheel's detector)
     select: SelectConfig = field(default_factory=SelectConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)  # which licences may reach a shard

@@ -192,6 +192,26 @@ def _version(package: str) -> str:
         return "not installed"
 
 
+def _image_models(job: dict) -> list[tuple[str, str]]:
+    """The OCR and NSFW models the job ran (both ship inside their PyPI wheels): versions and file hashes."""
+    rows = []
+    files = lambda info: ", ".join(f"`{f}` (sha256 {h}…)" for f, h in info["files"].items())  # noqa: E731
+    if job.get("text"):
+        from stages.text import model_info
+
+        info, what = model_info(), "detection + recognition" if job["text"].get("recognize", True) else "detection"
+        rows.append(("burned-in text (text_area, text_frames, text_static, ocr_text)",
+                     f"PP-OCRv6 small {what} from {info['package']} on {info['runtime']}: {files(info)}; licence {info['license']}"))
+    if job.get("nsfw"):
+        from stages.nsfw import model_info
+
+        info = model_info()
+        classes = ", ".join(job["nsfw"].get("classes") or [])
+        rows.append(("NSFW (nsfw_score, nsfw_labels)", f"NudeNet detector from {info['package']} on {info['runtime']}: "
+                     f"{files(info)}; licence {info['license']}; nsfw_score counts {classes}"))
+    return rows
+
+
 def data_card(job: dict, sources: pa.Table, clips: pa.Table, shards: pa.Table, takedowns: pa.Table) -> str:
     """The dataset's README.md: what went in, what was kept and why, with which models, under which licences."""
     src = sources.to_pylist()
@@ -239,6 +259,7 @@ def data_card(job: dict, sources: pa.Table, clips: pa.Table, shards: pa.Table, t
     for column in sorted(c for c in clips.column_names if c.endswith("_model") or c in ("vae_id", "model_id")):
         for value in sorted({v for v in clips[column].to_pylist() if v}):
             models.append((column, value))
+    models += _image_models(job)
     out += ["## Models and tools", "", "| role | model / version |", "| --- | --- |", *(f"| {r} | {m} |" for r, m in models), ""]
 
     out += ["## Licences", "", "| licence | clips | hours |", "| --- | ---: | ---: |"]

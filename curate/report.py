@@ -28,6 +28,8 @@ from schemas import ClipStatus, SourceStatus
 
 THUMB_WIDTH = 160
 GALLERY_SIZE = 6
+# Shown as scores (histogram, thresholds, thumbnails near them) besides every float column named *_score.
+SCORES_TOO = ("text_area",)
 _CONDITION = re.compile(r"\b([a-z_][a-z0-9_]*)\s*(>=|<=|>|<)\s*(-?\d+(?:\.\d+)?(?:e-?\d+)?)", re.I)
 
 
@@ -93,7 +95,7 @@ def gather(out: Output) -> dict:
         "errors": sorted(errors.values(), key=lambda e: (-e["count"], e["table"], str(e["reason"]))),
         "licenses": sorted(licences.values(), key=lambda e: -e["clips"]),
         "stage_s": summary.get("stage_s", {}),
-        "score_columns": [f.name for f in clips.schema if f.name.endswith("_score") and pa.types.is_floating(f.type)],
+        "score_columns": [f.name for f in clips.schema if pa.types.is_floating(f.type) and (f.name.endswith("_score") or f.name in SCORES_TOO)],
     }
 
 

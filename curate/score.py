@@ -1,8 +1,10 @@
-"""The score step of the plan: motion, aesthetics and watermarks over the clip rows, on Ray Data.
+"""The score step of the plan: motion, aesthetics, watermarks, burned-in text and NSFW over the clip rows, on Ray Data.
 
 Each enabled scorer is one `map_batches` over the clips table (columns added, no row dropped). The
 CPU scorers run as tasks; the aesthetic scorer runs in actors that load CLIP once, asking Ray for a
-GPU each when the cluster has GPUs (and on the CPU otherwise).
+GPU each when the cluster has GPUs (and on the CPU otherwise). Text and NSFW run together in actors
+that open one session per model once; when both sample the same number of frames, each clip is
+decoded once for both.
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ from curate.config import ConfigError, JobConfig, to_dict
 from curate.storage import Output
 from schemas import CLIPS, ClipStatus, Reason, conform
 from stages.aesthetic import ScoreAesthetic, WeightsError
+from stages.frames import read_frames
 from stages.motion import ScoreMotion
+from stages.nsfw import ScoreNsfw
+from stages.nsfw import model_info as nsfw_model_info
+from stages.text import ScoreText
+from stages.text import model_info as text_model_info
 from stages.watermark import BIAS, BOX_MARGIN, WEIGHTS, ScoreWatermark
 
 
@@ -30,6 +37,10 @@ def check_scorers(cfg: JobConfig) -> None:
             cfg.aesthetic.check()
         if cfg.watermark is not None:
             cfg.watermark.check()
+        if cfg.text is not None:
+            text_model_info()  # the OCR models must be in the installed rapidocr wheel
+        if cfg.nsfw is not None:
+            nsfw_model_info()
     except (WeightsError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from e
 
@@ -44,10 +55,28 @@ class _AestheticActor:
         return self.stage(batch)
 
 
+class _ImageModelsActor:
+    """The text and NSFW scorers of one worker: one onnxruntime session per model, loaded on first use.
+    Scorers that sample the same number of frames share one decode (at the larger of their sizes)."""
+
+    def __init__(self, text_cfg, nsfw_cfg):
+        self.stages = [s for s in (ScoreText(text_cfg) if text_cfg else None, ScoreNsfw(nsfw_cfg) if nsfw_cfg else None) if s]
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        by_frames: dict[int, list] = {}
+        for stage in self.stages:
+            by_frames.setdefault(stage.cfg.frames, []).append(stage)
+        for n, stages in by_frames.items():
+            frames, errors = read_frames(batch, n, max(s.cfg.size for s in stages))
+            for stage in stages:
+                batch = stage.score(batch, frames, errors)
+        return batch
+
+
 def score_clips(cfg: JobConfig, clips: pa.Table, runner, out: Output) -> pa.Table:
     """Scores of every scorable clip; clips scored before with the same scorer settings are reused."""
     clips = conform(clips, CLIPS)
-    if clips.num_rows == 0 or (cfg.motion is None and cfg.watermark is None and cfg.aesthetic is None):
+    if clips.num_rows == 0 or all(c is None for c in (cfg.motion, cfg.watermark, cfg.aesthetic, cfg.text, cfg.nsfw)):
         return clips
     cache = ScoreCache(out, cfg)
     reused, todo = cache.split(clips)
@@ -75,13 +104,30 @@ def _score(cfg: JobConfig, clips: pa.Table, runner) -> pa.Table:
             _AestheticActor, fn_constructor_args=(cfg.aesthetic,), batch_format="pyarrow",
             batch_size=max(1, cfg.aesthetic.batch_size // cfg.aesthetic.frames), **extra,
         )
+    if cfg.text is not None or cfg.nsfw is not None:
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        devices = [c.device for c in (cfg.text, cfg.nsfw) if c is not None]
+        threads = max(c.threads for c in (cfg.text, cfg.nsfw) if c is not None)
+        actors = cfg.text.actors if cfg.text is not None else 1
+        extra = {"num_gpus": 1} if gpus and "cpu" not in devices and _ort_has_cuda() else {}
+        ds = ds.map_batches(
+            _ImageModelsActor, fn_constructor_args=(cfg.text, cfg.nsfw), batch_format="pyarrow",
+            batch_size=None, concurrency=min(actors, gpus) if extra else actors, num_cpus=threads, **extra,
+        )
     out = [t for t in ray.get(list(ds.to_arrow_refs())) if t.num_rows]
     return pa.concat_tables([conform(t, CLIPS) for t in out]) if out else clips
 
 
+def _ort_has_cuda() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
 # What a scorer decides about a clip: its columns, and an error it may have met.
 SCORED = ["motion_score", "motion_min_region", "motion_method", "aesthetic_score", "aesthetic_model",
-          "watermark_score", "watermark_box", "status", "reason", "error"]
+          "watermark_score", "watermark_box", "text_area", "text_frames", "text_static", "ocr_text",
+          "nsfw_score", "nsfw_labels", "status", "reason", "error"]
 
 
 # Bumped when a scorer's code scores the same clip differently under the same settings, so a rerun does
@@ -95,7 +141,13 @@ class ScoreCache:
 
     def __init__(self, out: Output, cfg: JobConfig):
         code = {"rules": SCORE_RULES, "watermark_model": [WEIGHTS, BIAS, BOX_MARGIN]}
-        settings = json.dumps([to_dict(cfg.motion), to_dict(cfg.aesthetic), to_dict(cfg.watermark), code], sort_keys=True, default=str)
+        # The OCR and NSFW models are named by their packages' versions and files' hashes.
+        if cfg.text is not None:
+            code["text_model"] = text_model_info()
+        if cfg.nsfw is not None:
+            code["nsfw_model"] = nsfw_model_info()
+        settings = json.dumps([to_dict(cfg.motion), to_dict(cfg.aesthetic), to_dict(cfg.watermark),
+                               to_dict(cfg.text), to_dict(cfg.nsfw), code], sort_keys=True, default=str)
         self.out, self.rel = out, f"work/scores-{hashlib.sha256(settings.encode()).hexdigest()[:12]}.parquet"
         self.rows: dict[str, dict] = {}
         if out.exists(self.rel):

@@ -154,7 +154,17 @@ WATERMARK_FIELDS = [
     pa.field("watermark_score", pa.float64()),  # 0..1: something stays still while the picture moves
     pa.field("watermark_box", BOX_TYPE),  # that something's box in clip pixels (x, y from the top left)
 ]
-SCORE_FIELDS = [*MOTION_FIELDS, *AESTHETIC_FIELDS, *WATERMARK_FIELDS]
+TEXT_FIELDS = [  # burned-in text (stages/text.py): PP-OCR on a few frames
+    pa.field("text_area", pa.float64()),  # mean over the sampled frames of the share of the frame inside text boxes, 0..1
+    pa.field("text_frames", pa.float64()),  # share of the sampled frames with any text box, 0..1
+    pa.field("text_static", pa.float64()),  # share of the text pixels that are text in every sampled frame (logo ~1, subtitles ~0); 0 without text
+    pa.field("ocr_text", pa.string()),  # the distinct recognised lines, newline-joined, capped; null when recognition is off
+]
+NSFW_FIELDS = [  # unsafe content (stages/nsfw.py): NudeNet's detector on a few frames
+    pa.field("nsfw_score", pa.float64()),  # 0..1: highest confidence over the sampled frames of the counted (exposed) classes
+    pa.field("nsfw_labels", pa.list_(pa.string())),  # detector classes seen at >= nsfw.label_score, sorted
+]
+SCORE_FIELDS = [*MOTION_FIELDS, *AESTHETIC_FIELDS, *WATERMARK_FIELDS, *TEXT_FIELDS, *NSFW_FIELDS]
 # Filled by the caption step (stages/caption.py) for kept clips; null elsewhere.
 CAPTION_FIELDS = [
     pa.field("caption_model", pa.string()),  # hub id or local folder of the VLM; "(random weights)" appended when so

@@ -43,6 +43,7 @@ def test_demo_job_writes_tables_clips_and_shards(demo_out, capsys):
             assert {"__key__", "mp4", "json"} <= set(s)
             meta = json.loads(s["json"])
             assert meta["clip_id"] == s["__key__"] and meta["license"] == "CC0-1.0"
+            assert meta["text_area"] >= 0 and 0 <= meta["nsfw_score"] < 0.5 and isinstance(meta["nsfw_labels"], list)
             assert s["mp4"][4:8] == b"ftyp"
             seen.append(s["__key__"])
     kept = [r["clip_id"] for r in q(demo_out, "select clip_id from clips where status = 'kept' order by 1")]
@@ -117,9 +118,18 @@ def test_demo_job_scores_every_clip_and_names_the_failed_condition(demo_out):
     scored = [r for r in rows if r["clip_uri"]]
     assert scored and all(r["motion_score"] is not None and r["aesthetic_score"] is not None
                           and r["watermark_score"] is not None for r in scored)
+    # text and NSFW with the real models from the rapidocr and nudenet wheels: nothing unsafe; text only
+    # where ffmpeg's testsrc2 draws its timecode and frame counter
+    assert all(r["text_area"] is not None and r["text_static"] is not None and r["ocr_text"] is not None
+               and r["nsfw_score"] is not None and r["nsfw_labels"] is not None for r in scored)
+    assert all(r["nsfw_score"] < 0.5 for r in scored)
     assert all("random" in r["aesthetic_model"] for r in scored)  # the demo's CLIP has random weights, marked
     for r in scored:
         scene = next(s for s in truth["videos"][r["uri"].rsplit("/", 1)[1]]["scenes"] if s["start_frame"] == r["start_frame"])
+        if scene["source"] == "testsrc2 pattern":
+            assert r["text_area"] > 0.005 and r["text_frames"] == 1.0 and "00:00:0" in r["ocr_text"], r
+        else:
+            assert r["text_area"] < 0.005 and r["ocr_text"] == "", r
         if scene["content"] == "frozen":
             assert r["motion_score"] < 0.01 and r["status"] == "filtered"
             assert r["reason"] == "select: motion_score >= 0.05"
@@ -129,7 +139,7 @@ def test_demo_job_scores_every_clip_and_names_the_failed_condition(demo_out):
     replay = q(demo_out, "select count(*) as n from clips where clip_uri is not null and motion_score >= 0.05")[0]["n"]
     assert replay == sum(1 for r in scored if r["motion_score"] >= 0.05)
     # no kept clip fails the job's predicate
-    assert all(r["motion_score"] >= 0.05 and r["watermark_score"] < 0.5 for r in rows if r["status"] == "kept")
+    assert all(r["motion_score"] >= 0.05 and r["watermark_score"] < 0.5 and r["nsfw_score"] < 0.5 for r in rows if r["status"] == "kept")
 
 
 def test_missing_aesthetic_weights_stop_the_job_at_start(tmp_path, capsys):

@@ -45,6 +45,10 @@ def test_report_numbers_agree_with_the_catalog(demo_out):
     per_licence = {r["license"]: r["n"] for r in q(demo_out, "select license, count(*) as n from clips where status = 'kept' group by 1")}
     assert {e["license"]: e["clips"] for e in data["licenses"]} == per_licence
     assert set(data["stage_s"]) >= {"ingest", "split", "shards"}
+    # burned-in text and NSFW are drawn as scores; the demo's nsfw_score < 0.5 is a threshold with thumbnails near it
+    assert {"text_area", "nsfw_score", "motion_score", "watermark_score"} <= set(data["score_columns"])
+    page = (demo_out / "report.html").read_text()
+    assert "<h3>text_area</h3>" in page and "Passing just inside nsfw_score &lt; 0.5" in page
 
 
 def test_report_command_and_errors_by_reason(tmp_path, ray_session, videos, ffmpeg):

@@ -257,3 +257,20 @@ def test_opt_out_file_and_source_url_match(tmp_path):
     for i, entry in ((1, "https://example.org/1"), (2, sources[2]["source_id"])):
         status, reason, error = got[sources[i]["source_id"]]
         assert (status, reason) == ("filtered", "licence") and entry in error
+
+
+def test_data_card_lists_the_ocr_and_nsfw_models_with_versions():
+    from importlib.metadata import version
+
+    from curate.config import JobConfig, InputConfig
+    from curate.release import data_card
+    from schemas import TAKEDOWNS
+
+    job = to_dict(JobConfig(output="out", input=InputConfig(dir="in")))
+    card = data_card(job, SOURCES.empty_table(), CLIPS.empty_table(), SHARDS.empty_table(), TAKEDOWNS.empty_table())
+    assert f"PP-OCRv6 small detection + recognition from rapidocr {version('rapidocr')} on onnxruntime {version('onnxruntime')}" in card
+    assert "`PP-OCRv6_det_small.onnx` (sha256 " in card and "`PP-OCRv6_rec_small.onnx` (sha256 " in card
+    assert f"NudeNet detector from nudenet {version('nudenet')}" in card and "`320n.onnx` (sha256 " in card
+    assert "nsfw_score counts FEMALE_BREAST_EXPOSED" in card
+    off = data_card({**job, "text": None, "nsfw": None}, SOURCES.empty_table(), CLIPS.empty_table(), SHARDS.empty_table(), TAKEDOWNS.empty_table())
+    assert "PP-OCR" not in off and "NudeNet" not in off
