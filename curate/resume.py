@@ -26,7 +26,7 @@ from curate.storage import Output
 from schemas import SOURCES, ClipStatus, Reason, SourceStatus
 from stages.ingest import INPUT_COLUMNS, normalize_license
 from stages.shards import clip_metadata, encode_json
-from stages.split import SPLIT, Split, SplitConfig
+from stages.split import SPLIT, SPLIT_DECIDES, Split, SplitConfig
 
 # Errors that may pass (a network hiccup, a file still being copied): never cached.
 _TRANSIENT = {Reason.MISSING, Reason.UNREADABLE}
@@ -130,7 +130,7 @@ def cached_splits(out: Output, cfg: SplitConfig, sources: pa.Table) -> tuple[lis
             todo.append(row)  # a clip file went missing: split again (existing clips are kept)
             continue
         result = {**row}
-        for key in ("n_frames", "status", "reason", "error", "scenes", "clips"):
+        for key in SPLIT_DECIDES:
             result[key] = cached[key]
         done.append(result)
     return done, pa.Table.from_pylist(todo, schema=sources.schema)

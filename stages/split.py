@@ -54,6 +54,8 @@ SCENE_TYPE = pa.struct(SCENE_FIELDS)
 SPLIT_MOTION_FIELDS = [*MOTION_FIELDS, pa.field("motion_key", pa.string())]
 CLIP_WINDOW_TYPE = pa.struct([*CLIP_WINDOW_FIELDS, *SPLIT_MOTION_FIELDS])
 SPLIT = SOURCES.append(pa.field("scenes", pa.list_(SCENE_TYPE))).append(pa.field("clips", pa.list_(CLIP_WINDOW_TYPE)))
+# What the split decides of a source row (a cached split restores exactly these).
+SPLIT_DECIDES = ("n_frames", "duration_s", "fps", "timestamps", "timestamps_note", "status", "reason", "error", "scenes", "clips")
 
 
 @dataclass(frozen=True)
