@@ -219,7 +219,7 @@ def _run(cfg: JobConfig, out: Output, runner: Runner) -> Summary:
     # ---- caption: kept clips through the VLM (CPU preparation and generation as two actor pools);
     #      conditions of the predicate on caption columns (caption_clip_score, ...) apply after it
     if cfg.caption is not None:
-        clips = caption_step(cfg.caption, runner, clips)
+        clips = caption_step(cfg.caption, runner, clips, out)  # captions made before are reused
         clips = apply_select(clips, after_caption)
         clock.lap("caption")
 

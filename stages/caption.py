@@ -158,6 +158,27 @@ def is_random(folder: str) -> bool:
     return os.path.isfile(os.path.join(folder, TINY_MARKER))
 
 
+def weights_revision(model: str, revision: str | None = None) -> str | None:
+    """What names the weights exactly: a hub model's cached commit, or `sha256:` of a local folder's (or
+    file's) weight, config and tokenizer files; None for a name that is neither (an open_clip architecture)."""
+    if os.path.isdir(model) or os.path.isfile(model):
+        h = hashlib.sha256()
+        files = [model] if os.path.isfile(model) else [
+            os.path.join(model, n) for n in sorted(os.listdir(model))
+            if n.endswith((".safetensors", ".bin", ".pt", ".pth", ".json", ".txt", ".model", ".jinja"))]
+        for path in files:
+            h.update(os.path.basename(path).encode())
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        return "sha256:" + h.hexdigest()[:16]
+    if model.count("/") == 1:
+        path = _hub_cached(model, revision or PINNED["vlm"].get(model, "main"))
+        if path:  # .../snapshots/<commit>/config.json
+            return os.path.basename(os.path.dirname(path))
+    return None
+
+
 # ------------------------------------------------------------------------------------------- decoding settings
 
 
@@ -460,6 +481,8 @@ class ClipAlignment:
 # ------------------------------------------------------------------------------------------- the stage
 
 PREPARED = "_caption_inputs"  # the column PrepareCaptions adds and GenerateCaptions consumes (pickled)
+# A kept row whose caption is known (reused): true asks only for its CLIP alignment (frames, no generation).
+RESCORE = "_caption_rescore"
 
 
 def _captionable(row: dict) -> bool:
@@ -483,7 +506,10 @@ class PrepareCaptions:
                 n = (row.get("end_frame") or 0) - (row.get("start_frame") or 0)
                 with local_copy(row["clip_uri"]) as path:  # a temporary download for s3:// and the like
                     frames = sample_frames(path, self.cfg.frames, self.cfg.frame_size, n if n > 0 else None)
-                item = {"frames": frames, "inputs": self.model.prepare(frames, self.cfg.text)}
+                if row.get(RESCORE):
+                    item = {"frames": frames, "known": True}
+                else:
+                    item = {"frames": frames, "inputs": self.model.prepare(frames, self.cfg.text)}
             except (OSError, CaptionError, MediaError) as e:
                 item = {"error": f"cannot read {row['clip_uri']}: {e}"}
             blobs.append(pickle.dumps(item, protocol=5))
@@ -495,7 +521,8 @@ class GenerateCaptions:
 
     Items are sorted by prompt length and generated `batch_size` at a time; each result goes back to
     the row whose index it carries. A caption failing a check is generated once more with
-    `retry_decoding`; if that fails too, caption is null and caption_status `failed`."""
+    `retry_decoding`; if that fails too, caption is null and caption_status `failed`. A row marked
+    `_caption_rescore` keeps its caption and gets only a new CLIP alignment."""
 
     def __init__(self, cfg: CaptionConfig, model: VLM | None = None, clip: ClipAlignment | None = None):
         self.cfg = cfg
@@ -507,10 +534,14 @@ class GenerateCaptions:
         items = {i: pickle.loads(b) for i, b in enumerate(blobs) if b is not None}
         out: list[dict] = [{} for _ in range(batch.num_rows)]
         base = {"caption_model": self.model.name, "caption_style": self.cfg.style_name}
-        todo = []
+        todo, known = [], []
         for i, item in items.items():
             if "error" in item:
                 out[i] = {**base, "caption_status": CaptionStatus.FAILED, "caption_reason": CaptionReason.DECODE_ERROR}
+            elif item.get("known"):
+                known.append(i)
+                kept = ["caption", *(f.name for f in CAPTION_FIELDS if not f.name.startswith("caption_clip_"))]
+                out[i] = {k: batch[k][i].as_py() if k in batch.column_names else None for k in kept}
             else:
                 todo.append(i)
         decoding = Decoding.of(self.cfg)
@@ -540,13 +571,12 @@ class GenerateCaptions:
                 "caption_attempts": 2 if retried else 1,
                 "caption_tokens": g.n_tokens,
             }
-        ok = [i for i in todo if out[i]["caption"] is not None]
+        ok = sorted(i for i in todo + known if out[i].get("caption") is not None)
         if self.clip is not None and ok:
             scores = self.clip([items[i]["frames"] for i in ok], [out[i]["caption"] for i in ok])
             for i, s in zip(ok, scores):
                 out[i].update(caption_clip_score=s, caption_clip_model=self.clip.name)
-        if PREPARED in batch.column_names:
-            batch = batch.drop_columns([PREPARED])
+        batch = batch.drop_columns([c for c in (PREPARED, RESCORE) if c in batch.column_names])
         # rows not captioned here keep what they had (caption included)
         keep = {f.name: batch[f.name].to_pylist() if f.name in batch.column_names else [None] * batch.num_rows
                 for f in [pa.field("caption", pa.string()), *CAPTION_FIELDS]}
