@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 
 import pyarrow as pa
@@ -17,6 +18,8 @@ from curate.config import ConfigError, to_dict
 from curate.storage import Output
 from schemas import CLIPS, LATENT_FIELDS, SAMPLE_FILES, TEXT_EMBEDDING_FIELDS, ClipStatus, Reason, conform
 from stages.latents import PRETRAINED, EncodeLatents, LatentsConfig, WeightsError, check_buckets, geometry_of, resolve_vae, vae_config
+
+log = logging.getLogger("curate")
 
 CACHE = "work/latents.json"
 # What the stage decides for a clip: reused as a whole on a rerun.
@@ -83,6 +86,7 @@ def encode_clips(cfg: LatentsConfig, out: Output, clips: pa.Table, start_ray=lam
             _EncodeActor, fn_constructor_args=(cfg, out.url), batch_format="pyarrow", batch_size=size, **extra
         )
         done = [r for t in ray.get(list(ds.to_arrow_refs())) for r in conform(t, CLIPS).to_pylist()]
+        log.debug("latents: %d clips on %d actor(s)%s", len(done), max(gpus, 1), ", 1 GPU each" if gpus else "")
         by_id = {r["clip_id"]: r for r in done}
         for i in todo:
             rows[i] = by_id[rows[i]["clip_id"]]

@@ -7,15 +7,22 @@ same code path as a model from the hub (no hub is reachable here):
                tokenizer trained locally, its chat template and `Qwen2VLProcessor`
     DIR/clip   an open_clip CLIP (open_clip_config.json + open_clip_pytorch_model.bin)
     DIR/vae    a diffusers AutoencoderKLWan (save_pretrained)
+    DIR/t5     a transformers T5EncoderModel with a word-level tokenizer (latents.text)
 
 Each maker is one entry of `MAKERS` (name -> function(folder, seed)); add one there (a tiny VAE, ...)
 and the command writes it too. Captions made with these are marked random in `clips.caption_model`.
+
+A job names them with the word `tiny` (`caption.model`, `caption.clip_model`, `latents.text.model`):
+`use_tiny_models` makes each on first use into the cache folder, `$CURATE_CACHE/tiny/` (default
+`~/.cache/curate/tiny/`), and later runs and tests load them from there (about 2 s to make all three).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 from collections.abc import Callable
 
 # Written next to the weights; stages.caption reads it to mark outputs made with random weights.
@@ -146,12 +153,64 @@ def write_tiny_vae(folder: str, seed: int = 0) -> str:
     return save_tiny_vae(folder, seed=seed)
 
 
+def write_tiny_t5(folder: str, seed: int = 0) -> str:
+    """A tiny random T5 encoder with a word-level tokenizer, loadable as `latents.text.model: FOLDER`."""
+    from stages.latents import save_tiny_text_encoder
+
+    return save_tiny_text_encoder(folder, "t5", seed=seed)
+
+
 # name -> maker(folder, seed)
 MAKERS: dict[str, Callable[[str, int], str]] = {
     "vlm": write_tiny_vlm,
     "clip": write_tiny_clip,
     "vae": write_tiny_vae,
+    "t5": write_tiny_t5,
 }
+
+TINY = "tiny"  # the job value that names a tiny model from the cache
+CACHE_ENV = "CURATE_CACHE"
+VERSION = 1  # bumped when a maker writes another model from the same seed (the cache folder changes with it)
+
+
+def cache_root() -> str:
+    return os.path.join(os.path.expanduser(os.environ.get(CACHE_ENV) or "~/.cache/curate"), "tiny")
+
+
+def tiny_model(name: str, seed: int = 0) -> str:
+    """The folder of tiny model `name` in the cache, made on first use (in a temporary folder, then
+    renamed, so a run never loads half a model and two runs making it at once both end with one)."""
+    folder = os.path.join(cache_root(), f"{name}-seed{seed}-v{VERSION}")
+    if os.path.isdir(folder):
+        return folder
+    tmp = f"{folder}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    MAKERS[name](tmp, seed)
+    try:
+        os.rename(tmp, folder)
+    except OSError:  # made meanwhile by another run
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not os.path.isdir(folder):
+            raise
+    return folder
+
+
+def use_tiny_models(cfg):
+    """The job with every `tiny` model name replaced by its cache folder (made on first use)."""
+    cap = cfg.caption
+    if cap is not None and TINY in (cap.model, cap.clip_model):
+        cap = dataclasses.replace(cap, model=tiny_model("vlm") if cap.model == TINY else cap.model,
+                                  clip_model=tiny_model("clip") if cap.clip_model == TINY else cap.clip_model)
+        cfg = dataclasses.replace(cfg, caption=cap)
+    lat = cfg.latents
+    if lat is not None and lat.text is not None and lat.text.model == TINY:
+        if lat.text.encoder != "t5":
+            from curate.config import ConfigError
+
+            raise ConfigError("latents.text.model: tiny is a T5 encoder; set latents.text.encoder: t5")
+        text = dataclasses.replace(lat.text, model=tiny_model("t5"))
+        cfg = dataclasses.replace(cfg, latents=dataclasses.replace(lat, text=text))
+    return cfg
 
 
 def make_tiny(root: str, seed: int = 0, only: list[str] | None = None) -> dict[str, str]:
