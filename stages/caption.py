@@ -336,7 +336,8 @@ class TransformersVLM:
                  "float16": torch.float16, "float32": torch.float32}[self.cfg.dtype]
         if self.cfg.weights == RANDOM:
             config = AutoConfig.from_pretrained(self.source, revision=self.revision)
-            model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
+            with torch.device(self.device):  # initialised where it runs: a 3B model in seconds on a GPU
+                model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
         else:
             model = AutoModelForImageTextToText.from_pretrained(self.source, revision=self.revision, dtype=dtype)
         self.model = model.to(self.device).eval()

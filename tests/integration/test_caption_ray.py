@@ -14,9 +14,9 @@ import webdataset as wds
 from curate.captioning import caption_rows, caption_step
 from curate.catalog import query
 from curate.cli import main
+from curate.storage import Output
 from stages.caption import CaptionConfig
 from tests.conftest import ROOT, copy_video
-from curate.storage import Output
 from tests.fakes import counting_vlm, fingerprint_vlm, generated
 from tests.unit.test_caption import expected_fingerprints, real_rows, table
 
