@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from schemas import CAPTION_FIELDS, CaptionReason, ClipStatus
+from schemas import CAPTION_FIELDS, CaptionReason, ClipStatus, conform
 from stages.caption import (
     PREPARED,
     RESCORE,
@@ -194,7 +194,7 @@ class CaptionCache:
         tables = []
         for p in parts:
             with out.fs.open(p, "rb") as f:
-                tables.append(pq.read_table(f).cast(CACHE_SCHEMA))
+                tables.append(conform(pq.read_table(f), CACHE_SCHEMA))  # a part from before a column was added: nulls
         if len(parts) > MAX_PARTS:
             last = {(r["clip_id"], r["clip_bytes"], r["key"]): r for t in tables for r in t.to_pylist()}
             tables = [pa.Table.from_pylist(list(last.values()), schema=CACHE_SCHEMA)]

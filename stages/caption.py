@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import pickle
 import re
@@ -57,7 +58,18 @@ PROMPTS = {
         "and how they change over time, the camera motion and framing, the lighting, and the setting. "
         "Do not speculate about anything that is not visible."
     ),
+    "structured": (
+        "Describe this video as one JSON object and nothing else, with exactly these keys: "
+        '"subjects" (a list of strings: who or what is seen, with their appearance), '
+        '"actions" (a list of strings: what happens, in order), "setting" (a string: where), '
+        '"camera" (a string: camera motion and framing), "lighting" (a string), '
+        '"style" (a string: live action, animation, screen recording, ...), '
+        '"on_screen_text" (a list of strings: text visible in the frames; empty when there is none). '
+        "Do not speculate about anything that is not visible."
+    ),
 }
+# caption.style structured: the fixed shape of the model's answer (key -> list of strings, or a string)
+STRUCTURED = {"subjects": list, "actions": list, "setting": str, "camera": str, "lighting": str, "style": str, "on_screen_text": list}
 
 _REFUSAL = re.compile(
     r"^\W*(i'?m sorry|i am sorry|sorry[,.!]|i apologi[sz]e|i can(not|'t|not)\b|i am (not able|unable)|i'?m (not able|unable)|"
@@ -81,7 +93,7 @@ class CaptionConfig:
     revision: str | None = None  # hub revision; default PINNED["vlm"][model]
     weights: Literal["pretrained", "random"] = "pretrained"  # random: the model's architecture with random weights (marked)
     backend: Literal["transformers", "vllm"] = "transformers"  # vllm only when it is installed
-    style: Literal["short", "detailed"] = "short"  # which of PROMPTS
+    style: Literal["short", "detailed", "structured"] = "short"  # which of PROMPTS; structured: JSON -> caption_json
     prompt: str | None = None  # your own prompt instead of the style's (caption_style becomes "custom")
     frames: int = 8  # frames per clip, evenly spaced over the clip
     frame_size: int = 448  # the longer side of each frame, in pixels, before the processor
@@ -228,6 +240,46 @@ def check_caption(g: Generated, max_new_tokens: int, repeat_ngram: int = 4) -> s
     if not g.finished and g.n_tokens >= max_new_tokens:
         return CaptionReason.TRUNCATED
     return None
+
+
+def parse_structured(text: str) -> dict | None:
+    """The answer's JSON object in the fixed shape (STRUCTURED; a string where a list is due becomes a
+    one-item list, null an empty value), or None when it is not one JSON object with exactly those keys
+    or names neither a subject nor an action."""
+    body = re.sub(r"^\s*```(?:json)?\s*|\s*```\s*$", "", text.strip())  # a fenced code block is still the answer
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict) or set(obj) != set(STRUCTURED):
+        return None
+    out = {}
+    for key, kind in STRUCTURED.items():
+        v = obj[key]
+        if v is None:
+            v = kind()
+        if kind is list and isinstance(v, str):
+            v = [v] if v.strip() else []
+        if kind is list and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+            return None
+        if kind is str and not isinstance(v, str):
+            return None
+        out[key] = [x.strip() for x in v if x.strip()] if kind is list else v.strip()
+    return out if out["subjects"] or out["actions"] else None
+
+
+def structured_prose(d: dict) -> str:
+    """The prose caption of a structured answer: what and who, what happens, then the labelled details."""
+    lead = "; ".join(d["subjects"])
+    if d["actions"]:
+        lead = f"{lead}: {'; '.join(d['actions'])}" if lead else "; ".join(d["actions"])
+    parts = [lead.rstrip(".") + "."]
+    for key, label in (("setting", "Setting"), ("camera", "Camera"), ("lighting", "Lighting"), ("style", "Style")):
+        if d[key]:
+            parts.append(f"{label}: {d[key].rstrip('.')}.")
+    if d["on_screen_text"]:
+        parts.append("On-screen text: " + ", ".join(f'"{t}"' for t in d["on_screen_text"]) + ".")
+    return " ".join(parts)
 
 
 def is_repetitive(text: str, max_n: int = 4, repeats: int = 3) -> bool:
@@ -529,6 +581,7 @@ class GenerateCaptions:
         self.cfg = cfg
         self.model = model if model is not None else load_vlm(cfg)
         self.clip = clip if clip is not None else (ClipAlignment(cfg) if cfg.clip_model else None)
+        self.structured = cfg.style == "structured"
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         blobs = batch[PREPARED].to_pylist() if PREPARED in batch.column_names else [None] * batch.num_rows
@@ -547,7 +600,7 @@ class GenerateCaptions:
                 todo.append(i)
         decoding = Decoding.of(self.cfg)
         first = self._generate({i: items[i]["inputs"] for i in todo}, decoding)
-        reason1 = {i: check_caption(g, decoding.max_new_tokens, self.cfg.repeat_ngram) for i, g in first.items()}
+        reason1 = {i: self._check(g, decoding.max_new_tokens) for i, g in first.items()}
         second: dict[int, Generated] = {}
         reason2: dict[int, str | None] = {}
         if self.cfg.retry:
@@ -558,14 +611,16 @@ class GenerateCaptions:
             for reason, idx in sorted(by_reason.items()):  # one retry batch per reason: its own settings
                 d2 = retry_decoding(decoding, reason)
                 for i, g in self._generate({i: items[i]["inputs"] for i in idx}, d2).items():
-                    second[i], reason2[i] = g, check_caption(g, d2.max_new_tokens, self.cfg.repeat_ngram)
+                    second[i], reason2[i] = g, self._check(g, d2.max_new_tokens)
         for i in todo:
             retried = i in second
             g = second[i] if retried else first[i]
             failed = (reason2[i] if retried else reason1[i]) is not None
+            answer = parse_structured(g.text) if self.structured and not failed else None
             out[i] = {
                 **base,
-                "caption": None if failed else g.text,
+                "caption": None if failed else structured_prose(answer) if answer else g.text,
+                "caption_json": json.dumps(answer, ensure_ascii=False) if answer else None,
                 "caption_status": CaptionStatus.FAILED if failed else CaptionStatus.OK,
                 # failed: why the last attempt failed; ok after a retry: why the first one was retried
                 "caption_reason": (reason2[i] if failed else reason1[i]) if retried else reason1[i],
@@ -583,6 +638,18 @@ class GenerateCaptions:
                 for f in [pa.field("caption", pa.string()), *CAPTION_FIELDS]}
         rows = [o if i in items else {k: v[i] for k, v in keep.items()} for i, o in enumerate(out)]
         return set_columns(batch, [pa.field("caption", pa.string()), *CAPTION_FIELDS], rows)
+
+    def _check(self, g: Generated, max_new_tokens: int) -> str | None:
+        """check_caption; with style structured the answer must first be the fixed JSON shape, and the
+        other checks look at the prose made from it (a cut-off answer is `truncated`, not invalid)."""
+        if not self.structured:
+            return check_caption(g, max_new_tokens, self.cfg.repeat_ngram)
+        if not g.finished and g.n_tokens >= max_new_tokens:
+            return CaptionReason.TRUNCATED
+        answer = parse_structured(g.text)
+        if answer is None:
+            return CaptionReason.INVALID_JSON
+        return check_caption(dataclasses.replace(g, text=structured_prose(answer)), max_new_tokens, self.cfg.repeat_ngram)
 
     def _generate(self, inputs: dict[int, dict], decoding: Decoding) -> dict[int, Generated]:
         """Row index -> its result. Sorted by prompt length (longest first), `batch_size` per call."""

@@ -17,21 +17,26 @@ from curate.cli import main
 from curate.storage import Output
 from stages.caption import CaptionConfig
 from tests.conftest import ROOT, copy_video
-from tests.fakes import counting_vlm, fingerprint_vlm, generated
+from tests.fakes import counting_vlm, fingerprint_vlm, generated, structured_answer
 from tests.unit.test_caption import expected_fingerprints, real_rows, table
 
 pytestmark = pytest.mark.ray
 
 
-def test_ordering_proof_through_ray(ray_session, videos):
-    cfg = CaptionConfig(frames=3, frame_size=64, batch_size=2, max_new_tokens=600)
+@pytest.mark.parametrize("style", ["short", "structured"])
+def test_ordering_proof_through_ray(ray_session, videos, style):
+    cfg = CaptionConfig(frames=3, frame_size=64, batch_size=2, max_new_tokens=600, style=style)
     rows = real_rows(videos)
     random.Random(3).shuffle(rows)
     want = expected_fingerprints(rows, cfg)
     got = caption_rows(cfg, table(rows), make_model=fingerprint_vlm, block_rows=3)
     assert sorted(got["clip_id"].to_pylist()) == sorted(want)
-    captions = dict(zip(got["clip_id"].to_pylist(), got["caption"].to_pylist()))
-    assert captions == {cid: f"frames {fp} seen by the model." for cid, fp in want.items()}
+    if style == "structured":
+        answers = {c: json.loads(j) for c, j in zip(got["clip_id"].to_pylist(), got["caption_json"].to_pylist())}
+        assert answers == {cid: structured_answer(fp) for cid, fp in want.items()}
+    else:
+        captions = dict(zip(got["clip_id"].to_pylist(), got["caption"].to_pylist()))
+        assert captions == {cid: f"frames {fp} seen by the model." for cid, fp in want.items()}
     attempts = dict(zip(got["clip_id"].to_pylist(), got["caption_attempts"].to_pylist()))
     assert {attempts[c] for c in want} == {1, 2}  # the retry path went through the actors too
 

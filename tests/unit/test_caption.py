@@ -4,6 +4,7 @@ fingerprinting fake model, and a tiny real-class VLM (transformers Qwen2-VL) cap
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 
 import numpy as np
@@ -20,11 +21,13 @@ from stages.caption import (
     check_caption,
     fingerprint,
     is_repetitive,
+    parse_structured,
     retry_decoding,
     sample_frames,
+    structured_prose,
 )
 from tests.conftest import VIDEOS
-from tests.fakes import FingerprintVLM
+from tests.fakes import FingerprintVLM, structured_answer
 
 # (clip file under ../shared/data/videos, end_frame): the same file with another frame count samples other frames
 REAL = [("bikes.mp4", 250), ("bikes.mp4", 40), ("counter.mp4", 30), ("counter.mp4", 12), ("vtest.avi", 60),
@@ -162,9 +165,10 @@ def expected_fingerprints(rows: list[dict], cfg: CaptionConfig) -> dict[str, str
     return {r["clip_id"]: fingerprint(sample_frames(r["clip_uri"], cfg.frames, cfg.frame_size, r["end_frame"])) for r in rows}
 
 
-def test_ordering_proof_shuffled_uneven_batches(videos):
+@pytest.mark.parametrize("style", ["short", "structured"])
+def test_ordering_proof_shuffled_uneven_batches(videos, style):
     """Every caption lands on the clip it describes, through shuffling, uneven batches, length sorting and retries."""
-    cfg = CaptionConfig(frames=3, frame_size=64, batch_size=3, max_new_tokens=600)
+    cfg = CaptionConfig(frames=3, frame_size=64, batch_size=3, max_new_tokens=600, style=style)
     rows = real_rows(videos)
     want = expected_fingerprints(rows, cfg)
     assert len(set(want.values())) == len(rows)  # the proof needs distinct frames per clip
@@ -182,12 +186,60 @@ def test_ordering_proof_shuffled_uneven_batches(videos):
         for n in sizes:
             out = stage(table(rows[start : start + n]))
             assert out["clip_id"].to_pylist() == [r["clip_id"] for r in rows[start : start + n]]
-            got.update(zip(out["clip_id"].to_pylist(), out["caption"].to_pylist()))
+            column = "caption_json" if style == "structured" else "caption"
+            got.update(zip(out["clip_id"].to_pylist(), out[column].to_pylist()))
             start += n
-        assert got == {cid: f"frames {fp} seen by the model." for cid, fp in want.items()}
+        if style == "structured":  # the JSON of each clip's own frames, and the prose made from it
+            assert {c: json.loads(j) for c, j in got.items()} == {cid: structured_answer(fp) for cid, fp in want.items()}
+        else:
+            assert got == {cid: f"frames {fp} seen by the model." for cid, fp in want.items()}
     retried = [fp for fp in want.values() if fp[0] in "012345"]
     assert retried and len(retried) < len(want)  # both paths (first try, retry) were exercised
     assert len(set(model.calls)) > 1  # uneven generation batches
+
+
+# ------------------------------------------------------------------------------------------- structured
+
+
+ANSWER = {"subjects": ["a man in a red jacket"], "actions": ["rides a bicycle", "waves"], "setting": "a wet street",
+          "camera": "slow pan left", "lighting": "overcast daylight", "style": "live action", "on_screen_text": ["OPEN"]}  # fmt: skip
+
+
+def test_structured_answers_are_validated_and_normalised():
+    assert parse_structured(json.dumps(ANSWER)) == ANSWER
+    assert parse_structured("```json\n" + json.dumps(ANSWER) + "\n```") == ANSWER  # a fenced block
+    assert parse_structured(json.dumps({**ANSWER, "subjects": "a dog", "on_screen_text": None}))["subjects"] == ["a dog"]
+    for bad in ("A man rides a bike.", json.dumps([ANSWER]), json.dumps({**ANSWER, "mood": "calm"}),
+                json.dumps({k: v for k, v in ANSWER.items() if k != "camera"}), json.dumps({**ANSWER, "camera": ["pan"]}),
+                json.dumps({**ANSWER, "actions": [1, 2]}), json.dumps({**ANSWER, "subjects": [], "actions": []}),
+                json.dumps(ANSWER)[:-1]):  # fmt: skip
+        assert parse_structured(bad) is None, bad
+    assert structured_prose(ANSWER) == ('a man in a red jacket: rides a bicycle; waves. Setting: a wet street. Camera: slow pan left. '
+                                        'Lighting: overcast daylight. Style: live action. On-screen text: "OPEN".')  # fmt: skip
+
+
+def test_a_structured_answer_not_in_shape_is_retried_and_stored_as_json(videos):
+    model = Scripted(("Sure! Here is the description: a man on a bike.", 12, True), (json.dumps(ANSWER), 40, True))
+    row = Caption(CaptionConfig(style="structured"), model)(_one(videos)).to_pylist()[0]
+    assert (row["caption_status"], row["caption_reason"], row["caption_attempts"]) == ("ok", "invalid_json", 2)
+    assert json.loads(row["caption_json"]) == ANSWER and row["caption"] == structured_prose(ANSWER)
+    assert row["caption_style"] == "structured" and model.decodings[1].do_sample  # the retry samples
+    model = Scripted(("{}", 2, True), ('{"subjects": 3}', 5, True))
+    row = Caption(CaptionConfig(style="structured"), model)(_one(videos)).to_pylist()[0]
+    assert (row["caption_status"], row["caption_reason"], row["caption"], row["caption_json"]) == ("failed", "invalid_json", None, None)
+    # a refusal inside the right shape is still a refusal
+    refusal = {**ANSWER, "subjects": ["I'm sorry, I can't describe people"], "actions": []}
+    model = Scripted((json.dumps(refusal), 20, True), (json.dumps(refusal), 20, True))
+    row = Caption(CaptionConfig(style="structured"), model)(_one(videos)).to_pylist()[0]
+    assert (row["caption_status"], row["caption_reason"]) == ("failed", "refusal")
+
+
+def test_tiny_qwen2vl_structured_goes_through_the_real_class(videos, tiny_models):
+    cfg = CaptionConfig(model=tiny_models["vlm"], style="structured", frames=2, frame_size=112, max_new_tokens=16)
+    out = Caption(cfg)(table(real_rows(videos)[:2])).to_pylist()
+    for r in out:  # random weights never write the JSON shape: failed after the retry, the clip kept
+        assert (r["caption_status"], r["caption_attempts"], r["status"]) == ("failed", 2, "kept")
+        assert r["caption_reason"] in ("invalid_json", "truncated") and r["caption_json"] is None
 
 
 # ------------------------------------------------------------------------------------------- a real class
