@@ -55,9 +55,10 @@ class _Prepare:
 
 
 class _Generate:
-    def __init__(self, cfg: CaptionConfig, make_model=None):
+    def __init__(self, cfg: CaptionConfig, make_model=None, make_rewriter=None):
         model = (make_model or functools.partial(load_vlm, cfg))()
-        self.stage = GenerateCaptions(cfg, model, ClipAlignment(cfg) if cfg.clip_model else None)
+        rewriter = make_rewriter() if make_rewriter is not None else None
+        self.stage = GenerateCaptions(cfg, model, ClipAlignment(cfg) if cfg.clip_model else None, rewriter)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.stage(batch)
@@ -69,11 +70,12 @@ def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0))
 
 
-def caption_rows(cfg: CaptionConfig, rows: pa.Table, make_model=None, block_rows: int | None = None, on_block=None) -> pa.Table:
+def caption_rows(cfg: CaptionConfig, rows: pa.Table, make_model=None, block_rows: int | None = None, on_block=None,
+                 make_rewriter=None) -> pa.Table:  # fmt: skip
     """Caption every kept row of `rows` through the two actor pools; returns clip_id + caption columns.
 
     `make_model` (a picklable zero-argument callable) replaces the configured model in every actor: tests
-    inject a fake there. Blocks of `block_rows` rows (default: batch_size) travel between the pools.
+    inject a fake there (and `make_rewriter` for the rewrite pass). Blocks of `block_rows` rows (default: batch_size) travel between the pools.
     `on_block(table)` is called on the driver with each block's result as it arrives (to commit it)."""
     import ray
 
@@ -87,7 +89,7 @@ def caption_rows(cfg: CaptionConfig, rows: pa.Table, make_model=None, block_rows
     ds = ds.map_batches(_Prepare, fn_constructor_args=(cfg, make_model), concurrency=cfg.prep_actors,
                         batch_format="pyarrow", batch_size=None, num_cpus=1)
     # A GPU pool needs a concrete batch_size (Ray rejects None with num_gpus).
-    ds = ds.map_batches(_Generate, fn_constructor_args=(cfg, make_model), concurrency=cfg.actors,
+    ds = ds.map_batches(_Generate, fn_constructor_args=(cfg, make_model, make_rewriter), concurrency=cfg.actors,
                         batch_format="pyarrow", batch_size=cfg.batch_size * 4, num_gpus=gpus,
                         num_cpus=0 if gpus else 1)
     cols = ["clip_id", *COLUMNS]
@@ -163,7 +165,8 @@ MAX_PARTS = 16  # more parts than this are folded into one at the next start
 def caption_keys(cfg: CaptionConfig) -> tuple[str, str | None]:
     """(key of what shapes a caption's text, key of the CLIP that scores it or None without one)."""
     settings = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in NOT_IN_KEY}
-    text = [settings, cfg.text, weights_revision(cfg.model, cfg.revision), CAPTION_RULES]
+    rewrite = weights_revision(cfg.rewrite.model, cfg.rewrite.revision) if cfg.rewrite is not None else None
+    text = [settings, cfg.text, weights_revision(cfg.model, cfg.revision), rewrite, CAPTION_RULES]
     key = hashlib.sha256(json.dumps(text, sort_keys=True, default=str).encode()).hexdigest()[:16]
     if not cfg.clip_model:
         return key, None

@@ -237,5 +237,7 @@ def resolve_paths(cfg: JobConfig, base_dir: str) -> JobConfig:
             return fix(p) if p and os.path.isdir(os.path.join(base_dir, os.path.expanduser(p))) else p
 
         cap = dataclasses.replace(cfg.caption, model=fix_model(cfg.caption.model), clip_model=fix_model(cfg.caption.clip_model))
+        if cap.rewrite is not None:
+            cap = dataclasses.replace(cap, rewrite=dataclasses.replace(cap.rewrite, model=fix_model(cap.rewrite.model)))
         cfg = dataclasses.replace(cfg, caption=cap)
     return cfg

@@ -167,6 +167,10 @@ CAPTION_FIELDS = [
     # caption.style structured: the model's JSON object (subjects, actions, setting, camera, lighting, style,
     # on_screen_text), validated; `caption` is then the prose made from it
     pa.field("caption_json", pa.string()),
+    # caption.rewrite: the VLM's caption before the rewrite (null without one); the LM whose rewrite is in
+    # `caption` (null when the rewrite failed its checks twice and `caption` is the VLM's)
+    pa.field("caption_raw", pa.string()),
+    pa.field("caption_rewrite_model", pa.string()),
 ]
 # VAE latents of a kept clip (stages/latents.py): the file, its shape, and how to use it.
 LATENT_FIELDS = [

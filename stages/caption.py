@@ -83,6 +83,44 @@ class WeightsError(ValueError):
     """Weights that are not there; the message says what to download or set."""
 
 
+REWRITE_PROMPT = (
+    "Rewrite this video description as one caption for training a video generation model: one paragraph "
+    "of {min_words} to {max_words} words, present tense, only what is visible, no preamble.\n\n"
+    "Description: {caption}"
+)
+
+
+@dataclass(frozen=True)
+class RewriteConfig:
+    """caption.rewrite: a text-only causal LM that rewrites each caption into the trainer's style and length."""
+
+    model: str  # hub id (in the HF cache), a local folder (save_pretrained layout), or `tiny` (curate's cache)
+    revision: str | None = None  # hub revision (default main)
+    weights: Literal["pretrained", "random"] = "pretrained"
+    prompt: str = REWRITE_PROMPT  # with {caption}, and {min_words} / {max_words} if wanted
+    min_words: int = 8  # the length band a rewrite must fall in (else it is retried once, then the VLM's caption stays)
+    max_words: int = 80
+    max_new_tokens: int = 160
+    batch_size: int = 16  # captions per generate() call
+
+    def __post_init__(self):
+        if not 1 <= self.min_words <= self.max_words:
+            raise ValueError(f"rewrite needs 1 <= min_words <= max_words, got {self.min_words}, {self.max_words}")
+        if "{caption}" not in self.prompt:
+            raise ValueError("rewrite.prompt must contain {caption}")
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError("rewrite.max_new_tokens and rewrite.batch_size must be >= 1")
+
+    def check(self) -> None:
+        if os.path.isdir(self.model):
+            return
+        if self.model.startswith((".", "/", "~")) or self.model.count("/") != 1:
+            raise WeightsError(f"caption.rewrite.model: no such folder: {self.model}")
+        if _hub_cached(self.model, self.revision or "main") is None:
+            raise WeightsError(f"caption.rewrite.model {self.model} is not in the Hugging Face cache: run `huggingface-cli download "
+                               f"{self.model}` on a machine that reaches the hub, or set caption.rewrite.model=PATH")
+
+
 class CaptionError(Exception):
     """A clip whose frames cannot be read."""
 
@@ -112,6 +150,7 @@ class CaptionConfig:
     prep_actors: int = 1  # CPU preparation actors (decode + processor)
     clip_model: str | None = None  # CLIP for caption_clip_score: an open_clip folder, or an open_clip name with clip_weights
     clip_weights: str | None = None  # with an open_clip name: a weights file, the pretrained tag, or `random`
+    rewrite: RewriteConfig | None = None  # a text-only LM rewriting each caption (the VLM's kept in caption_raw)
 
     def __post_init__(self):
         for name in ("frames", "frame_size", "max_new_tokens", "batch_size", "actors", "prep_actors", "repeat_ngram"):
@@ -149,6 +188,8 @@ class CaptionConfig:
                     f"{self.model} --revision {rev}` on a machine that reaches the hub (or copy the folder here and "
                     f"set caption.model=PATH); `curate models make-tiny DIR` writes a tiny random one for trials"
                 )
+        if self.rewrite is not None:
+            self.rewrite.check()
         if self.clip_model and not os.path.isdir(self.clip_model):
             if self.clip_weights is None:
                 raise WeightsError(
@@ -419,14 +460,8 @@ class TransformersVLM:
             key = "pixel_values_videos" if "pixel_values_videos" in inputs else "pixel_values"
             inputs[key] = inputs[key].to(model.dtype)
         torch.manual_seed(decoding.seed)
-        kwargs = dict(max_new_tokens=decoding.max_new_tokens, do_sample=decoding.do_sample,
-                      repetition_penalty=decoding.repetition_penalty, pad_token_id=self.pad_id)
-        if decoding.do_sample:
-            kwargs.update(temperature=decoding.temperature, top_p=decoding.top_p, top_k=0)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
         with torch.inference_mode():
-            out = model.generate(**inputs, **kwargs)
+            out = model.generate(**inputs, **_generate_kwargs(decoding, self.pad_id))
         new = out[:, inputs["input_ids"].shape[1] :].cpu().tolist()
         return [self._result(ids) for ids in new]
 
@@ -469,6 +504,76 @@ class VllmVLM:
         reqs = [{"prompt": it["prompt"], "multi_modal_data": {"video": it["video"]}} for it in items]
         outs = self.llm.generate(reqs, params, use_tqdm=False)
         return [Generated(o.outputs[0].text.strip(), len(o.outputs[0].token_ids), o.outputs[0].finish_reason == "stop") for o in outs]
+
+
+def _generate_kwargs(decoding: Decoding, pad_id: int) -> dict:
+    kwargs = dict(max_new_tokens=decoding.max_new_tokens, do_sample=decoding.do_sample,
+                  repetition_penalty=decoding.repetition_penalty, pad_token_id=pad_id)  # fmt: skip
+    if decoding.do_sample:
+        kwargs.update(temperature=decoding.temperature, top_p=decoding.top_p, top_k=0)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    return kwargs
+
+
+class Rewriter(Protocol):
+    """What the rewrite pass needs of a text model: prompts in, one result each, same order."""
+
+    name: str
+
+    def generate(self, prompts: list[str], decoding: Decoding) -> list[Generated]: ...
+
+
+class TransformersLM:
+    """A transformers causal LM (AutoTokenizer + AutoModelForCausalLM), with its chat template when it has one."""
+
+    def __init__(self, cfg: RewriteConfig, device: str = "auto", dtype: str = "auto"):
+        from transformers import AutoTokenizer
+
+        self.cfg, self.want_device, self.want_dtype = cfg, device, dtype
+        self.revision = None if os.path.isdir(cfg.model) else (cfg.revision or "main")
+        self.tok = AutoTokenizer.from_pretrained(cfg.model, revision=self.revision)
+        self.tok.padding_side = "left"
+        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
+        random = cfg.weights == RANDOM or (os.path.isdir(cfg.model) and is_random(cfg.model))
+        self.name = cfg.model + (" (random weights)" if random else "")
+        self.model = None
+
+    def load(self):
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        if self.model is None:
+            cuda = self.want_device == "cuda" or (self.want_device == "auto" and torch.cuda.is_available())
+            self.device = "cuda" if cuda else "cpu"
+            dtype = {"auto": torch.bfloat16 if cuda else torch.float32, "bfloat16": torch.bfloat16,
+                     "float16": torch.float16, "float32": torch.float32}[self.want_dtype]  # fmt: skip
+            if self.cfg.weights == RANDOM:
+                with torch.device(self.device):
+                    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(self.cfg.model, revision=self.revision), dtype=dtype)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(self.cfg.model, revision=self.revision, dtype=dtype)
+            self.model = model.to(self.device).eval()
+            self.eos = _eos_ids(self.model, self.tok)
+        return self.model
+
+    def generate(self, prompts: list[str], decoding: Decoding) -> list[Generated]:
+        import torch
+
+        model = self.load()
+        if self.tok.chat_template:
+            prompts = [self.tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+                       for p in prompts]  # fmt: skip
+        enc = self.tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        torch.manual_seed(decoding.seed)
+        with torch.inference_mode():
+            out = model.generate(**enc, **_generate_kwargs(decoding, self.pad_id))
+        results = []
+        for ids in out[:, enc["input_ids"].shape[1] :].cpu().tolist():
+            end = next((i for i, t in enumerate(ids) if t in self.eos), None)
+            kept = ids if end is None else ids[:end]
+            results.append(Generated(self.tok.decode(kept, skip_special_tokens=True).strip(), len(kept), end is not None))
+        return results
 
 
 def _source(cfg: CaptionConfig) -> tuple[str, str | None]:
@@ -577,11 +682,15 @@ class GenerateCaptions:
     `retry_decoding`; if that fails too, caption is null and caption_status `failed`. A row marked
     `_caption_rescore` keeps its caption and gets only a new CLIP alignment."""
 
-    def __init__(self, cfg: CaptionConfig, model: VLM | None = None, clip: ClipAlignment | None = None):
+    def __init__(self, cfg: CaptionConfig, model: VLM | None = None, clip: ClipAlignment | None = None,
+                 rewriter: Rewriter | None = None):  # fmt: skip
         self.cfg = cfg
         self.model = model if model is not None else load_vlm(cfg)
         self.clip = clip if clip is not None else (ClipAlignment(cfg) if cfg.clip_model else None)
         self.structured = cfg.style == "structured"
+        if rewriter is None and cfg.rewrite is not None:
+            rewriter = TransformersLM(cfg.rewrite, cfg.device, cfg.dtype)
+        self.rewriter = rewriter
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         blobs = batch[PREPARED].to_pylist() if PREPARED in batch.column_names else [None] * batch.num_rows
@@ -627,6 +736,13 @@ class GenerateCaptions:
                 "caption_attempts": 2 if retried else 1,
                 "caption_tokens": g.n_tokens,
             }
+        if self.rewriter is not None:  # the VLM's caption -> caption_raw, the rewrite (when it passes) -> caption
+            new = [i for i in todo if out[i]["caption"] is not None]
+            rewritten = self._rewrite({i: out[i]["caption"] for i in new})
+            for i in new:
+                out[i]["caption_raw"] = out[i]["caption"]
+                if rewritten[i] is not None:
+                    out[i].update(caption=rewritten[i], caption_rewrite_model=self.rewriter.name)
         ok = sorted(i for i in todo + known if out[i].get("caption") is not None)
         if self.clip is not None and ok:
             scores = self.clip([items[i]["frames"] for i in ok], [out[i]["caption"] for i in ok])
@@ -651,6 +767,38 @@ class GenerateCaptions:
             return CaptionReason.INVALID_JSON
         return check_caption(dataclasses.replace(g, text=structured_prose(answer)), max_new_tokens, self.cfg.repeat_ngram)
 
+    def _rewrite(self, captions: dict[int, str]) -> dict[int, str | None]:
+        """Row index -> its rewritten caption, or None when the rewrite failed its checks (or its length band)
+        twice. Sorted by length and batched like generation; every result goes back by index."""
+        rc = self.cfg.rewrite
+        prompts = {i: rc.prompt.format(caption=c, min_words=rc.min_words, max_words=rc.max_words) for i, c in captions.items()}
+        decoding = Decoding(rc.max_new_tokens, seed=self.cfg.seed)
+
+        def run(idx: list[int], d: Decoding) -> dict[int, tuple[Generated, str | None]]:
+            order = sorted(idx, key=lambda i: (-len(prompts[i]), i))
+            got: dict[int, tuple[Generated, str | None]] = {}
+            for s in range(0, len(order), rc.batch_size):
+                part = order[s : s + rc.batch_size]
+                res = self.rewriter.generate([prompts[i] for i in part], d)
+                if len(res) != len(part):
+                    raise RuntimeError(f"{self.rewriter.name} returned {len(res)} rewrites for {len(part)} captions")
+                for i, g in zip(part, res):
+                    reason = check_caption(g, d.max_new_tokens, self.cfg.repeat_ngram)
+                    words = len(g.text.split())
+                    got[i] = (g, reason or (None if rc.min_words <= words <= rc.max_words else "length"))
+            return got
+
+        first = run(list(prompts), decoding)
+        out = {i: g.text if reason is None else None for i, (g, reason) in first.items()}
+        failed: dict[str, list[int]] = {}
+        for i, (_, reason) in first.items():
+            if reason is not None:
+                failed.setdefault(reason, []).append(i)
+        for reason, idx in sorted(failed.items()):  # one retry, settings adjusted to the reason
+            for i, (g, again) in run(idx, retry_decoding(decoding, reason)).items():
+                out[i] = g.text if again is None else None
+        return out
+
     def _generate(self, inputs: dict[int, dict], decoding: Decoding) -> dict[int, Generated]:
         """Row index -> its result. Sorted by prompt length (longest first), `batch_size` per call."""
         order = sorted(inputs, key=lambda i: (-_length(inputs[i]), i))
@@ -672,10 +820,11 @@ def _length(inputs: dict) -> int:
 class Caption:
     """Both steps in one call (no Ray): CLIPS rows -> the same rows with captions."""
 
-    def __init__(self, cfg: CaptionConfig, model: VLM | None = None, clip: ClipAlignment | None = None):
+    def __init__(self, cfg: CaptionConfig, model: VLM | None = None, clip: ClipAlignment | None = None,
+                 rewriter: Rewriter | None = None):  # fmt: skip
         self.model = model if model is not None else load_vlm(cfg)
         self.prepare = PrepareCaptions(cfg, self.model)
-        self.generate = GenerateCaptions(cfg, self.model, clip)
+        self.generate = GenerateCaptions(cfg, self.model, clip, rewriter)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.generate(self.prepare(batch))

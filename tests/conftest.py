@@ -96,8 +96,8 @@ def copy_video(name: str, dest: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_models() -> dict[str, str]:
-    """The tiny random Qwen2-VL (vlm), open_clip CLIP (clip) and T5 (t5) a job names `tiny`: from the cache
+    """The tiny random Qwen2-VL (vlm), open_clip CLIP (clip), T5 (t5) and Qwen2 LM (lm) a job names `tiny`: from the cache
     folder (`$CURATE_CACHE/tiny`), made there on first use and shared with the demo and later sessions."""
     from curate.tiny import tiny_model
 
-    return {name: tiny_model(name) for name in ("vlm", "clip", "t5")}
+    return {name: tiny_model(name) for name in ("vlm", "clip", "t5", "lm")}

@@ -79,3 +79,30 @@ def generated(log) -> int:
             return sum(int(x) for x in f.read().split())
     except FileNotFoundError:
         return 0
+
+
+class EchoRewriter:
+    """A rewriter that prefixes the caption it finds in its prompt ("Description: ...") with "Rewritten: ".
+
+    A caption whose fingerprint starts with a digit below 4 is cut off at the token limit while
+    max_new_tokens < 1000 (use 600: the retry doubles it), so the rewrite's retry path re-batches it."""
+
+    name = "fake-rewriter"
+
+    def __init__(self):
+        self.calls: list[int] = []
+
+    def generate(self, prompts: list[str], decoding: Decoding) -> list[Generated]:
+        self.calls.append(len(prompts))
+        out = []
+        for p in prompts:
+            caption = p.rsplit("Description: ", 1)[1]
+            if caption.startswith("frames ") and caption[7] in "0123" and decoding.max_new_tokens < 1000:
+                out.append(Generated(f"Rewritten: {caption[:12]}", decoding.max_new_tokens, False))
+            else:
+                out.append(Generated(f"Rewritten: {caption}", 12, True))
+        return out
+
+
+def echo_rewriter() -> EchoRewriter:
+    return EchoRewriter()

@@ -15,23 +15,30 @@ from curate.captioning import caption_rows, caption_step
 from curate.catalog import query
 from curate.cli import main
 from curate.storage import Output
-from stages.caption import CaptionConfig
+from stages.caption import CaptionConfig, RewriteConfig
 from tests.conftest import ROOT, copy_video
-from tests.fakes import counting_vlm, fingerprint_vlm, generated, structured_answer
+from tests.fakes import counting_vlm, echo_rewriter, fingerprint_vlm, generated, structured_answer
 from tests.unit.test_caption import expected_fingerprints, real_rows, table
 
 pytestmark = pytest.mark.ray
 
 
-@pytest.mark.parametrize("style", ["short", "structured"])
+@pytest.mark.parametrize("style", ["short", "structured", "rewrite"])
 def test_ordering_proof_through_ray(ray_session, videos, style):
-    cfg = CaptionConfig(frames=3, frame_size=64, batch_size=2, max_new_tokens=600, style=style)
+    rewrite = RewriteConfig(model="fake", max_new_tokens=600, batch_size=2, min_words=1) if style == "rewrite" else None
+    cfg = CaptionConfig(frames=3, frame_size=64, batch_size=2, max_new_tokens=600, rewrite=rewrite,
+                        style="short" if style == "rewrite" else style)  # fmt: skip
     rows = real_rows(videos)
     random.Random(3).shuffle(rows)
     want = expected_fingerprints(rows, cfg)
-    got = caption_rows(cfg, table(rows), make_model=fingerprint_vlm, block_rows=3)
+    got = caption_rows(cfg, table(rows), make_model=fingerprint_vlm, block_rows=3, make_rewriter=echo_rewriter if rewrite else None)
     assert sorted(got["clip_id"].to_pylist()) == sorted(want)
-    if style == "structured":
+    if style == "rewrite":  # the rewriter's actor-side batches too: each rewrite of its own clip's caption
+        captions = dict(zip(got["clip_id"].to_pylist(), got["caption"].to_pylist()))
+        assert captions == {cid: f"Rewritten: frames {fp} seen by the model." for cid, fp in want.items()}
+        raw = dict(zip(got["clip_id"].to_pylist(), got["caption_raw"].to_pylist()))
+        assert raw == {cid: f"frames {fp} seen by the model." for cid, fp in want.items()}
+    elif style == "structured":
         answers = {c: json.loads(j) for c, j in zip(got["clip_id"].to_pylist(), got["caption_json"].to_pylist())}
         assert answers == {cid: structured_answer(fp) for cid, fp in want.items()}
     else:

@@ -17,6 +17,7 @@ from stages.caption import (
     CaptionConfig,
     Decoding,
     Generated,
+    RewriteConfig,
     WeightsError,
     check_caption,
     fingerprint,
@@ -27,7 +28,7 @@ from stages.caption import (
     structured_prose,
 )
 from tests.conftest import VIDEOS
-from tests.fakes import FingerprintVLM, structured_answer
+from tests.fakes import EchoRewriter, FingerprintVLM, structured_answer
 
 # (clip file under ../shared/data/videos, end_frame): the same file with another frame count samples other frames
 REAL = [("bikes.mp4", 250), ("bikes.mp4", 40), ("counter.mp4", 30), ("counter.mp4", 12), ("vtest.avi", 60),
@@ -165,16 +166,20 @@ def expected_fingerprints(rows: list[dict], cfg: CaptionConfig) -> dict[str, str
     return {r["clip_id"]: fingerprint(sample_frames(r["clip_uri"], cfg.frames, cfg.frame_size, r["end_frame"])) for r in rows}
 
 
-@pytest.mark.parametrize("style", ["short", "structured"])
+@pytest.mark.parametrize("style", ["short", "structured", "rewrite"])
 def test_ordering_proof_shuffled_uneven_batches(videos, style):
-    """Every caption lands on the clip it describes, through shuffling, uneven batches, length sorting and retries."""
-    cfg = CaptionConfig(frames=3, frame_size=64, batch_size=3, max_new_tokens=600, style=style)
+    """Every caption lands on the clip it describes, through shuffling, uneven batches, length sorting and
+    retries (of the VLM and, with a rewrite pass, of the rewriter)."""
+    rewrite = RewriteConfig(model="fake", max_new_tokens=600, batch_size=2, min_words=1) if style == "rewrite" else None
+    cfg = CaptionConfig(frames=3, frame_size=64, batch_size=3, max_new_tokens=600,
+                        style="short" if style == "rewrite" else style, rewrite=rewrite)  # fmt: skip
     rows = real_rows(videos)
     want = expected_fingerprints(rows, cfg)
     assert len(set(want.values())) == len(rows)  # the proof needs distinct frames per clip
-    model = FingerprintVLM()
-    stage = Caption(cfg, model)
+    model, rewriter = FingerprintVLM(), EchoRewriter()
+    stage = Caption(cfg, model, rewriter=rewriter if rewrite else None)
     rng = random.Random(7)
+    raw = {}
     for trial in range(3):
         rng.shuffle(rows)
         sizes, i = [], 0
@@ -188,14 +193,20 @@ def test_ordering_proof_shuffled_uneven_batches(videos, style):
             assert out["clip_id"].to_pylist() == [r["clip_id"] for r in rows[start : start + n]]
             column = "caption_json" if style == "structured" else "caption"
             got.update(zip(out["clip_id"].to_pylist(), out[column].to_pylist()))
+            raw.update(zip(out["clip_id"].to_pylist(), out["caption_raw"].to_pylist()))
             start += n
         if style == "structured":  # the JSON of each clip's own frames, and the prose made from it
             assert {c: json.loads(j) for c, j in got.items()} == {cid: structured_answer(fp) for cid, fp in want.items()}
+        elif style == "rewrite":  # the rewrite of each clip's own caption, the VLM's kept beside it
+            assert got == {cid: f"Rewritten: frames {fp} seen by the model." for cid, fp in want.items()}
+            assert raw == {cid: f"frames {fp} seen by the model." for cid, fp in want.items()}
         else:
             assert got == {cid: f"frames {fp} seen by the model." for cid, fp in want.items()}
     retried = [fp for fp in want.values() if fp[0] in "012345"]
     assert retried and len(retried) < len(want)  # both paths (first try, retry) were exercised
     assert len(set(model.calls)) > 1  # uneven generation batches
+    if rewrite:
+        assert 0 < len([fp for fp in want.values() if fp[0] in "0123"]) < len(want) and len(set(rewriter.calls)) > 1
 
 
 # ------------------------------------------------------------------------------------------- structured
@@ -240,6 +251,43 @@ def test_tiny_qwen2vl_structured_goes_through_the_real_class(videos, tiny_models
     for r in out:  # random weights never write the JSON shape: failed after the retry, the clip kept
         assert (r["caption_status"], r["caption_attempts"], r["status"]) == ("failed", 2, "kept")
         assert r["caption_reason"] in ("invalid_json", "truncated") and r["caption_json"] is None
+
+
+# ------------------------------------------------------------------------------------------- rewrite
+
+
+class ScriptedRewriter:
+    name = "scripted-rewriter"
+
+    def __init__(self, *texts):
+        self.texts, self.decodings = list(texts), []
+
+    def generate(self, prompts, decoding):
+        self.decodings.append(decoding)
+        return [Generated(*self.texts.pop(0)) for _ in prompts]
+
+
+def test_a_rewrite_outside_its_length_band_is_retried_then_the_vlm_caption_stays(videos):
+    cfg = CaptionConfig(rewrite=RewriteConfig(model="fake", min_words=3, max_words=8))
+    rewriter = ScriptedRewriter(("Too short.", 3, True), ("A red car drives away down the street.", 9, True))
+    row = Caption(cfg, Scripted(("A red car drives away.", 6, True)), rewriter=rewriter)(_one(videos)).to_pylist()[0]
+    assert (row["caption"], row["caption_raw"]) == ("A red car drives away down the street.", "A red car drives away.")
+    assert row["caption_rewrite_model"] == "scripted-rewriter" and rewriter.decodings[1].do_sample  # the retry samples
+    rewriter = ScriptedRewriter(("Sorry, I cannot help with that request.", 8, True), ("one two three four five six seven eight nine", 9, True))
+    row = Caption(cfg, Scripted(("A red car drives away.", 6, True)), rewriter=rewriter)(_one(videos)).to_pylist()[0]
+    assert (row["caption"], row["caption_raw"], row["caption_rewrite_model"]) == ("A red car drives away.", "A red car drives away.", None)
+    assert row["caption_status"] == "ok"  # a failed rewrite keeps the VLM's caption
+
+
+def test_tiny_rewrite_lm_goes_through_the_real_class(videos, tiny_models):
+    cfg = CaptionConfig(model=tiny_models["vlm"], frames=2, frame_size=112, max_new_tokens=16,
+                        rewrite=RewriteConfig(model=tiny_models["lm"], min_words=1, max_new_tokens=24))  # fmt: skip
+    out = Caption(cfg)(table(real_rows(videos)[:3])).to_pylist()
+    ok = [r for r in out if r["caption_status"] == "ok"]
+    assert ok
+    for r in ok:
+        assert r["caption_raw"] and r["caption_rewrite_model"] == f"{tiny_models['lm']} (random weights)"
+        assert r["caption"] != r["caption_raw"]
 
 
 # ------------------------------------------------------------------------------------------- a real class

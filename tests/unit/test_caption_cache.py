@@ -11,7 +11,7 @@ import pytest
 from curate.captioning import COLUMNS, MAX_PARTS, CaptionCache, merge_captions
 from curate.storage import Output
 from curate.tiny import write_tiny_clip
-from stages.caption import Caption, CaptionConfig
+from stages.caption import Caption, CaptionConfig, RewriteConfig
 from tests.fakes import FingerprintVLM
 from tests.unit.test_caption import real_rows, table
 
@@ -51,12 +51,13 @@ def test_a_rerun_generates_nothing_and_gives_the_same_captions(setup):
     assert again.select(["clip_id", *COLUMNS]).to_pylist() == first.select(["clip_id", *COLUMNS]).to_pylist()
 
 
-def test_a_changed_setting_recaptions_what_it_affects(setup, tmp_path):
+def test_a_changed_setting_recaptions_what_it_affects(setup, tiny_models):
     cfg, out, clips = setup
     model = FingerprintVLM()
     first, _ = caption(cfg, out, clips, model)
     # another prompt, decoding or frame setting: every clip again
-    for change in ({"prompt": "What happens?"}, {"max_new_tokens": 1200}, {"frames": 3}):
+    lm = RewriteConfig(model=tiny_models["lm"], min_words=1, max_new_tokens=24)
+    for change in ({"prompt": "What happens?"}, {"max_new_tokens": 1200}, {"frames": 3}, {"rewrite": lm}):
         n = sum(model.calls)
         caption(dataclasses.replace(cfg, **change), out, clips, model)
         assert sum(model.calls) == n + 4, change
