@@ -37,6 +37,7 @@ from stages.caption import (
     ClipAlignment,
     GenerateCaptions,
     PrepareCaptions,
+    fill_prompt,
     load_vlm,
     weights_revision,
 )
@@ -162,6 +163,10 @@ COMMIT_ROWS, COMMIT_S = 256, 60.0  # a cache part is written after this many cap
 MAX_PARTS = 16  # more parts than this are folded into one at the next start
 
 
+def prompt_sha(prompt: str, row: dict) -> str:
+    return hashlib.sha256(fill_prompt(prompt, row).encode()).hexdigest()[:16]
+
+
 def caption_keys(cfg: CaptionConfig) -> tuple[str, str | None]:
     """(key of what shapes a caption's text, key of the CLIP that scores it or None without one)."""
     settings = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in NOT_IN_KEY}
@@ -177,6 +182,7 @@ def caption_keys(cfg: CaptionConfig) -> tuple[str, str | None]:
 CACHE_SCHEMA = pa.schema([
     pa.field("clip_id", pa.string()), pa.field("clip_bytes", pa.int64()),
     pa.field("key", pa.string()), pa.field("clip_key", pa.string()),
+    pa.field("prompt_sha", pa.string()),  # the prompt as filled in for the clip ({column} placeholders)
     pa.field("caption", pa.string()), *CAPTION_FIELDS,
 ])  # fmt: skip
 
@@ -211,6 +217,8 @@ class CaptionCache:
         self.n_parts = 1 if len(parts) > MAX_PARTS else len(parts)
         self.reused = self.rescored = 0
         self.bytes_of: dict[str, int | None] = {}  # clip_id -> clip_bytes of the clips handed out by split
+        self.prompt_of: dict[str, str] = {}  # clip_id -> prompt_sha of the same
+        self.prompt = cfg.text
 
     def split(self, clips: pa.Table) -> tuple[pa.Table, pa.Table]:
         """(clips with every cached caption filled in, kept clips still to caption or to re-score). A row to
@@ -221,6 +229,9 @@ class CaptionCache:
                 continue
             self.bytes_of[row["clip_id"]] = row.get("clip_bytes")
             hit = self.rows.get((row["clip_id"], row.get("clip_bytes")))
+            self.prompt_of[row["clip_id"]] = prompt_sha(self.prompt, row)
+            if hit is not None and hit["prompt_sha"] != self.prompt_of[row["clip_id"]]:
+                hit = None  # a column the prompt names changed (a rescored clip): its caption is made again
             if hit is None:
                 todo.append({**row, RESCORE: False})
                 continue
@@ -244,7 +255,8 @@ class CaptionCache:
             if r.get("caption_status") is None or r.get("caption_reason") == CaptionReason.DECODE_ERROR:
                 continue  # not captioned, or a read error that may pass: not a result to keep
             rows.append({**{k: r.get(k) for k in COLUMNS}, "clip_id": r["clip_id"], "clip_bytes": self.bytes_of.get(r["clip_id"]),
-                         "key": self.key, "clip_key": self.clip_key if r.get("caption_clip_model") else None})
+                         "key": self.key, "clip_key": self.clip_key if r.get("caption_clip_model") else None,
+                         "prompt_sha": self.prompt_of.get(r["clip_id"])})
         if not rows:
             return
         self._write(pa.Table.from_pylist(rows, schema=CACHE_SCHEMA), f"part-{self.n_parts:06d}-{time.time_ns():x}")

@@ -25,13 +25,14 @@ import json
 import os
 import pickle
 import re
+import string
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import numpy as np
 import pyarrow as pa
 
-from schemas import CAPTION_FIELDS, CaptionReason, CaptionStatus, ClipStatus
+from schemas import CAPTION_FIELDS, CLIPS, CaptionReason, CaptionStatus, ClipStatus
 from stages.columns import set_columns
 from stages.media import MediaError, local_copy, sample_evenly
 
@@ -132,7 +133,7 @@ class CaptionConfig:
     weights: Literal["pretrained", "random"] = "pretrained"  # random: the model's architecture with random weights (marked)
     backend: Literal["transformers", "vllm"] = "transformers"  # vllm only when it is installed
     style: Literal["short", "detailed", "structured"] = "short"  # which of PROMPTS; structured: JSON -> caption_json
-    prompt: str | None = None  # your own prompt instead of the style's (caption_style becomes "custom")
+    prompt: str | None = None  # your own prompt instead of the style's (caption_style "custom"); {column} fills in a clips column
     frames: int = 8  # frames per clip, evenly spaced over the clip
     frame_size: int = 448  # the longer side of each frame, in pixels, before the processor
     max_new_tokens: int = 128  # output token limit
@@ -162,6 +163,9 @@ class CaptionConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.num_gpus < 0:
             raise ValueError(f"num_gpus must be >= 0, got {self.num_gpus}")
+        unknown = sorted(set(prompt_columns(self.text)) - set(CLIPS.names))
+        if unknown:
+            raise ValueError(f"prompt names {{{unknown[0]}}}, which is not a clips column (known: motion_score, watermark_score, ...)")
 
     @property
     def style_name(self) -> str:
@@ -196,6 +200,24 @@ class CaptionConfig:
                     f"caption.clip_model {self.clip_model} is not a folder: set caption.clip_weights to a weights "
                     f"file, an open_clip pretrained tag ({PINNED['clip'].get(self.clip_model, 'openai')}) or `random`"
                 )
+
+
+def prompt_columns(prompt: str) -> list[str]:
+    """The clips columns a prompt names in braces ("... the camera {motion_method} ..." -> ["motion_method"])."""
+    return [name for _, name, _, _ in string.Formatter().parse(prompt) if name]
+
+
+class _Fill(string.Formatter):
+    def format_field(self, value, spec):
+        return "unknown" if value is None else super().format_field(value, spec)
+
+
+def fill_prompt(prompt: str, row: dict) -> str:
+    """The prompt with each {column} (format spec allowed: {aesthetic_score:.1f}) replaced by the clip's value;
+    a null value reads "unknown". A prompt without braces is returned as it is."""
+    if not prompt_columns(prompt):
+        return prompt
+    return _Fill().vformat(prompt, (), {name: row.get(name) for name in prompt_columns(prompt)})
 
 
 def _hub_cached(repo: str, revision: str) -> str | None:
@@ -667,7 +689,7 @@ class PrepareCaptions:
                 if row.get(RESCORE):
                     item = {"frames": frames, "known": True}
                 else:
-                    item = {"frames": frames, "inputs": self.model.prepare(frames, self.cfg.text)}
+                    item = {"frames": frames, "inputs": self.model.prepare(frames, fill_prompt(self.cfg.text, row))}
             except (OSError, CaptionError, MediaError) as e:
                 item = {"error": f"cannot read {row['clip_uri']}: {e}"}
             blobs.append(pickle.dumps(item, protocol=5))

@@ -253,6 +253,21 @@ def test_tiny_qwen2vl_structured_goes_through_the_real_class(videos, tiny_models
         assert r["caption_reason"] in ("invalid_json", "truncated") and r["caption_json"] is None
 
 
+def test_a_prompt_fills_in_the_clips_own_columns(videos):
+    class Recording(Scripted):
+        def prepare(self, frames, prompt):
+            self.prompts.append(prompt)
+            return super().prepare(frames, prompt)
+
+    model = Recording(("A dog.", 3, True), ("A cat.", 3, True))
+    model.prompts = []
+    rows = [{**r, "motion_score": m, "motion_method": "vectors"} for r, m in zip(real_rows(videos)[:2], (0.4567, None))]
+    Caption(CaptionConfig(prompt="Motion {motion_score:.2f} ({motion_method}). Describe the video."), model)(table(rows))
+    assert model.prompts == ["Motion 0.46 (vectors). Describe the video.", "Motion unknown (vectors). Describe the video."]
+    with pytest.raises(ValueError, match="not a clips column"):
+        CaptionConfig(prompt="Describe {colour}.")
+
+
 # ------------------------------------------------------------------------------------------- rewrite
 
 

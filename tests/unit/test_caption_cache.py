@@ -75,6 +75,19 @@ def test_a_changed_setting_recaptions_what_it_affects(setup, tiny_models):
     assert sum(model.calls) == n + 1
 
 
+def test_a_prompt_naming_a_column_recaptions_the_clips_whose_value_changed(setup):
+    cfg, out, clips = setup
+    cfg = dataclasses.replace(cfg, prompt="The camera is {motion_method}; aesthetic {aesthetic_score:.1f}. Describe the video.")
+    rows = [{**r, "motion_method": "vectors", "aesthetic_score": 5.0} for r in clips.to_pylist()]
+    model = FingerprintVLM()
+    caption(cfg, out, table(rows), model)
+    assert sum(model.calls) == 4
+    rows[0]["aesthetic_score"] = 6.0  # rescored: its prompt reads otherwise
+    rows[2]["aesthetic_score"] = 5.02  # the same prompt to one decimal
+    caption(cfg, out, table(rows), model)
+    assert sum(model.calls) == 5
+
+
 def test_another_clip_model_rescores_without_generating(setup, tmp_path):
     cfg, out, clips = setup
     model = FingerprintVLM()
