@@ -191,15 +191,19 @@ class CaptionCache:
     """OUT/work/captions/part-*.parquet: every caption made, with the keys it was made under.
 
     `split(clips)` fills in the captions it has and returns what is left to do; `save(captions)` commits
-    one part (a temporary name, then a rename). Parts of every setting stay, so going back to an earlier
-    prompt finds its captions again; more than MAX_PARTS parts are folded into one at the next start."""
+    one part (a temporary name, then a rename). Parts are numbered in the order they were written (a later
+    part wins). Parts of every setting stay, so going back to an earlier prompt finds its captions again.
+    The file count stays bounded: more than MAX_PARTS parts are folded into one at the start of a run, and
+    a run that has written more than MAX_PARTS parts folds its own into one as it goes."""
 
     DIR = "work/captions"
 
     def __init__(self, out, cfg: CaptionConfig):
         self.out, (self.key, self.clip_key) = out, caption_keys(cfg)
         self.rows: dict[tuple[str, int | None], dict] = {}
-        parts = sorted(p for p in out.fs.find(out.path(self.DIR)) if p.endswith(".parquet") and ".tmp-" not in p) if out.exists(self.DIR) else []
+        found = [p for p in out.fs.find(out.path(self.DIR)) if p.endswith(".parquet") and ".tmp-" not in p] if out.exists(self.DIR) else []
+        parts = sorted(found, key=lambda p: (_number(p), p))
+        self.next = _number(parts[-1]) + 1 if parts else 0
         tables = []
         for p in parts:
             with out.fs.open(p, "rb") as f:
@@ -207,14 +211,14 @@ class CaptionCache:
         if len(parts) > MAX_PARTS:
             last = {(r["clip_id"], r["clip_bytes"], r["key"]): r for t in tables for r in t.to_pylist()}
             tables = [pa.Table.from_pylist(list(last.values()), schema=CACHE_SCHEMA)]
-            self._write(tables[0], "part-000000")
+            self._write(tables[0], "fold")  # written before the parts it replaces go: a crash loses nothing
             for p in parts:
-                if not p.endswith("/part-000000.parquet"):
-                    out.fs.rm(p)
+                out.fs.rm(p)
         for t in tables:  # later parts win
             for r in t.filter(pc.equal(t["key"], self.key)).to_pylist():
                 self.rows[(r["clip_id"], r["clip_bytes"])] = r
-        self.n_parts = 1 if len(parts) > MAX_PARTS else len(parts)
+        self.run_parts: list[str] = []  # parts this run wrote
+        self.run_rows: dict[tuple[str, int | None], dict] = {}  # what they hold
         self.reused = self.rescored = 0
         self.bytes_of: dict[str, int | None] = {}  # clip_id -> clip_bytes of the clips handed out by split
         self.prompt_of: dict[str, str] = {}  # clip_id -> prompt_sha of the same
@@ -259,15 +263,28 @@ class CaptionCache:
                          "prompt_sha": self.prompt_of.get(r["clip_id"])})
         if not rows:
             return
-        self._write(pa.Table.from_pylist(rows, schema=CACHE_SCHEMA), f"part-{self.n_parts:06d}-{time.time_ns():x}")
-        self.n_parts += 1
+        self.run_parts.append(self._write(pa.Table.from_pylist(rows, schema=CACHE_SCHEMA), f"{time.time_ns():x}"))
         for r in rows:
-            self.rows[(r["clip_id"], r["clip_bytes"])] = r
+            self.rows[(r["clip_id"], r["clip_bytes"])] = self.run_rows[(r["clip_id"], r["clip_bytes"])] = r
+        if len(self.run_parts) > MAX_PARTS:  # a long run: its parts become one
+            folded = self._write(pa.Table.from_pylist(list(self.run_rows.values()), schema=CACHE_SCHEMA), "fold")
+            for p in self.run_parts:
+                self.out.fs.rm(self.out.path(p))
+            self.run_parts = [folded]
 
-    def _write(self, table: pa.Table, name: str) -> None:
+    def _write(self, table: pa.Table, tag: str) -> str:
+        """Write the next numbered part; returns its path relative to the output."""
+        rel = f"{self.DIR}/part-{self.next:06d}-{tag}.parquet"
+        self.next += 1
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")
-        self.out.write_bytes(f"{self.DIR}/{name}.parquet", buf.getvalue())
+        self.out.write_bytes(rel, buf.getvalue())
+        return rel
+
+
+def _number(path: str) -> int:
+    """The order number of a part (part-NNNNNN-...)."""
+    return int(path.rsplit("/", 1)[-1].split("-")[1])
 
 
 __all__ = ["caption_rows", "caption_step", "merge_captions", "CaptionCache", "PREPARED"]

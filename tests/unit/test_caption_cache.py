@@ -117,4 +117,21 @@ def test_parts_stay_bounded(setup):
     assert len(parts()) == MAX_PARTS + 1
     n = sum(model.calls)
     caption(dataclasses.replace(cfg, seed=3, decoding="sample"), out, clips.slice(0, 1), model)  # folds the parts, reuses
-    assert parts() == ["part-000000.parquet"] and sum(model.calls) == n
+    assert parts() == [f"part-{MAX_PARTS + 1:06d}-fold.parquet"] and sum(model.calls) == n
+    caption(dataclasses.replace(cfg, seed=99, decoding="sample"), out, clips.slice(0, 1), model)  # a later part wins
+    caption(dataclasses.replace(cfg, seed=5, decoding="sample"), out, clips.slice(0, 1), model)
+    assert len(parts()) == 2 and sum(model.calls) == n + 1
+
+
+def test_a_long_run_folds_its_own_parts(setup):
+    cfg, out, clips = setup
+    cache = CaptionCache(out, cfg)
+    _, todo = cache.split(clips)
+    made = Caption(cfg, FingerprintVLM())(todo).select(["clip_id", *COLUMNS])
+    for i in range(MAX_PARTS + 3):  # one caption per commit, over and over
+        cache.save(made.slice(i % made.num_rows, 1))
+    names = sorted(p.name for p in (Path(out.root) / "work" / "captions").glob("*.parquet"))
+    assert len(names) <= MAX_PARTS + 1 and any(n.endswith("-fold.parquet") for n in names)
+    model = FingerprintVLM()
+    caption(cfg, out, clips, model)  # every caption committed survived the folds
+    assert sum(model.calls) == 0
