@@ -51,7 +51,7 @@ GPU = dict(caption=dict(size="3b", clips=64, batch=32, tokens=128, frames=8, fra
 DRY = dict(caption=dict(size="tiny", clips=4, batch=2, tokens=8, frames=2, frame_size=112),
            clip=dict(model="tiny", batch=8, iters=2),
            vae=dict(size="tiny", bucket=(9, 32, 48), clips=2, conv=[(16, 3, 16, 16)]),
-           train=["--size", "tiny", "--steps", "2", "--warmup", "1"],
+           train=["--size", "tiny", "--steps", "2", "--warmup", "1", "--cpu"],
            video=dict(size="160x120", seconds=1))  # fmt: skip
 
 

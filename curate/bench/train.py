@@ -46,9 +46,10 @@ def measure(argv: list[str] | None = None) -> dict:
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast on the GPU")
     p.add_argument("--peak-tflops", type=float, help="the device's peak for MFU (default: known GPUs' dense bf16 peak)")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even when there is a GPU")
     args = p.parse_args(argv)
 
-    cuda = torch.cuda.is_available()
+    cuda = torch.cuda.is_available() and not args.cpu
     device = torch.device("cuda" if cuda else "cpu")
     c, t, h, w = map(int, (args.latent or ("16x9x60x104" if cuda else "4x3x8x8")).split("x"))
     length, text_dim = map(int, (args.text or ("512x4096" if cuda else "16x32")).split("x"))

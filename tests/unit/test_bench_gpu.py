@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from curate.bench.gpu import main
 
 
@@ -24,3 +26,13 @@ def test_dry_run_prints_every_key_with_cpu_figures(capsys):
     assert r["video"]["encode"]["libx264"]["fps"] > 0 and r["video"]["decode"]["cpu"]["fps"] > 0
     assert r["video"]["encode"]["nvenc"]["available"] in (True, False)
     assert set(r["summary"]) >= {"caption_output_tokens_per_s", "vae_share_of_conv3d", "train_mfu"}
+
+
+@pytest.mark.gpu
+def test_the_gpu_check_runs_every_path_within_8_minutes(capsys):
+    assert main([]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["mode"] == "gpu" and r["wall_s"] <= 480
+    for section in ("caption", "clip", "vae", "train", "video"):
+        assert "error" not in r[section] and "skipped" not in r[section], r[section]
+    assert r["caption"]["transformers"]["all_reached_fixed_length"] and r["train"]["mfu"] is not None
