@@ -816,7 +816,7 @@ class GenerateCaptions:
         for i, (_, reason) in first.items():
             if reason is not None:
                 failed.setdefault(reason, []).append(i)
-        for reason, idx in sorted(failed.items()):  # one retry, settings adjusted to the reason
+        for reason, idx in sorted(failed.items()) if self.cfg.retry else ():  # one retry, settings adjusted to the reason
             for i, (g, again) in run(idx, retry_decoding(decoding, reason)).items():
                 out[i] = g.text if again is None else None
         return out
