@@ -5,7 +5,10 @@
                ──► caption columns joined back onto `clips` by clip_id
 
 Ray streams blocks between the two pools, so the next batch is being decoded while the model
-generates. `num_gpus` is asked for per generation actor only when the cluster has GPUs.
+generates. `num_gpus` is asked for per generation actor only when the cluster has GPUs. A cluster
+without GPUs runs both steps in one pool of `actors` actors (`_Both`, one CPU each): there the split
+would only make two CPU pools compete for the same cores, load the processor twice, and need two
+CPUs where the cluster may have one.
 
 A caption is paid for once: `CaptionCache` keeps every caption under OUT/work/captions/, keyed by the
 clip (clip_id, which names the source's content hash, the frame range and the encode settings; and the
@@ -65,6 +68,17 @@ class _Generate:
         return self.stage(batch)
 
 
+class _Both:
+    """Preparation and generation in one actor (clusters without GPUs)."""
+
+    def __init__(self, cfg: CaptionConfig, make_model=None, make_rewriter=None):
+        self.prepare = _Prepare(cfg, make_model)
+        self.generate = _Generate(cfg, lambda: self.prepare.stage.model, make_rewriter)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.generate(self.prepare(batch))
+
+
 def cluster_gpus() -> float:
     import ray
 
@@ -72,12 +86,13 @@ def cluster_gpus() -> float:
 
 
 def caption_rows(cfg: CaptionConfig, rows: pa.Table, make_model=None, block_rows: int | None = None, on_block=None,
-                 make_rewriter=None) -> pa.Table:  # fmt: skip
-    """Caption every kept row of `rows` through the two actor pools; returns clip_id + caption columns.
+                 make_rewriter=None, two_pools: bool | None = None) -> pa.Table:  # fmt: skip
+    """Caption every kept row of `rows` through the actor pools; returns clip_id + caption columns.
 
     `make_model` (a picklable zero-argument callable) replaces the configured model in every actor: tests
-    inject a fake there (and `make_rewriter` for the rewrite pass). Blocks of `block_rows` rows (default: batch_size) travel between the pools.
-    `on_block(table)` is called on the driver with each block's result as it arrives (to commit it)."""
+    inject a fake there (and `make_rewriter` for the rewrite pass). Blocks of `block_rows` rows (default:
+    batch_size) travel between the pools. `on_block(table)` is called on the driver with each block's
+    result as it arrives (to commit it). `two_pools`: default, two when the cluster has GPUs, else one."""
     import ray
 
     kept = rows.filter(pc.equal(rows["status"], ClipStatus.KEPT)) if rows.num_rows else rows
@@ -87,12 +102,16 @@ def caption_rows(cfg: CaptionConfig, rows: pa.Table, make_model=None, block_rows
     blocks = [kept.slice(i, size) for i in range(0, kept.num_rows, size)]
     gpus = cfg.num_gpus if cluster_gpus() > 0 else 0
     ds = ray.data.from_arrow(blocks)
-    ds = ds.map_batches(_Prepare, fn_constructor_args=(cfg, make_model), concurrency=cfg.prep_actors,
-                        batch_format="pyarrow", batch_size=None, num_cpus=1)
-    # A GPU pool needs a concrete batch_size (Ray rejects None with num_gpus).
-    ds = ds.map_batches(_Generate, fn_constructor_args=(cfg, make_model, make_rewriter), concurrency=cfg.actors,
-                        batch_format="pyarrow", batch_size=cfg.batch_size * 4, num_gpus=gpus,
-                        num_cpus=0 if gpus else 1)
+    if two_pools if two_pools is not None else gpus > 0:
+        ds = ds.map_batches(_Prepare, fn_constructor_args=(cfg, make_model), concurrency=cfg.prep_actors,
+                            batch_format="pyarrow", batch_size=None, num_cpus=1)
+        # A GPU pool needs a concrete batch_size (Ray rejects None with num_gpus).
+        ds = ds.map_batches(_Generate, fn_constructor_args=(cfg, make_model, make_rewriter), concurrency=cfg.actors,
+                            batch_format="pyarrow", batch_size=cfg.batch_size * 4, num_gpus=gpus,
+                            num_cpus=0 if gpus else 1)
+    else:
+        ds = ds.map_batches(_Both, fn_constructor_args=(cfg, make_model, make_rewriter), concurrency=cfg.actors,
+                            batch_format="pyarrow", batch_size=None, num_cpus=1)
     cols = ["clip_id", *COLUMNS]
     parts = []
     for t in ds.iter_batches(batch_size=None, batch_format="pyarrow"):  # streamed: results arrive as made

@@ -23,15 +23,19 @@ from tests.unit.test_caption import expected_fingerprints, real_rows, table
 pytestmark = pytest.mark.ray
 
 
-@pytest.mark.parametrize("style", ["short", "structured", "rewrite"])
+@pytest.mark.parametrize("style", ["short", "short-two-pools", "structured", "rewrite"])
 def test_ordering_proof_through_ray(ray_session, videos, style):
+    """Through the one pool a cluster without GPUs runs, and the two (prepare, generate) a GPU cluster runs."""
+    two_pools = style == "short-two-pools"
+    style = "short" if two_pools else style
     rewrite = RewriteConfig(model="fake", max_new_tokens=600, batch_size=2, min_words=1) if style == "rewrite" else None
     cfg = CaptionConfig(frames=3, frame_size=64, batch_size=2, max_new_tokens=600, rewrite=rewrite,
                         style="short" if style == "rewrite" else style)  # fmt: skip
     rows = real_rows(videos)
     random.Random(3).shuffle(rows)
     want = expected_fingerprints(rows, cfg)
-    got = caption_rows(cfg, table(rows), make_model=fingerprint_vlm, block_rows=3, make_rewriter=echo_rewriter if rewrite else None)
+    got = caption_rows(cfg, table(rows), make_model=fingerprint_vlm, block_rows=3, make_rewriter=echo_rewriter if rewrite else None,
+                       two_pools=two_pools)
     assert sorted(got["clip_id"].to_pylist()) == sorted(want)
     if style == "rewrite":  # the rewriter's actor-side batches too: each rewrite of its own clip's caption
         captions = dict(zip(got["clip_id"].to_pylist(), got["caption"].to_pylist()))
