@@ -62,6 +62,7 @@ class InputConfig:
 class RayConfig:
     address: str | None = None  # a Ray cluster ("auto", "ray://host:10001"); None starts a local instance
     num_cpus: int | None = None  # CPUs of the local instance (default: all)
+    num_gpus: int | None = None  # GPUs of the local instance (default: those found); tests declare 1 on a CPU machine
     blocks_per_cpu: int = 4  # how finely work is spread: about this many blocks per CPU
 
 
@@ -240,5 +241,7 @@ def resolve_paths(cfg: JobConfig, base_dir: str) -> JobConfig:
             return fix(p) if p and os.path.isdir(os.path.join(base_dir, os.path.expanduser(p))) else p
 
         cap = dataclasses.replace(cfg.caption, model=fix_model(cfg.caption.model), clip_model=fix_model(cfg.caption.clip_model))
+        if cap.rewrite is not None:
+            cap = dataclasses.replace(cap, rewrite=dataclasses.replace(cap.rewrite, model=fix_model(cap.rewrite.model)))
         cfg = dataclasses.replace(cfg, caption=cap)
     return cfg

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 
 import pyarrow as pa
@@ -17,6 +18,8 @@ from curate.config import ConfigError, to_dict
 from curate.storage import Output
 from schemas import CLIPS, LATENT_FIELDS, SAMPLE_FILES, TEXT_EMBEDDING_FIELDS, ClipStatus, Reason, conform
 from stages.latents import PRETRAINED, EncodeLatents, LatentsConfig, WeightsError, check_buckets, geometry_of, resolve_vae, vae_config
+
+log = logging.getLogger("curate")
 
 CACHE = "work/latents.json"
 # What the stage decides for a clip: reused as a whole on a rerun.
@@ -64,7 +67,9 @@ def encode_clips(cfg: LatentsConfig, out: Output, clips: pa.Table, start_ray=lam
         if row["status"] != ClipStatus.KEPT:
             continue
         hit = cache.get(row["clip_id"])
-        if hit and hit["clip_bytes"] == row["clip_bytes"] and all(out.fs.exists(hit["row"][c]) for c in SAMPLE_FILES if hit["row"].get(c)):
+        # the caption too when its embedding is part of what was made (a new caption needs a new embedding)
+        same_text = cfg.text is None or hit is not None and hit.get("caption") == row["caption"]
+        if hit and hit["clip_bytes"] == row["clip_bytes"] and same_text and all(out.fs.exists(hit["row"][c]) for c in SAMPLE_FILES if hit["row"].get(c)):
             row.update(hit["row"])
         else:
             todo.append(i)
@@ -77,13 +82,15 @@ def encode_clips(cfg: LatentsConfig, out: Output, clips: pa.Table, start_ray=lam
         size = max(cfg.batch_size, math.ceil(kept.num_rows / max(1, 4 * max(gpus, 1))))
         parts = [kept.slice(i, size) for i in range(0, kept.num_rows, size)]
         ds = ray.data.from_arrow(parts).map_batches(
-            _EncodeActor, fn_constructor_args=(cfg, out.url), batch_format="pyarrow", batch_size=None, **extra
+            # a concrete batch_size: Ray rejects batch_size=None in a pool that asks for GPUs
+            _EncodeActor, fn_constructor_args=(cfg, out.url), batch_format="pyarrow", batch_size=size, **extra
         )
         done = [r for t in ray.get(list(ds.to_arrow_refs())) for r in conform(t, CLIPS).to_pylist()]
+        log.debug("latents: %d clips on %d actor(s)%s", len(done), max(gpus, 1), ", 1 GPU each" if gpus else "")
         by_id = {r["clip_id"]: r for r in done}
         for i in todo:
             rows[i] = by_id[rows[i]["clip_id"]]
-    entries = {r["clip_id"]: {"clip_bytes": r["clip_bytes"], "row": {c: r[c] for c in DECIDED}}
+    entries = {r["clip_id"]: {"clip_bytes": r["clip_bytes"], "caption": r["caption"], "row": {c: r[c] for c in DECIDED}}
                for r in rows if r["latent_uri"] or r["reason"] == Reason.NO_BUCKET}
     out.write_text(CACHE, json.dumps({"key": key, "entries": entries}, sort_keys=True))
     return pa.Table.from_pylist(rows, schema=CLIPS)

@@ -31,6 +31,7 @@ from curate.samples import generate_samples
 from curate.score import check_scorers, score_clips
 from curate.select import apply_select, split_where
 from curate.storage import Output
+from curate.tiny import use_tiny_models
 from schemas import CLIPS, SCENES, SHARDS, SOURCES, ClipStatus, SourceStatus, conform
 from stages.ingest import Ingest, fold_duplicates
 from stages.shards import WriteShards, assign_shards
@@ -87,7 +88,7 @@ def init_ray(cfg: JobConfig, address: str | None = None) -> None:
         ray.init(address=address, runtime_env={"py_modules": [curate, stages, schemas]}, log_to_driver=True)
     else:
         # "local": a new instance even when `ray start` left a cluster address on this machine.
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=True)
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus, include_dashboard=False, log_to_driver=True)
 
 
 class Runner:
@@ -148,6 +149,7 @@ def read_inputs(cfg: JobConfig, out: Output) -> tuple[pa.Table, list[str]]:
 
 
 def run_job(cfg: JobConfig, address: str | None = None) -> Summary:
+    cfg = use_tiny_models(cfg)  # `tiny` model names -> folders in the cache (made on first use)
     check_scorers(cfg)  # missing weights stop the job before any work
     if cfg.caption is not None:
         cfg.caption.check()
@@ -219,7 +221,7 @@ def _run(cfg: JobConfig, out: Output, runner: Runner) -> Summary:
     # ---- caption: kept clips through the VLM (CPU preparation and generation as two actor pools);
     #      conditions of the predicate on caption columns (caption_clip_score, ...) apply after it
     if cfg.caption is not None:
-        clips = caption_step(cfg.caption, runner, clips)
+        clips = caption_step(cfg.caption, runner, clips, out)  # captions made before are reused
         clips = apply_select(clips, after_caption)
         clock.lap("caption")
 

@@ -6,7 +6,8 @@
     OUT/shards/shard-NNNNNN.tar
     OUT/tables/{sources,scenes,clips,shards}.parquet
     OUT/summary.json
-    OUT/work/                what a rerun reuses: ingest rows, per-source split results, shard plans
+    OUT/work/                what a rerun reuses: ingest rows, per-source split results, scores, captions,
+                             latents, shard plans
     OUT/.curate.lock         held by the one run writing here
 """
 

@@ -7,15 +7,24 @@ same code path as a model from the hub (no hub is reachable here):
                tokenizer trained locally, its chat template and `Qwen2VLProcessor`
     DIR/clip   an open_clip CLIP (open_clip_config.json + open_clip_pytorch_model.bin)
     DIR/vae    a diffusers AutoencoderKLWan (save_pretrained)
+    DIR/t5     a transformers T5EncoderModel with a word-level tokenizer (latents.text)
+    DIR/lm     a text-only Qwen2 causal LM with the same tokenizer (caption.rewrite)
 
 Each maker is one entry of `MAKERS` (name -> function(folder, seed)); add one there (a tiny VAE, ...)
 and the command writes it too. Captions made with these are marked random in `clips.caption_model`.
+
+A job names them with the word `tiny` (`caption.model`, `caption.clip_model`, `caption.rewrite.model`,
+`latents.text.model`):
+`use_tiny_models` makes each on first use into the cache folder, `$CURATE_CACHE/tiny/` (default
+`~/.cache/curate/tiny/`), and later runs and tests load them from there (about 2 s to make all three).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 from collections.abc import Callable
 
 # Written next to the weights; stages.caption reads it to mark outputs made with random weights.
@@ -46,20 +55,11 @@ _CORPUS = (
 )
 
 
-def write_tiny_vlm(folder: str, seed: int = 0) -> str:
-    """A Qwen2-VL of about 1 M parameters (2 text layers, 1 vision block) with its tokenizer and processor."""
-    import torch
+def _tiny_tokenizer():
+    """A byte-level BPE tokenizer trained here on _CORPUS, with Qwen's special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (
-        PreTrainedTokenizerFast,
-        Qwen2VLConfig,
-        Qwen2VLForConditionalGeneration,
-        Qwen2VLImageProcessor,
-        Qwen2VLProcessor,
-        Qwen2VLVideoProcessor,
-    )
+    from transformers import PreTrainedTokenizerFast
 
-    os.makedirs(folder, exist_ok=True)
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -71,6 +71,22 @@ def write_tiny_vlm(folder: str, seed: int = 0) -> str:
         tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>", additional_special_tokens=SPECIAL[1:]
     )
     tok.padding_side = "left"
+    return tok
+
+
+def write_tiny_vlm(folder: str, seed: int = 0) -> str:
+    """A Qwen2-VL of about 1 M parameters (2 text layers, 1 vision block) with its tokenizer and processor."""
+    import torch
+    from transformers import (
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    os.makedirs(folder, exist_ok=True)
+    tok = _tiny_tokenizer()
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL}
     head_dim = 16  # hidden 64 / 4 heads; mrope sections sum to head_dim / 2
     cfg = Qwen2VLConfig(
@@ -120,6 +136,35 @@ TINY_CLIP = {
 }
 
 
+def write_tiny_lm(folder: str, seed: int = 0) -> str:
+    """A text-only Qwen2 causal LM (2 layers, width 64) with the same tokenizer and a chat template, for
+    `caption.rewrite.model`."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    os.makedirs(folder, exist_ok=True)
+    tok = _tiny_tokenizer()
+    tok.chat_template = CHAT_TEMPLATE
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL}
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=4096, bos_token_id=ids["<|im_start|>"],
+                      eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=True)  # fmt: skip
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(cfg).eval()
+    # Greedy decoding with random weights falls into a one-token loop: no token may repeat, special tokens
+    # are never written, and a third of the ordinary ones end a text (after at least 6), so a rewrite ends
+    # short (the checks themselves are tested on fakes).
+    model.generation_config.eos_token_id = [ids["<|im_end|>"], *(i for i in range(len(SPECIAL), len(tok)) if i % 3 == 0)]
+    model.generation_config.min_new_tokens = 6
+    model.generation_config.no_repeat_ngram_size = 1
+    model.generation_config.suppress_tokens = [i for t, i in ids.items() if t != "<|im_end|>"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    _mark(folder, "Qwen2ForCausalLM", seed)
+    return folder
+
+
 def write_tiny_clip(folder: str, seed: int = 0) -> str:
     """An open_clip CLIP in open_clip's local folder layout (`create_model_and_transforms("local-dir:" + folder)`)."""
     import open_clip
@@ -146,12 +191,68 @@ def write_tiny_vae(folder: str, seed: int = 0) -> str:
     return save_tiny_vae(folder, seed=seed)
 
 
+def write_tiny_t5(folder: str, seed: int = 0) -> str:
+    """A tiny random T5 encoder with a word-level tokenizer, loadable as `latents.text.model: FOLDER`."""
+    from stages.latents import save_tiny_text_encoder
+
+    return save_tiny_text_encoder(folder, "t5", seed=seed)
+
+
 # name -> maker(folder, seed)
 MAKERS: dict[str, Callable[[str, int], str]] = {
     "vlm": write_tiny_vlm,
     "clip": write_tiny_clip,
     "vae": write_tiny_vae,
+    "t5": write_tiny_t5,
+    "lm": write_tiny_lm,
 }
+
+TINY = "tiny"  # the job value that names a tiny model from the cache
+CACHE_ENV = "CURATE_CACHE"
+VERSION = 1  # bumped when a maker writes another model from the same seed (the cache folder changes with it)
+
+
+def cache_root() -> str:
+    return os.path.join(os.path.expanduser(os.environ.get(CACHE_ENV) or "~/.cache/curate"), "tiny")
+
+
+def tiny_model(name: str, seed: int = 0) -> str:
+    """The folder of tiny model `name` in the cache, made on first use (in a temporary folder, then
+    renamed, so a run never loads half a model and two runs making it at once both end with one)."""
+    folder = os.path.join(cache_root(), f"{name}-seed{seed}-v{VERSION}")
+    if os.path.isdir(folder):
+        return folder
+    tmp = f"{folder}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    MAKERS[name](tmp, seed)
+    try:
+        os.rename(tmp, folder)
+    except OSError:  # made meanwhile by another run
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not os.path.isdir(folder):
+            raise
+    return folder
+
+
+def use_tiny_models(cfg):
+    """The job with every `tiny` model name replaced by its cache folder (made on first use)."""
+    cap = cfg.caption
+    if cap is not None and TINY in (cap.model, cap.clip_model):
+        cap = dataclasses.replace(cap, model=tiny_model("vlm") if cap.model == TINY else cap.model,
+                                  clip_model=tiny_model("clip") if cap.clip_model == TINY else cap.clip_model)
+    if cap is not None and cap.rewrite is not None and cap.rewrite.model == TINY:
+        cap = dataclasses.replace(cap, rewrite=dataclasses.replace(cap.rewrite, model=tiny_model("lm")))
+    if cap is not cfg.caption:
+        cfg = dataclasses.replace(cfg, caption=cap)
+    lat = cfg.latents
+    if lat is not None and lat.text is not None and lat.text.model == TINY:
+        if lat.text.encoder != "t5":
+            from curate.config import ConfigError
+
+            raise ConfigError("latents.text.model: tiny is a T5 encoder; set latents.text.encoder: t5")
+        text = dataclasses.replace(lat.text, model=tiny_model("t5"))
+        cfg = dataclasses.replace(cfg, latents=dataclasses.replace(lat, text=text))
+    return cfg
 
 
 def make_tiny(root: str, seed: int = 0, only: list[str] | None = None) -> dict[str, str]:

@@ -71,6 +71,7 @@ class CaptionReason:
     REPETITIVE = "repetitive"  # an n-gram loop ("a cat a cat a cat ...")
     REFUSAL = "refusal"  # "I'm sorry, I can't ..."
     DECODE_ERROR = "decode_error"  # the clip's frames could not be read
+    INVALID_JSON = "invalid_json"  # caption.style structured: not one JSON object of the fixed shape
 
 
 _ATTRIBUTION = [
@@ -175,6 +176,13 @@ CAPTION_FIELDS = [
     pa.field("caption_tokens", pa.int32()),  # output tokens of the kept caption
     pa.field("caption_clip_score", pa.float64()),  # CLIP cosine similarity of caption and frames (mean over frames), -1..1
     pa.field("caption_clip_model", pa.string()),  # the CLIP that scored it; "(random weights)" appended when so
+    # caption.style structured: the model's JSON object (subjects, actions, setting, camera, lighting, style,
+    # on_screen_text), validated; `caption` is then the prose made from it
+    pa.field("caption_json", pa.string()),
+    # caption.rewrite: the VLM's caption before the rewrite (null without one); the LM whose rewrite is in
+    # `caption` (null when the rewrite failed its checks twice and `caption` is the VLM's)
+    pa.field("caption_raw", pa.string()),
+    pa.field("caption_rewrite_model", pa.string()),
 ]
 # VAE latents of a kept clip (stages/latents.py): the file, its shape, and how to use it.
 LATENT_FIELDS = [

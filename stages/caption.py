@@ -21,16 +21,18 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import pickle
 import re
+import string
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import numpy as np
 import pyarrow as pa
 
-from schemas import CAPTION_FIELDS, CaptionReason, CaptionStatus, ClipStatus
+from schemas import CAPTION_FIELDS, CLIPS, CaptionReason, CaptionStatus, ClipStatus
 from stages.columns import set_columns
 from stages.media import MediaError, local_copy, sample_evenly
 
@@ -57,7 +59,18 @@ PROMPTS = {
         "and how they change over time, the camera motion and framing, the lighting, and the setting. "
         "Do not speculate about anything that is not visible."
     ),
+    "structured": (
+        "Describe this video as one JSON object and nothing else, with exactly these keys: "
+        '"subjects" (a list of strings: who or what is seen, with their appearance), '
+        '"actions" (a list of strings: what happens, in order), "setting" (a string: where), '
+        '"camera" (a string: camera motion and framing), "lighting" (a string), '
+        '"style" (a string: live action, animation, screen recording, ...), '
+        '"on_screen_text" (a list of strings: text visible in the frames; empty when there is none). '
+        "Do not speculate about anything that is not visible."
+    ),
 }
+# caption.style structured: the fixed shape of the model's answer (key -> list of strings, or a string)
+STRUCTURED = {"subjects": list, "actions": list, "setting": str, "camera": str, "lighting": str, "style": str, "on_screen_text": list}
 
 _REFUSAL = re.compile(
     r"^\W*(i'?m sorry|i am sorry|sorry[,.!]|i apologi[sz]e|i can(not|'t|not)\b|i am (not able|unable)|i'?m (not able|unable)|"
@@ -71,6 +84,44 @@ class WeightsError(ValueError):
     """Weights that are not there; the message says what to download or set."""
 
 
+REWRITE_PROMPT = (
+    "Rewrite this video description as one caption for training a video generation model: one paragraph "
+    "of {min_words} to {max_words} words, present tense, only what is visible, no preamble.\n\n"
+    "Description: {caption}"
+)
+
+
+@dataclass(frozen=True)
+class RewriteConfig:
+    """caption.rewrite: a text-only causal LM that rewrites each caption into the trainer's style and length."""
+
+    model: str  # hub id (in the HF cache), a local folder (save_pretrained layout), or `tiny` (curate's cache)
+    revision: str | None = None  # hub revision (default main)
+    weights: Literal["pretrained", "random"] = "pretrained"
+    prompt: str = REWRITE_PROMPT  # with {caption}, and {min_words} / {max_words} if wanted
+    min_words: int = 8  # the length band a rewrite must fall in (else it is retried once, then the VLM's caption stays)
+    max_words: int = 80
+    max_new_tokens: int = 160
+    batch_size: int = 16  # captions per generate() call
+
+    def __post_init__(self):
+        if not 1 <= self.min_words <= self.max_words:
+            raise ValueError(f"rewrite needs 1 <= min_words <= max_words, got {self.min_words}, {self.max_words}")
+        if "{caption}" not in self.prompt:
+            raise ValueError("rewrite.prompt must contain {caption}")
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError("rewrite.max_new_tokens and rewrite.batch_size must be >= 1")
+
+    def check(self) -> None:
+        if os.path.isdir(self.model):
+            return
+        if self.model.startswith((".", "/", "~")) or self.model.count("/") != 1:
+            raise WeightsError(f"caption.rewrite.model: no such folder: {self.model}")
+        if _hub_cached(self.model, self.revision or "main") is None:
+            raise WeightsError(f"caption.rewrite.model {self.model} is not in the Hugging Face cache: run `huggingface-cli download "
+                               f"{self.model}` on a machine that reaches the hub, or set caption.rewrite.model=PATH")
+
+
 class CaptionError(Exception):
     """A clip whose frames cannot be read."""
 
@@ -81,8 +132,8 @@ class CaptionConfig:
     revision: str | None = None  # hub revision; default PINNED["vlm"][model]
     weights: Literal["pretrained", "random"] = "pretrained"  # random: the model's architecture with random weights (marked)
     backend: Literal["transformers", "vllm"] = "transformers"  # vllm only when it is installed
-    style: Literal["short", "detailed"] = "short"  # which of PROMPTS
-    prompt: str | None = None  # your own prompt instead of the style's (caption_style becomes "custom")
+    style: Literal["short", "detailed", "structured"] = "short"  # which of PROMPTS; structured: JSON -> caption_json
+    prompt: str | None = None  # your own prompt instead of the style's (caption_style "custom"); {column} fills in a clips column
     frames: int = 8  # frames per clip, evenly spaced over the clip
     frame_size: int = 448  # the longer side of each frame, in pixels, before the processor
     max_new_tokens: int = 128  # output token limit
@@ -100,6 +151,7 @@ class CaptionConfig:
     prep_actors: int = 1  # CPU preparation actors (decode + processor)
     clip_model: str | None = None  # CLIP for caption_clip_score: an open_clip folder, or an open_clip name with clip_weights
     clip_weights: str | None = None  # with an open_clip name: a weights file, the pretrained tag, or `random`
+    rewrite: RewriteConfig | None = None  # a text-only LM rewriting each caption (the VLM's kept in caption_raw)
 
     def __post_init__(self):
         for name in ("frames", "frame_size", "max_new_tokens", "batch_size", "actors", "prep_actors", "repeat_ngram"):
@@ -111,6 +163,9 @@ class CaptionConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.num_gpus < 0:
             raise ValueError(f"num_gpus must be >= 0, got {self.num_gpus}")
+        unknown = sorted(set(prompt_columns(self.text)) - set(CLIPS.names))
+        if unknown:
+            raise ValueError(f"prompt names {{{unknown[0]}}}, which is not a clips column (known: motion_score, watermark_score, ...)")
 
     @property
     def style_name(self) -> str:
@@ -137,12 +192,32 @@ class CaptionConfig:
                     f"{self.model} --revision {rev}` on a machine that reaches the hub (or copy the folder here and "
                     f"set caption.model=PATH); `curate models make-tiny DIR` writes a tiny random one for trials"
                 )
+        if self.rewrite is not None:
+            self.rewrite.check()
         if self.clip_model and not os.path.isdir(self.clip_model):
             if self.clip_weights is None:
                 raise WeightsError(
                     f"caption.clip_model {self.clip_model} is not a folder: set caption.clip_weights to a weights "
                     f"file, an open_clip pretrained tag ({PINNED['clip'].get(self.clip_model, 'openai')}) or `random`"
                 )
+
+
+def prompt_columns(prompt: str) -> list[str]:
+    """The clips columns a prompt names in braces ("... the camera {motion_method} ..." -> ["motion_method"])."""
+    return [name for _, name, _, _ in string.Formatter().parse(prompt) if name]
+
+
+class _Fill(string.Formatter):
+    def format_field(self, value, spec):
+        return "unknown" if value is None else super().format_field(value, spec)
+
+
+def fill_prompt(prompt: str, row: dict) -> str:
+    """The prompt with each {column} (format spec allowed: {aesthetic_score:.1f}) replaced by the clip's value;
+    a null value reads "unknown". A prompt without braces is returned as it is."""
+    if not prompt_columns(prompt):
+        return prompt
+    return _Fill().vformat(prompt, (), {name: row.get(name) for name in prompt_columns(prompt)})
 
 
 def _hub_cached(repo: str, revision: str) -> str | None:
@@ -156,6 +231,27 @@ def _hub_cached(repo: str, revision: str) -> str | None:
 
 def is_random(folder: str) -> bool:
     return os.path.isfile(os.path.join(folder, TINY_MARKER))
+
+
+def weights_revision(model: str, revision: str | None = None) -> str | None:
+    """What names the weights exactly: a hub model's cached commit, or `sha256:` of a local folder's (or
+    file's) weight, config and tokenizer files; None for a name that is neither (an open_clip architecture)."""
+    if os.path.isdir(model) or os.path.isfile(model):
+        h = hashlib.sha256()
+        files = [model] if os.path.isfile(model) else [
+            os.path.join(model, n) for n in sorted(os.listdir(model))
+            if n.endswith((".safetensors", ".bin", ".pt", ".pth", ".json", ".txt", ".model", ".jinja"))]
+        for path in files:
+            h.update(os.path.basename(path).encode())
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        return "sha256:" + h.hexdigest()[:16]
+    if model.count("/") == 1:
+        path = _hub_cached(model, revision or PINNED["vlm"].get(model, "main"))
+        if path:  # .../snapshots/<commit>/config.json
+            return os.path.basename(os.path.dirname(path))
+    return None
 
 
 # ------------------------------------------------------------------------------------------- decoding settings
@@ -207,6 +303,46 @@ def check_caption(g: Generated, max_new_tokens: int, repeat_ngram: int = 4) -> s
     if not g.finished and g.n_tokens >= max_new_tokens:
         return CaptionReason.TRUNCATED
     return None
+
+
+def parse_structured(text: str) -> dict | None:
+    """The answer's JSON object in the fixed shape (STRUCTURED; a string where a list is due becomes a
+    one-item list, null an empty value), or None when it is not one JSON object with exactly those keys
+    or names neither a subject nor an action."""
+    body = re.sub(r"^\s*```(?:json)?\s*|\s*```\s*$", "", text.strip())  # a fenced code block is still the answer
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict) or set(obj) != set(STRUCTURED):
+        return None
+    out = {}
+    for key, kind in STRUCTURED.items():
+        v = obj[key]
+        if v is None:
+            v = kind()
+        if kind is list and isinstance(v, str):
+            v = [v] if v.strip() else []
+        if kind is list and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+            return None
+        if kind is str and not isinstance(v, str):
+            return None
+        out[key] = [x.strip() for x in v if x.strip()] if kind is list else v.strip()
+    return out if out["subjects"] or out["actions"] else None
+
+
+def structured_prose(d: dict) -> str:
+    """The prose caption of a structured answer: what and who, what happens, then the labelled details."""
+    lead = "; ".join(d["subjects"])
+    if d["actions"]:
+        lead = f"{lead}: {'; '.join(d['actions'])}" if lead else "; ".join(d["actions"])
+    parts = [lead.rstrip(".") + "."]
+    for key, label in (("setting", "Setting"), ("camera", "Camera"), ("lighting", "Lighting"), ("style", "Style")):
+        if d[key]:
+            parts.append(f"{label}: {d[key].rstrip('.')}.")
+    if d["on_screen_text"]:
+        parts.append("On-screen text: " + ", ".join(f'"{t}"' for t in d["on_screen_text"]) + ".")
+    return " ".join(parts)
 
 
 def is_repetitive(text: str, max_n: int = 4, repeats: int = 3) -> bool:
@@ -315,7 +451,8 @@ class TransformersVLM:
                  "float16": torch.float16, "float32": torch.float32}[self.cfg.dtype]
         if self.cfg.weights == RANDOM:
             config = AutoConfig.from_pretrained(self.source, revision=self.revision)
-            model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
+            with torch.device(self.device):  # initialised where it runs: a 3B model in seconds on a GPU
+                model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
         else:
             model = AutoModelForImageTextToText.from_pretrained(self.source, revision=self.revision, dtype=dtype)
         self.model = model.to(self.device).eval()
@@ -345,14 +482,8 @@ class TransformersVLM:
             key = "pixel_values_videos" if "pixel_values_videos" in inputs else "pixel_values"
             inputs[key] = inputs[key].to(model.dtype)
         torch.manual_seed(decoding.seed)
-        kwargs = dict(max_new_tokens=decoding.max_new_tokens, do_sample=decoding.do_sample,
-                      repetition_penalty=decoding.repetition_penalty, pad_token_id=self.pad_id)
-        if decoding.do_sample:
-            kwargs.update(temperature=decoding.temperature, top_p=decoding.top_p, top_k=0)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
         with torch.inference_mode():
-            out = model.generate(**inputs, **kwargs)
+            out = model.generate(**inputs, **_generate_kwargs(decoding, self.pad_id))
         new = out[:, inputs["input_ids"].shape[1] :].cpu().tolist()
         return [self._result(ids) for ids in new]
 
@@ -395,6 +526,76 @@ class VllmVLM:
         reqs = [{"prompt": it["prompt"], "multi_modal_data": {"video": it["video"]}} for it in items]
         outs = self.llm.generate(reqs, params, use_tqdm=False)
         return [Generated(o.outputs[0].text.strip(), len(o.outputs[0].token_ids), o.outputs[0].finish_reason == "stop") for o in outs]
+
+
+def _generate_kwargs(decoding: Decoding, pad_id: int) -> dict:
+    kwargs = dict(max_new_tokens=decoding.max_new_tokens, do_sample=decoding.do_sample,
+                  repetition_penalty=decoding.repetition_penalty, pad_token_id=pad_id)  # fmt: skip
+    if decoding.do_sample:
+        kwargs.update(temperature=decoding.temperature, top_p=decoding.top_p, top_k=0)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    return kwargs
+
+
+class Rewriter(Protocol):
+    """What the rewrite pass needs of a text model: prompts in, one result each, same order."""
+
+    name: str
+
+    def generate(self, prompts: list[str], decoding: Decoding) -> list[Generated]: ...
+
+
+class TransformersLM:
+    """A transformers causal LM (AutoTokenizer + AutoModelForCausalLM), with its chat template when it has one."""
+
+    def __init__(self, cfg: RewriteConfig, device: str = "auto", dtype: str = "auto"):
+        from transformers import AutoTokenizer
+
+        self.cfg, self.want_device, self.want_dtype = cfg, device, dtype
+        self.revision = None if os.path.isdir(cfg.model) else (cfg.revision or "main")
+        self.tok = AutoTokenizer.from_pretrained(cfg.model, revision=self.revision)
+        self.tok.padding_side = "left"
+        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
+        random = cfg.weights == RANDOM or (os.path.isdir(cfg.model) and is_random(cfg.model))
+        self.name = cfg.model + (" (random weights)" if random else "")
+        self.model = None
+
+    def load(self):
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        if self.model is None:
+            cuda = self.want_device == "cuda" or (self.want_device == "auto" and torch.cuda.is_available())
+            self.device = "cuda" if cuda else "cpu"
+            dtype = {"auto": torch.bfloat16 if cuda else torch.float32, "bfloat16": torch.bfloat16,
+                     "float16": torch.float16, "float32": torch.float32}[self.want_dtype]  # fmt: skip
+            if self.cfg.weights == RANDOM:
+                with torch.device(self.device):
+                    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(self.cfg.model, revision=self.revision), dtype=dtype)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(self.cfg.model, revision=self.revision, dtype=dtype)
+            self.model = model.to(self.device).eval()
+            self.eos = _eos_ids(self.model, self.tok)
+        return self.model
+
+    def generate(self, prompts: list[str], decoding: Decoding) -> list[Generated]:
+        import torch
+
+        model = self.load()
+        if self.tok.chat_template:
+            prompts = [self.tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+                       for p in prompts]  # fmt: skip
+        enc = self.tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        torch.manual_seed(decoding.seed)
+        with torch.inference_mode():
+            out = model.generate(**enc, **_generate_kwargs(decoding, self.pad_id))
+        results = []
+        for ids in out[:, enc["input_ids"].shape[1] :].cpu().tolist():
+            end = next((i for i, t in enumerate(ids) if t in self.eos), None)
+            kept = ids if end is None else ids[:end]
+            results.append(Generated(self.tok.decode(kept, skip_special_tokens=True).strip(), len(kept), end is not None))
+        return results
 
 
 def _source(cfg: CaptionConfig) -> tuple[str, str | None]:
@@ -460,6 +661,8 @@ class ClipAlignment:
 # ------------------------------------------------------------------------------------------- the stage
 
 PREPARED = "_caption_inputs"  # the column PrepareCaptions adds and GenerateCaptions consumes (pickled)
+# A kept row whose caption is known (reused): true asks only for its CLIP alignment (frames, no generation).
+RESCORE = "_caption_rescore"
 
 
 def _captionable(row: dict) -> bool:
@@ -483,7 +686,10 @@ class PrepareCaptions:
                 n = (row.get("end_frame") or 0) - (row.get("start_frame") or 0)
                 with local_copy(row["clip_uri"]) as path:  # a temporary download for s3:// and the like
                     frames = sample_frames(path, self.cfg.frames, self.cfg.frame_size, n if n > 0 else None)
-                item = {"frames": frames, "inputs": self.model.prepare(frames, self.cfg.text)}
+                if row.get(RESCORE):
+                    item = {"frames": frames, "known": True}
+                else:
+                    item = {"frames": frames, "inputs": self.model.prepare(frames, fill_prompt(self.cfg.text, row))}
             except (OSError, CaptionError, MediaError) as e:
                 item = {"error": f"cannot read {row['clip_uri']}: {e}"}
             blobs.append(pickle.dumps(item, protocol=5))
@@ -495,27 +701,37 @@ class GenerateCaptions:
 
     Items are sorted by prompt length and generated `batch_size` at a time; each result goes back to
     the row whose index it carries. A caption failing a check is generated once more with
-    `retry_decoding`; if that fails too, caption is null and caption_status `failed`."""
+    `retry_decoding`; if that fails too, caption is null and caption_status `failed`. A row marked
+    `_caption_rescore` keeps its caption and gets only a new CLIP alignment."""
 
-    def __init__(self, cfg: CaptionConfig, model: VLM | None = None, clip: ClipAlignment | None = None):
+    def __init__(self, cfg: CaptionConfig, model: VLM | None = None, clip: ClipAlignment | None = None,
+                 rewriter: Rewriter | None = None):  # fmt: skip
         self.cfg = cfg
         self.model = model if model is not None else load_vlm(cfg)
         self.clip = clip if clip is not None else (ClipAlignment(cfg) if cfg.clip_model else None)
+        self.structured = cfg.style == "structured"
+        if rewriter is None and cfg.rewrite is not None:
+            rewriter = TransformersLM(cfg.rewrite, cfg.device, cfg.dtype)
+        self.rewriter = rewriter
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         blobs = batch[PREPARED].to_pylist() if PREPARED in batch.column_names else [None] * batch.num_rows
         items = {i: pickle.loads(b) for i, b in enumerate(blobs) if b is not None}
         out: list[dict] = [{} for _ in range(batch.num_rows)]
         base = {"caption_model": self.model.name, "caption_style": self.cfg.style_name}
-        todo = []
+        todo, known = [], []
         for i, item in items.items():
             if "error" in item:
                 out[i] = {**base, "caption_status": CaptionStatus.FAILED, "caption_reason": CaptionReason.DECODE_ERROR}
+            elif item.get("known"):
+                known.append(i)
+                kept = ["caption", *(f.name for f in CAPTION_FIELDS if not f.name.startswith("caption_clip_"))]
+                out[i] = {k: batch[k][i].as_py() if k in batch.column_names else None for k in kept}
             else:
                 todo.append(i)
         decoding = Decoding.of(self.cfg)
         first = self._generate({i: items[i]["inputs"] for i in todo}, decoding)
-        reason1 = {i: check_caption(g, decoding.max_new_tokens, self.cfg.repeat_ngram) for i, g in first.items()}
+        reason1 = {i: self._check(g, decoding.max_new_tokens) for i, g in first.items()}
         second: dict[int, Generated] = {}
         reason2: dict[int, str | None] = {}
         if self.cfg.retry:
@@ -526,32 +742,84 @@ class GenerateCaptions:
             for reason, idx in sorted(by_reason.items()):  # one retry batch per reason: its own settings
                 d2 = retry_decoding(decoding, reason)
                 for i, g in self._generate({i: items[i]["inputs"] for i in idx}, d2).items():
-                    second[i], reason2[i] = g, check_caption(g, d2.max_new_tokens, self.cfg.repeat_ngram)
+                    second[i], reason2[i] = g, self._check(g, d2.max_new_tokens)
         for i in todo:
             retried = i in second
             g = second[i] if retried else first[i]
             failed = (reason2[i] if retried else reason1[i]) is not None
+            answer = parse_structured(g.text) if self.structured and not failed else None
             out[i] = {
                 **base,
-                "caption": None if failed else g.text,
+                "caption": None if failed else structured_prose(answer) if answer else g.text,
+                "caption_json": json.dumps(answer, ensure_ascii=False) if answer else None,
                 "caption_status": CaptionStatus.FAILED if failed else CaptionStatus.OK,
                 # failed: why the last attempt failed; ok after a retry: why the first one was retried
                 "caption_reason": (reason2[i] if failed else reason1[i]) if retried else reason1[i],
                 "caption_attempts": 2 if retried else 1,
                 "caption_tokens": g.n_tokens,
             }
-        ok = [i for i in todo if out[i]["caption"] is not None]
+        if self.rewriter is not None:  # the VLM's caption -> caption_raw, the rewrite (when it passes) -> caption
+            new = [i for i in todo if out[i]["caption"] is not None]
+            rewritten = self._rewrite({i: out[i]["caption"] for i in new})
+            for i in new:
+                out[i]["caption_raw"] = out[i]["caption"]
+                if rewritten[i] is not None:
+                    out[i].update(caption=rewritten[i], caption_rewrite_model=self.rewriter.name)
+        ok = sorted(i for i in todo + known if out[i].get("caption") is not None)
         if self.clip is not None and ok:
             scores = self.clip([items[i]["frames"] for i in ok], [out[i]["caption"] for i in ok])
             for i, s in zip(ok, scores):
                 out[i].update(caption_clip_score=s, caption_clip_model=self.clip.name)
-        if PREPARED in batch.column_names:
-            batch = batch.drop_columns([PREPARED])
+        batch = batch.drop_columns([c for c in (PREPARED, RESCORE) if c in batch.column_names])
         # rows not captioned here keep what they had (caption included)
         keep = {f.name: batch[f.name].to_pylist() if f.name in batch.column_names else [None] * batch.num_rows
                 for f in [pa.field("caption", pa.string()), *CAPTION_FIELDS]}
         rows = [o if i in items else {k: v[i] for k, v in keep.items()} for i, o in enumerate(out)]
         return set_columns(batch, [pa.field("caption", pa.string()), *CAPTION_FIELDS], rows)
+
+    def _check(self, g: Generated, max_new_tokens: int) -> str | None:
+        """check_caption; with style structured the answer must first be the fixed JSON shape, and the
+        other checks look at the prose made from it (a cut-off answer is `truncated`, not invalid)."""
+        if not self.structured:
+            return check_caption(g, max_new_tokens, self.cfg.repeat_ngram)
+        if not g.finished and g.n_tokens >= max_new_tokens:
+            return CaptionReason.TRUNCATED
+        answer = parse_structured(g.text)
+        if answer is None:
+            return CaptionReason.INVALID_JSON
+        return check_caption(dataclasses.replace(g, text=structured_prose(answer)), max_new_tokens, self.cfg.repeat_ngram)
+
+    def _rewrite(self, captions: dict[int, str]) -> dict[int, str | None]:
+        """Row index -> its rewritten caption, or None when the rewrite failed its checks (or its length band)
+        twice. Sorted by length and batched like generation; every result goes back by index."""
+        rc = self.cfg.rewrite
+        prompts = {i: rc.prompt.format(caption=c, min_words=rc.min_words, max_words=rc.max_words) for i, c in captions.items()}
+        decoding = Decoding(rc.max_new_tokens, seed=self.cfg.seed)
+
+        def run(idx: list[int], d: Decoding) -> dict[int, tuple[Generated, str | None]]:
+            order = sorted(idx, key=lambda i: (-len(prompts[i]), i))
+            got: dict[int, tuple[Generated, str | None]] = {}
+            for s in range(0, len(order), rc.batch_size):
+                part = order[s : s + rc.batch_size]
+                res = self.rewriter.generate([prompts[i] for i in part], d)
+                if len(res) != len(part):
+                    raise RuntimeError(f"{self.rewriter.name} returned {len(res)} rewrites for {len(part)} captions")
+                for i, g in zip(part, res):
+                    reason = check_caption(g, d.max_new_tokens, self.cfg.repeat_ngram)
+                    words = len(g.text.split())
+                    got[i] = (g, reason or (None if rc.min_words <= words <= rc.max_words else "length"))
+            return got
+
+        first = run(list(prompts), decoding)
+        out = {i: g.text if reason is None else None for i, (g, reason) in first.items()}
+        failed: dict[str, list[int]] = {}
+        for i, (_, reason) in first.items():
+            if reason is not None:
+                failed.setdefault(reason, []).append(i)
+        for reason, idx in sorted(failed.items()) if self.cfg.retry else ():  # one retry, settings adjusted to the reason
+            for i, (g, again) in run(idx, retry_decoding(decoding, reason)).items():
+                out[i] = g.text if again is None else None
+        return out
 
     def _generate(self, inputs: dict[int, dict], decoding: Decoding) -> dict[int, Generated]:
         """Row index -> its result. Sorted by prompt length (longest first), `batch_size` per call."""
@@ -574,10 +842,11 @@ def _length(inputs: dict) -> int:
 class Caption:
     """Both steps in one call (no Ray): CLIPS rows -> the same rows with captions."""
 
-    def __init__(self, cfg: CaptionConfig, model: VLM | None = None, clip: ClipAlignment | None = None):
+    def __init__(self, cfg: CaptionConfig, model: VLM | None = None, clip: ClipAlignment | None = None,
+                 rewriter: Rewriter | None = None):  # fmt: skip
         self.model = model if model is not None else load_vlm(cfg)
         self.prepare = PrepareCaptions(cfg, self.model)
-        self.generate = GenerateCaptions(cfg, self.model, clip)
+        self.generate = GenerateCaptions(cfg, self.model, clip, rewriter)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.generate(self.prepare(batch))

@@ -96,11 +96,12 @@ def copy_video(name: str, dest: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory) -> dict[str, str]:
-    """`curate models make-tiny`: a tiny random Qwen2-VL (vlm) and open_clip CLIP (clip), once per session."""
-    from curate.tiny import make_tiny
+def tiny_models() -> dict[str, str]:
+    """The tiny random Qwen2-VL (vlm), open_clip CLIP (clip), T5 (t5) and Qwen2 LM (lm) a job names `tiny`: from the cache
+    folder (`$CURATE_CACHE/tiny`), made there on first use and shared with the demo and later sessions."""
+    from curate.tiny import tiny_model
 
-    return make_tiny(str(tmp_path_factory.mktemp("tiny-models")))
+    return {name: tiny_model(name) for name in ("vlm", "clip", "t5", "lm")}
 
 
 @contextlib.contextmanager

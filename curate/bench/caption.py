@@ -67,6 +67,7 @@ def write_model(folder: str, size: str) -> None:
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=t["tie"],
     )  # fmt: skip
+    cfg.architectures = ["Qwen2_5_VLForConditionalGeneration"]  # what vLLM picks its model class by
     cfg.save_pretrained(folder)
     Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(), video_processor=Qwen2VLVideoProcessor(), tokenizer=tok,
                      chat_template=CHAT_TEMPLATE).save_pretrained(folder)  # fmt: skip

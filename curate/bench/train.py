@@ -22,6 +22,12 @@ import time
 
 
 def main(argv: list[str] | None = None) -> int:
+    print(json.dumps(measure(argv), indent=1))
+    return 0
+
+
+def measure(argv: list[str] | None = None) -> dict:
+    """The figures `main` prints, as a dict (curate.bench.gpu calls this)."""
     import torch
 
     from curate.bench.caption import matmul_rate
@@ -40,9 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast on the GPU")
     p.add_argument("--peak-tflops", type=float, help="the device's peak for MFU (default: known GPUs' dense bf16 peak)")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even when there is a GPU")
     args = p.parse_args(argv)
 
-    cuda = torch.cuda.is_available()
+    cuda = torch.cuda.is_available() and not args.cpu
     device = torch.device("cuda" if cuda else "cpu")
     c, t, h, w = map(int, (args.latent or ("16x9x60x104" if cuda else "4x3x8x8")).split("x"))
     length, text_dim = map(int, (args.text or ("512x4096" if cuda else "16x32")).split("x"))
@@ -88,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     floor = matmul_rate(torch, device.type, torch.bfloat16 if bf16 else torch.float32, n=8192 if cuda else 1024)
     peak = peak_flops(device, args.peak_tflops)
     achieved = flops / seconds
-    print(json.dumps({
+    return {
         "device": torch.cuda.get_device_name() if cuda else "cpu", "size": args.size, "params_m": round(count_params(model) / 1e6, 2),
         "attention": args.attention, "latent": [c, t, h, w], "batch": batch, "tokens_per_sample": tokens // batch,
         "text": [length, text_dim], "dtype": "bf16 autocast" if bf16 else "float32", "compile": args.compile,
@@ -97,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         "peak_tflops": peak / 1e12 if peak else None, "matmul_floor_tflops": round(floor / 1e12, 3),
         "ratio_of_matmul_floor": round(achieved / floor, 3),
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
-    }, indent=1))
-    return 0
+    }
 
 
 if __name__ == "__main__":

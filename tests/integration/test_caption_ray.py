@@ -3,34 +3,75 @@ real clips from ../shared/data with the tiny models `curate models make-tiny` wr
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import random
 
 import pytest
 import webdataset as wds
 
-from curate.captioning import caption_rows
+from curate.captioning import caption_rows, caption_step
 from curate.catalog import query
 from curate.cli import main
-from stages.caption import CaptionConfig
+from curate.storage import Output
+from stages.caption import CaptionConfig, RewriteConfig
 from tests.conftest import ROOT, copy_video
-from tests.fakes import fingerprint_vlm
+from tests.fakes import counting_vlm, echo_rewriter, fingerprint_vlm, generated, structured_answer
 from tests.unit.test_caption import expected_fingerprints, real_rows, table
 
 pytestmark = pytest.mark.ray
 
 
-def test_ordering_proof_through_ray(ray_session, videos):
-    cfg = CaptionConfig(frames=3, frame_size=64, batch_size=2, max_new_tokens=600)
+@pytest.mark.parametrize("style", ["short", "short-two-pools", "structured", "rewrite"])
+def test_ordering_proof_through_ray(ray_session, videos, style):
+    """Through the one pool a cluster without GPUs runs, and the two (prepare, generate) a GPU cluster runs."""
+    two_pools = style == "short-two-pools"
+    style = "short" if two_pools else style
+    rewrite = RewriteConfig(model="fake", max_new_tokens=600, batch_size=2, min_words=1) if style == "rewrite" else None
+    cfg = CaptionConfig(frames=3, frame_size=64, batch_size=2, max_new_tokens=600, rewrite=rewrite,
+                        style="short" if style == "rewrite" else style)  # fmt: skip
     rows = real_rows(videos)
     random.Random(3).shuffle(rows)
     want = expected_fingerprints(rows, cfg)
-    got = caption_rows(cfg, table(rows), make_model=fingerprint_vlm, block_rows=3)
+    got = caption_rows(cfg, table(rows), make_model=fingerprint_vlm, block_rows=3, make_rewriter=echo_rewriter if rewrite else None,
+                       two_pools=two_pools)
     assert sorted(got["clip_id"].to_pylist()) == sorted(want)
-    captions = dict(zip(got["clip_id"].to_pylist(), got["caption"].to_pylist()))
-    assert captions == {cid: f"frames {fp} seen by the model." for cid, fp in want.items()}
+    if style == "rewrite":  # the rewriter's actor-side batches too: each rewrite of its own clip's caption
+        captions = dict(zip(got["clip_id"].to_pylist(), got["caption"].to_pylist()))
+        assert captions == {cid: f"Rewritten: frames {fp} seen by the model." for cid, fp in want.items()}
+        raw = dict(zip(got["clip_id"].to_pylist(), got["caption_raw"].to_pylist()))
+        assert raw == {cid: f"frames {fp} seen by the model." for cid, fp in want.items()}
+    elif style == "structured":
+        answers = {c: json.loads(j) for c, j in zip(got["clip_id"].to_pylist(), got["caption_json"].to_pylist())}
+        assert answers == {cid: structured_answer(fp) for cid, fp in want.items()}
+    else:
+        captions = dict(zip(got["clip_id"].to_pylist(), got["caption"].to_pylist()))
+        assert captions == {cid: f"frames {fp} seen by the model." for cid, fp in want.items()}
     attempts = dict(zip(got["clip_id"].to_pylist(), got["caption_attempts"].to_pylist()))
     assert {attempts[c] for c in want} == {1, 2}  # the retry path went through the actors too
+
+
+class _RayUp:
+    """caption_step's runner: Ray is already up (ray_session)."""
+
+    def start(self):
+        pass
+
+
+def test_caption_step_commits_and_reuses_captions_through_ray(ray_session, videos, tiny_models, tmp_path):
+    out, log = Output(str(tmp_path / "out")), tmp_path / "generate.log"
+    make = functools.partial(counting_vlm, str(log))  # generate() calls counted across the actors
+    cfg = CaptionConfig(model=tiny_models["vlm"], frames=2, frame_size=64, max_new_tokens=1000, batch_size=2)
+    clips = table(real_rows(videos)[:5])
+    first = caption_step(cfg, _RayUp(), clips, out, make_model=make)
+    assert generated(log) == 5 and all(first["caption"].to_pylist())
+    assert list((tmp_path / "out" / "work" / "captions").glob("part-*.parquet"))  # committed as they came
+    again = caption_step(cfg, _RayUp(), clips, out, make_model=make)
+    assert generated(log) == 5  # a rerun generates nothing
+    assert again["caption"].to_pylist() == first["caption"].to_pylist()
+    caption_step(dataclasses.replace(cfg, prompt="What happens in this video?"), _RayUp(), clips, out, make_model=make)
+    assert generated(log) == 10  # a prompt change recaptions
 
 
 def test_curate_run_captions_real_clips_with_tiny_models(ray_session, tiny_models, tmp_path):

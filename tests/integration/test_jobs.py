@@ -40,10 +40,13 @@ def test_demo_job_writes_tables_clips_and_shards(demo_out, capsys):
         samples = list(wds.WebDataset(str(demo_out / shard["shard"]), shardshuffle=False))
         assert len(samples) == shard["n_samples"]
         for s in samples:
-            assert {"__key__", "mp4", "json"} <= set(s)
+            assert {"__key__", "mp4", "json", "txt"} <= set(s)
             meta = json.loads(s["json"])
             assert meta["clip_id"] == s["__key__"] and meta["license"] == "CC0-1.0"
             assert meta["text_area"] >= 0 and 0 <= meta["nsfw_score"] < 0.5 and isinstance(meta["nsfw_labels"], list)
+            # the demo captions every kept clip (tiny random VLM and CLIP, marked so)
+            assert s["txt"].decode() == meta["caption"] and meta["caption_status"] == "ok"
+            assert meta["caption_model"].endswith("(random weights)") and -1 <= meta["caption_clip_score"] <= 1
             assert s["mp4"][4:8] == b"ftyp"
             seen.append(s["__key__"])
     kept = [r["clip_id"] for r in q(demo_out, "select clip_id from clips where status = 'kept' order by 1")]
@@ -56,10 +59,16 @@ def test_demo_job_writes_tables_clips_and_shards(demo_out, capsys):
     assert summary["hours_out"] > 0
 
 
-def test_rerun_gives_the_same_tables_and_shards(demo_out, ray_session):
+def test_rerun_gives_the_same_tables_and_shards(demo_out, ray_session, monkeypatch):
+    import curate.captioning
+
     before = {t: q(demo_out, f"select * from {t} order by all") for t in ("sources", "scenes", "clips", "shards")}
     clip_times = {p.name: p.stat().st_mtime_ns for p in (demo_out / "clips").iterdir()}
+    sent = []  # clips handed to the VLM's actor pools (the only way to a generate() call)
+    real = curate.captioning.caption_rows
+    monkeypatch.setattr(curate.captioning, "caption_rows", lambda cfg, rows, **kw: sent.append(rows.num_rows) or real(cfg, rows, **kw))
     assert main(["run", str(ROOT / "jobs" / "demo.yaml"), "--set", f"output={demo_out}", *FAST]) == 0
+    assert sent == []  # the finished demo run again generates no caption
     after = {t: q(demo_out, f"select * from {t} order by all") for t in before}
     assert after == before  # same ids, same rows, same shard sha256
     # clips already written are not written again

@@ -4,6 +4,7 @@ fingerprinting fake model, and a tiny real-class VLM (transformers Qwen2-VL) cap
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 
 import numpy as np
@@ -16,15 +17,18 @@ from stages.caption import (
     CaptionConfig,
     Decoding,
     Generated,
+    RewriteConfig,
     WeightsError,
     check_caption,
     fingerprint,
     is_repetitive,
+    parse_structured,
     retry_decoding,
     sample_frames,
+    structured_prose,
 )
 from tests.conftest import VIDEOS
-from tests.fakes import FingerprintVLM
+from tests.fakes import EchoRewriter, FingerprintVLM, structured_answer
 
 # (clip file under ../shared/data/videos, end_frame): the same file with another frame count samples other frames
 REAL = [("bikes.mp4", 250), ("bikes.mp4", 40), ("counter.mp4", 30), ("counter.mp4", 12), ("vtest.avi", 60),
@@ -162,15 +166,20 @@ def expected_fingerprints(rows: list[dict], cfg: CaptionConfig) -> dict[str, str
     return {r["clip_id"]: fingerprint(sample_frames(r["clip_uri"], cfg.frames, cfg.frame_size, r["end_frame"])) for r in rows}
 
 
-def test_ordering_proof_shuffled_uneven_batches(videos):
-    """Every caption lands on the clip it describes, through shuffling, uneven batches, length sorting and retries."""
-    cfg = CaptionConfig(frames=3, frame_size=64, batch_size=3, max_new_tokens=600)
+@pytest.mark.parametrize("style", ["short", "structured", "rewrite"])
+def test_ordering_proof_shuffled_uneven_batches(videos, style):
+    """Every caption lands on the clip it describes, through shuffling, uneven batches, length sorting and
+    retries (of the VLM and, with a rewrite pass, of the rewriter)."""
+    rewrite = RewriteConfig(model="fake", max_new_tokens=600, batch_size=2, min_words=1) if style == "rewrite" else None
+    cfg = CaptionConfig(frames=3, frame_size=64, batch_size=3, max_new_tokens=600,
+                        style="short" if style == "rewrite" else style, rewrite=rewrite)  # fmt: skip
     rows = real_rows(videos)
     want = expected_fingerprints(rows, cfg)
     assert len(set(want.values())) == len(rows)  # the proof needs distinct frames per clip
-    model = FingerprintVLM()
-    stage = Caption(cfg, model)
+    model, rewriter = FingerprintVLM(), EchoRewriter()
+    stage = Caption(cfg, model, rewriter=rewriter if rewrite else None)
     rng = random.Random(7)
+    raw = {}
     for trial in range(3):
         rng.shuffle(rows)
         sizes, i = [], 0
@@ -182,12 +191,118 @@ def test_ordering_proof_shuffled_uneven_batches(videos):
         for n in sizes:
             out = stage(table(rows[start : start + n]))
             assert out["clip_id"].to_pylist() == [r["clip_id"] for r in rows[start : start + n]]
-            got.update(zip(out["clip_id"].to_pylist(), out["caption"].to_pylist()))
+            column = "caption_json" if style == "structured" else "caption"
+            got.update(zip(out["clip_id"].to_pylist(), out[column].to_pylist()))
+            raw.update(zip(out["clip_id"].to_pylist(), out["caption_raw"].to_pylist()))
             start += n
-        assert got == {cid: f"frames {fp} seen by the model." for cid, fp in want.items()}
+        if style == "structured":  # the JSON of each clip's own frames, and the prose made from it
+            assert {c: json.loads(j) for c, j in got.items()} == {cid: structured_answer(fp) for cid, fp in want.items()}
+        elif style == "rewrite":  # the rewrite of each clip's own caption, the VLM's kept beside it
+            assert got == {cid: f"Rewritten: frames {fp} seen by the model." for cid, fp in want.items()}
+            assert raw == {cid: f"frames {fp} seen by the model." for cid, fp in want.items()}
+        else:
+            assert got == {cid: f"frames {fp} seen by the model." for cid, fp in want.items()}
     retried = [fp for fp in want.values() if fp[0] in "012345"]
     assert retried and len(retried) < len(want)  # both paths (first try, retry) were exercised
     assert len(set(model.calls)) > 1  # uneven generation batches
+    if rewrite:
+        assert 0 < len([fp for fp in want.values() if fp[0] in "0123"]) < len(want) and len(set(rewriter.calls)) > 1
+
+
+# ------------------------------------------------------------------------------------------- structured
+
+
+ANSWER = {"subjects": ["a man in a red jacket"], "actions": ["rides a bicycle", "waves"], "setting": "a wet street",
+          "camera": "slow pan left", "lighting": "overcast daylight", "style": "live action", "on_screen_text": ["OPEN"]}  # fmt: skip
+
+
+def test_structured_answers_are_validated_and_normalised():
+    assert parse_structured(json.dumps(ANSWER)) == ANSWER
+    assert parse_structured("```json\n" + json.dumps(ANSWER) + "\n```") == ANSWER  # a fenced block
+    assert parse_structured(json.dumps({**ANSWER, "subjects": "a dog", "on_screen_text": None}))["subjects"] == ["a dog"]
+    for bad in ("A man rides a bike.", json.dumps([ANSWER]), json.dumps({**ANSWER, "mood": "calm"}),
+                json.dumps({k: v for k, v in ANSWER.items() if k != "camera"}), json.dumps({**ANSWER, "camera": ["pan"]}),
+                json.dumps({**ANSWER, "actions": [1, 2]}), json.dumps({**ANSWER, "subjects": [], "actions": []}),
+                json.dumps(ANSWER)[:-1]):  # fmt: skip
+        assert parse_structured(bad) is None, bad
+    assert structured_prose(ANSWER) == ('a man in a red jacket: rides a bicycle; waves. Setting: a wet street. Camera: slow pan left. '
+                                        'Lighting: overcast daylight. Style: live action. On-screen text: "OPEN".')  # fmt: skip
+
+
+def test_a_structured_answer_not_in_shape_is_retried_and_stored_as_json(videos):
+    model = Scripted(("Sure! Here is the description: a man on a bike.", 12, True), (json.dumps(ANSWER), 40, True))
+    row = Caption(CaptionConfig(style="structured"), model)(_one(videos)).to_pylist()[0]
+    assert (row["caption_status"], row["caption_reason"], row["caption_attempts"]) == ("ok", "invalid_json", 2)
+    assert json.loads(row["caption_json"]) == ANSWER and row["caption"] == structured_prose(ANSWER)
+    assert row["caption_style"] == "structured" and model.decodings[1].do_sample  # the retry samples
+    model = Scripted(("{}", 2, True), ('{"subjects": 3}', 5, True))
+    row = Caption(CaptionConfig(style="structured"), model)(_one(videos)).to_pylist()[0]
+    assert (row["caption_status"], row["caption_reason"], row["caption"], row["caption_json"]) == ("failed", "invalid_json", None, None)
+    # a refusal inside the right shape is still a refusal
+    refusal = {**ANSWER, "subjects": ["I'm sorry, I can't describe people"], "actions": []}
+    model = Scripted((json.dumps(refusal), 20, True), (json.dumps(refusal), 20, True))
+    row = Caption(CaptionConfig(style="structured"), model)(_one(videos)).to_pylist()[0]
+    assert (row["caption_status"], row["caption_reason"]) == ("failed", "refusal")
+
+
+def test_tiny_qwen2vl_structured_goes_through_the_real_class(videos, tiny_models):
+    cfg = CaptionConfig(model=tiny_models["vlm"], style="structured", frames=2, frame_size=112, max_new_tokens=16)
+    out = Caption(cfg)(table(real_rows(videos)[:2])).to_pylist()
+    for r in out:  # random weights never write the JSON shape: failed after the retry, the clip kept
+        assert (r["caption_status"], r["caption_attempts"], r["status"]) == ("failed", 2, "kept")
+        assert r["caption_reason"] in ("invalid_json", "truncated") and r["caption_json"] is None
+
+
+def test_a_prompt_fills_in_the_clips_own_columns(videos):
+    class Recording(Scripted):
+        def prepare(self, frames, prompt):
+            self.prompts.append(prompt)
+            return super().prepare(frames, prompt)
+
+    model = Recording(("A dog.", 3, True), ("A cat.", 3, True))
+    model.prompts = []
+    rows = [{**r, "motion_score": m, "motion_method": "vectors"} for r, m in zip(real_rows(videos)[:2], (0.4567, None))]
+    Caption(CaptionConfig(prompt="Motion {motion_score:.2f} ({motion_method}). Describe the video."), model)(table(rows))
+    assert model.prompts == ["Motion 0.46 (vectors). Describe the video.", "Motion unknown (vectors). Describe the video."]
+    with pytest.raises(ValueError, match="not a clips column"):
+        CaptionConfig(prompt="Describe {colour}.")
+
+
+# ------------------------------------------------------------------------------------------- rewrite
+
+
+class ScriptedRewriter:
+    name = "scripted-rewriter"
+
+    def __init__(self, *texts):
+        self.texts, self.decodings = list(texts), []
+
+    def generate(self, prompts, decoding):
+        self.decodings.append(decoding)
+        return [Generated(*self.texts.pop(0)) for _ in prompts]
+
+
+def test_a_rewrite_outside_its_length_band_is_retried_then_the_vlm_caption_stays(videos):
+    cfg = CaptionConfig(rewrite=RewriteConfig(model="fake", min_words=3, max_words=8))
+    rewriter = ScriptedRewriter(("Too short.", 3, True), ("A red car drives away down the street.", 9, True))
+    row = Caption(cfg, Scripted(("A red car drives away.", 6, True)), rewriter=rewriter)(_one(videos)).to_pylist()[0]
+    assert (row["caption"], row["caption_raw"]) == ("A red car drives away down the street.", "A red car drives away.")
+    assert row["caption_rewrite_model"] == "scripted-rewriter" and rewriter.decodings[1].do_sample  # the retry samples
+    rewriter = ScriptedRewriter(("Sorry, I cannot help with that request.", 8, True), ("one two three four five six seven eight nine", 9, True))
+    row = Caption(cfg, Scripted(("A red car drives away.", 6, True)), rewriter=rewriter)(_one(videos)).to_pylist()[0]
+    assert (row["caption"], row["caption_raw"], row["caption_rewrite_model"]) == ("A red car drives away.", "A red car drives away.", None)
+    assert row["caption_status"] == "ok"  # a failed rewrite keeps the VLM's caption
+
+
+def test_tiny_rewrite_lm_goes_through_the_real_class(videos, tiny_models):
+    cfg = CaptionConfig(model=tiny_models["vlm"], frames=2, frame_size=112, max_new_tokens=16,
+                        rewrite=RewriteConfig(model=tiny_models["lm"], min_words=1, max_new_tokens=24))  # fmt: skip
+    out = Caption(cfg)(table(real_rows(videos)[:3])).to_pylist()
+    ok = [r for r in out if r["caption_status"] == "ok"]
+    assert ok
+    for r in ok:
+        assert r["caption_raw"] and r["caption_rewrite_model"] == f"{tiny_models['lm']} (random weights)"
+        assert r["caption"] != r["caption_raw"]
 
 
 # ------------------------------------------------------------------------------------------- a real class
