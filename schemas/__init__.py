@@ -143,6 +143,12 @@ MOTION_FIELDS = [
     pa.field("motion_score", pa.float64()),  # % of the frame diagonal per second, median over time windows
     pa.field("motion_min_region", pa.float64()),  # the same, for the least moving cell of a regions x regions grid
     pa.field("motion_method", pa.string()),  # vectors | flow (not on one scale); vectors: the source's own when the one-pass split read them, else the clip file's
+    # The camera's movement (stages/camera.py: a global model fitted per window, medians over windows);
+    # signs are the camera's: the picture moves left on a pan right, down on a tilt up, grows on a zoom in.
+    pa.field("camera_pan", pa.float64()),  # % of the frame diagonal per second, > 0: pans right
+    pa.field("camera_tilt", pa.float64()),  # % of the frame diagonal per second, > 0: tilts up
+    pa.field("camera_zoom", pa.float64()),  # relative scale change per second, > 0: zooms in
+    pa.field("camera_motion", pa.string()),  # static | pan_left | pan_right | tilt_up | tilt_down | zoom_in | zoom_out | complex
 ]
 AESTHETIC_FIELDS = [
     pa.field("aesthetic_score", pa.float64()),  # LAION aesthetic head over CLIP embeddings of a few frames

@@ -59,6 +59,17 @@ PROMPTS = {
     ),
 }
 
+# camera_hint: what the prompt says for each camera_motion label (stages/camera.py); complex says nothing
+CAMERA_HINTS = {
+    "static": "The camera is static.",
+    "pan_left": "The camera pans left.",
+    "pan_right": "The camera pans right.",
+    "tilt_up": "The camera tilts up.",
+    "tilt_down": "The camera tilts down.",
+    "zoom_in": "The camera zooms in.",
+    "zoom_out": "The camera zooms out.",
+}
+
 _REFUSAL = re.compile(
     r"^\W*(i'?m sorry|i am sorry|sorry[,.!]|i apologi[sz]e|i can(not|'t|not)\b|i am (not able|unable)|i'?m (not able|unable)|"
     r"as an ai\b|unfortunately,? i (can|am|'m))"
@@ -100,6 +111,7 @@ class CaptionConfig:
     prep_actors: int = 1  # CPU preparation actors (decode + processor)
     clip_model: str | None = None  # CLIP for caption_clip_score: an open_clip folder, or an open_clip name with clip_weights
     clip_weights: str | None = None  # with an open_clip name: a weights file, the pretrained tag, or `random`
+    camera_hint: bool = False  # tell the model the clip's camera_motion ("The camera pans left.") after the prompt
 
     def __post_init__(self):
         for name in ("frames", "frame_size", "max_new_tokens", "batch_size", "actors", "prep_actors", "repeat_ngram"):
@@ -119,6 +131,11 @@ class CaptionConfig:
     @property
     def text(self) -> str:
         return self.prompt or PROMPTS[self.style]
+
+    def prompt_for(self, row: dict) -> str:
+        """The prompt for one clip: `text`, plus its camera motion with camera_hint."""
+        hint = CAMERA_HINTS.get(row.get("camera_motion") or "") if self.camera_hint else None
+        return f"{self.text} {hint}" if hint else self.text
 
     def check(self) -> None:
         """Raise WeightsError unless the model (and CLIP) can be loaded without a download; cheap."""
@@ -483,7 +500,7 @@ class PrepareCaptions:
                 n = (row.get("end_frame") or 0) - (row.get("start_frame") or 0)
                 with local_copy(row["clip_uri"]) as path:  # a temporary download for s3:// and the like
                     frames = sample_frames(path, self.cfg.frames, self.cfg.frame_size, n if n > 0 else None)
-                item = {"frames": frames, "inputs": self.model.prepare(frames, self.cfg.text)}
+                item = {"frames": frames, "inputs": self.model.prepare(frames, self.cfg.prompt_for(row))}
             except (OSError, CaptionError, MediaError) as e:
                 item = {"error": f"cannot read {row['clip_uri']}: {e}"}
             blobs.append(pickle.dumps(item, protocol=5))
