@@ -54,6 +54,7 @@ class Reason:
     LATENT_ERROR = "latent_error"  # the clip could not be decoded for the VAE
     BLANK = "blank"  # black or nearly constant frames (split.blank_max_std)
     TRANSITION = "transition"  # a fade or dissolve, with split.transition_margin_s on each side
+    DUPLICATE = "duplicate"  # a near-duplicate of a better clip of this run or of an earlier output (`duplicate_of` names it)
 
 
 class CaptionStatus:
@@ -159,6 +160,24 @@ WATERMARK_FIELDS = [
     pa.field("watermark_box", BOX_TYPE),  # that something's box in clip pixels (x, y from the top left)
 ]
 SCORE_FIELDS = [*MOTION_FIELDS, *AESTHETIC_FIELDS, *WATERMARK_FIELDS]
+# Near-duplicates (stages/dedup.py), for every clip that got a signature (kept after score + select).
+DEDUP_FIELDS = [
+    pa.field("dup_group", pa.string()),  # clip_id of the group's representative (the clip itself when it has no duplicate)
+    pa.field("duplicate_of", pa.string()),  # the representative's clip_id (maybe of an earlier output) when this clip is a duplicate; else null
+]
+# What the dedup step computes per clip: its signature (len(VIEWS) x 32 bytes), or why there is none.
+SIGNATURE_ROWS = pa.schema([pa.field("clip_id", pa.string()), pa.field("signature", pa.binary()), pa.field("error", pa.string())])
+# OUT/dedup/signatures.parquet: the kept clips of an output, for `dedup.against` of later runs.
+SIGNATURE_INDEX = pa.schema(
+    [
+        pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("source_id", pa.string()),
+        pa.field("duration_s", pa.float64()),
+        pa.field("aesthetic_score", pa.float64()),
+        pa.field("signature", pa.binary()),  # stages.dedup.VIEWS x 256 bits
+    ],
+    metadata={"curate.schema_version": str(SCHEMA_VERSION), "curate.table": "signatures"},
+)
 # Filled by the caption step (stages/caption.py) for kept clips; null elsewhere.
 CAPTION_FIELDS = [
     pa.field("caption_model", pa.string()),  # hub id or local folder of the VLM; "(random weights)" appended when so
@@ -227,6 +246,7 @@ CLIPS = pa.schema(
         pa.field("error", pa.string()),
         pa.field("shard", pa.string()),  # path of the shard holding the clip, relative to the output
         *SCORE_FIELDS,
+        *DEDUP_FIELDS,
         *LATENT_FIELDS,
         *TEXT_EMBEDDING_FIELDS,
     ],

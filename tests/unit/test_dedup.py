@@ -1,0 +1,100 @@
+"""Near-duplicate clips: every re-upload edit of a real shot is found, other shots are not, groups and
+representatives do not depend on row order, and the LSH candidates find planted pairs among random ones."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from curate.bench.dedup import EDITS, cut, edit
+from schemas import CLIPS, SIGNATURE_INDEX
+from stages.dedup import BITS, VIEWS, DedupConfig, Signatures, components, distance, duplicate_groups, mark_duplicates
+
+
+@pytest.fixture(scope="module")
+def media(videos, tmp_path_factory):
+    d = tmp_path_factory.mktemp("dedup")
+    orig = cut(str(videos / "bikes.mp4"), 3.2, 2.0, str(d / "orig.mp4"))
+    files = {"original": orig, **{e: edit(orig, e, str(d / f"{e}.mp4")) for e in EDITS}}
+    files["other_shot"] = cut(str(videos / "bikes.mp4"), 5.6, 1.8, str(d / "other_shot.mp4"))
+    files["other_video"] = cut(str(videos / "carphone_pristine.mp4"), 0.5, 2.0, str(d / "other_video.mp4"))
+    return files
+
+
+@pytest.fixture(scope="module")
+def signed(media):
+    names = list(media)
+    table = pa.Table.from_pylist([{**{f.name: None for f in CLIPS}, "clip_id": n, "source_id": "s", "status": "kept", "clip_uri": p}
+                                  for n, p in media.items()], schema=CLIPS)
+    sigs = Signatures(DedupConfig())(table)
+    assert sigs["error"].null_count == len(names) and sigs["signature"].null_count == 0
+    return table, sigs
+
+
+def _arr(sigs):
+    return np.frombuffer(b"".join(sigs["signature"].to_pylist()), np.uint8).reshape(sigs.num_rows, len(VIEWS), BITS // 8)
+
+
+def test_every_edit_is_grouped_with_its_original_and_other_shots_are_not(signed):
+    table, sigs = signed
+    names = table["clip_id"].to_pylist()
+    label = dict(zip(names, duplicate_groups(_arr(sigs), DedupConfig())))
+    for e in EDITS:
+        assert label[e] == label["original"], e
+    assert label["other_shot"] != label["original"] and label["other_video"] != label["original"]
+    assert label["other_shot"] != label["other_video"]
+    d = dict(zip(names, distance(_arr(sigs), np.zeros(len(names), int), np.arange(len(names)))))
+    assert max(d[e] for e in EDITS) < min(d["other_shot"], d["other_video"])
+
+
+def test_representative_is_the_longest_whatever_the_row_order(signed):
+    table, sigs = signed
+    n = table.num_rows
+    names = table["clip_id"].to_pylist()
+    # the original is longest; the logo copy ties it in length and wins on the aesthetic score
+    dur = {k: (2.0 if k in ("original", "logo") else 1.5) for k in names}
+    aes = {k: (5.0 if k == "logo" else 4.0) for k in names}
+    table = table.set_column(table.schema.get_field_index("duration_s"), "duration_s", pa.array([dur[k] for k in names], pa.float64()))
+    table = table.set_column(table.schema.get_field_index("aesthetic_score"), "aesthetic_score", pa.array([aes[k] for k in names], pa.float64()))
+    results = []
+    for seed in range(3):
+        perm = np.random.default_rng(seed).permutation(n)
+        out = mark_duplicates(table.take(perm), sigs.take(np.random.default_rng(seed + 10).permutation(n)), None, DedupConfig())
+        results.append({r["clip_id"]: (r["dup_group"], r["duplicate_of"], r["status"], r["reason"]) for r in out.to_pylist()})
+    assert results[0] == results[1] == results[2]
+    r = results[0]
+    assert r["logo"] == ("logo", None, "kept", None)
+    for e in [*EDITS, "original"]:
+        if e != "logo":
+            assert r[e] == ("logo", "logo", "filtered", "duplicate"), e
+    assert r["other_shot"] == ("other_shot", None, "kept", None)
+
+
+def test_clips_of_an_earlier_output_are_the_originals(signed):
+    table, sigs = signed
+    keep = ["half_resolution", "other_video"]
+    earlier = pa.table({"clip_id": ["A/half"], "source_id": ["x"], "duration_s": [1.0], "aesthetic_score": [None],
+                        "signature": [sigs.filter(pa.compute.equal(sigs["clip_id"], "half_resolution"))["signature"][0].as_py()]},
+                       schema=SIGNATURE_INDEX)
+    sub = table.filter(pa.compute.is_in(table["clip_id"], pa.array(keep)))
+    out = {r["clip_id"]: r for r in mark_duplicates(sub, sigs, earlier, DedupConfig()).to_pylist()}
+    assert (out["half_resolution"]["duplicate_of"], out["half_resolution"]["reason"]) == ("A/half", "duplicate")
+    assert out["other_video"]["duplicate_of"] is None and out["other_video"]["dup_group"] == "other_video"
+
+
+def test_lsh_finds_planted_pairs_among_random_signatures():
+    rng = np.random.default_rng(1)
+    n, planted = 5000, 200
+    sigs = rng.integers(0, 256, (n, len(VIEWS), BITS // 8), dtype=np.uint8)
+    bits = np.unpackbits(sigs[:planted, 0], axis=1)
+    flip = np.zeros_like(bits)
+    for k in range(planted):
+        flip[k, rng.choice(BITS, 25, replace=False)] = 1  # ~10% of the bits, like a re-encode plus a logo
+    sigs[planted : 2 * planted, 0] = np.packbits(bits ^ flip, axis=1)
+    label = duplicate_groups(sigs, DedupConfig())
+    assert (label[:planted] == label[planted : 2 * planted]).mean() >= 0.99
+    assert len(np.unique(label[2 * planted :])) == n - 2 * planted  # random signatures: no group
+
+
+def test_components_join_chains_and_keep_the_smallest_index():
+    assert components(6, np.array([4, 1, 3]), np.array([5, 3, 2])).tolist() == [0, 1, 1, 1, 4, 4]
+    assert components(3, np.zeros(0, int), np.zeros(0, int)).tolist() == [0, 1, 2]
