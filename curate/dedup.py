@@ -72,3 +72,15 @@ def write_index(out: Output, clips: pa.Table, sigs: pa.Table) -> int:
     pq.write_table(index.select(SIGNATURE_INDEX.names).cast(SIGNATURE_INDEX), buf, compression="zstd")
     out.write_bytes(INDEX, buf.getvalue())
     return index.num_rows
+
+
+def drop_from_index(out: Output, source_ids: set[str]) -> None:
+    """Remove the clips of `source_ids` from the output's signature index (a takedown)."""
+    if not out.exists(INDEX):
+        return
+    index = _read(out.url, INDEX)
+    keep = index.filter(pc.invert(pc.is_in(index["source_id"], pa.array(sorted(source_ids), pa.string()))))
+    if keep.num_rows != index.num_rows:
+        buf = io.BytesIO()
+        pq.write_table(keep, buf, compression="zstd")
+        out.write_bytes(INDEX, buf.getvalue())

@@ -98,3 +98,22 @@ def test_lsh_finds_planted_pairs_among_random_signatures():
 def test_components_join_chains_and_keep_the_smallest_index():
     assert components(6, np.array([4, 1, 3]), np.array([5, 3, 2])).tolist() == [0, 1, 1, 1, 4, 4]
     assert components(3, np.zeros(0, int), np.zeros(0, int)).tolist() == [0, 1, 2]
+
+
+def test_write_index_keeps_kept_clips_and_a_takedown_drops_its_source(signed, tmp_path):
+    import pyarrow.parquet as pq
+
+    from curate.dedup import INDEX, drop_from_index, write_index
+    from curate.storage import Output
+
+    table, sigs = signed
+    status = ["filtered" if c == "logo" else "kept" for c in table["clip_id"].to_pylist()]
+    source = ["b" if c == "other_video" else "a" for c in table["clip_id"].to_pylist()]
+    table = table.set_column(table.schema.get_field_index("status"), "status", pa.array(status))
+    table = table.set_column(table.schema.get_field_index("source_id"), "source_id", pa.array(source))
+    out = Output(str(tmp_path / "out"))
+    assert write_index(out, table, sigs) == table.num_rows - 1
+    index = pq.read_table(tmp_path / "out" / INDEX)
+    assert "logo" not in index["clip_id"].to_pylist() and index.schema == SIGNATURE_INDEX
+    drop_from_index(out, {"b"})
+    assert set(pq.read_table(tmp_path / "out" / INDEX)["source_id"].to_pylist()) == {"a"}
