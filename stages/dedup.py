@@ -281,6 +281,7 @@ def mark_duplicates(clips: pa.Table, sigs: pa.Table, earlier: pa.Table | None, c
     pool = mine
     if earlier is not None and earlier.num_rows:
         old = earlier.select(["clip_id", "duration_s", "aesthetic_score", "signature"])
+        old = old.filter(pc.invert(pc.is_in(old["clip_id"], clips["clip_id"])))  # the same clip (a rerun against itself) is no copy
         old = old.append_column("earlier", pa.array(np.ones(old.num_rows, bool)))
         pool = pa.concat_tables([mine, old.cast(mine.schema)])
     # canonical order first, so groups and representatives do not depend on the order rows came in

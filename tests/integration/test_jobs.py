@@ -8,6 +8,7 @@ import webdataset as wds
 
 from curate.cli import main
 from curate.catalog import query
+from stages.camera import LABELS
 from tests.conftest import ROOT, make_bad_files
 
 pytestmark = pytest.mark.ray
@@ -43,6 +44,7 @@ def test_demo_job_writes_tables_clips_and_shards(demo_out, capsys):
             assert {"__key__", "mp4", "json"} <= set(s)
             meta = json.loads(s["json"])
             assert meta["clip_id"] == s["__key__"] and meta["license"] == "CC0-1.0"
+            assert meta["camera_motion"] in LABELS and meta["dup_group"] == meta["clip_id"]  # camera and dedup columns travel too
             assert s["mp4"][4:8] == b"ftyp"
             seen.append(s["__key__"])
     kept = [r["clip_id"] for r in q(demo_out, "select clip_id from clips where status = 'kept' order by 1")]
@@ -120,8 +122,9 @@ def test_demo_job_scores_every_clip_and_names_the_failed_condition(demo_out):
     assert all("random" in r["aesthetic_model"] for r in scored)  # the demo's CLIP has random weights, marked
     for r in scored:
         scene = next(s for s in truth["videos"][r["uri"].rsplit("/", 1)[1]]["scenes"] if s["start_frame"] == r["start_frame"])
+        assert r["camera_motion"] in LABELS
         if scene["content"] == "frozen":
-            assert r["motion_score"] < 0.01 and r["status"] == "filtered"
+            assert r["motion_score"] < 0.01 and r["status"] == "filtered" and r["camera_motion"] == "static"
             assert r["reason"] == "select: motion_score >= 0.05"
         else:
             assert r["motion_score"] > 0.5

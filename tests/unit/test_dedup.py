@@ -79,6 +79,11 @@ def test_clips_of_an_earlier_output_are_the_originals(signed):
     out = {r["clip_id"]: r for r in mark_duplicates(sub, sigs, earlier, DedupConfig()).to_pylist()}
     assert (out["half_resolution"]["duplicate_of"], out["half_resolution"]["reason"]) == ("A/half", "duplicate")
     assert out["other_video"]["duplicate_of"] is None and out["other_video"]["dup_group"] == "other_video"
+    # an output deduplicated against itself (its own index) keeps its clips
+    own = pa.table({"clip_id": ["other_video"], "source_id": ["x"], "duration_s": [9.0], "aesthetic_score": [None],
+                    "signature": [sigs.filter(pa.compute.equal(sigs["clip_id"], "other_video"))["signature"][0].as_py()]}, schema=SIGNATURE_INDEX)
+    again = {r["clip_id"]: r for r in mark_duplicates(sub, sigs, own, DedupConfig()).to_pylist()}
+    assert again["other_video"]["status"] == "kept" and again["other_video"]["duplicate_of"] is None
 
 
 def test_lsh_finds_planted_pairs_among_random_signatures():
