@@ -2,19 +2,21 @@
 
 Signature (weights-free): frames sampled at `fps` from the clip, grey and small, black bars (letterbox,
 pillarbox) cut off; the frames are averaged over each quarter of the clip and each average gets a DCT
-hash (the signs of its 8x8 lowest frequencies but the DC term against their median, as pHash):
+hash (its 64 lowest frequencies in zigzag order, DC left out, against their median, as pHash); the same
+again for five 92% crops of the averages (centre and corners: VIEWS):
 
     clip     |------------|------------|------------|------------|
     frames    . . . . . .  . . . . . .  . . . . . .  . . . . . .     (`fps` a second)
     quarter   mean image    mean image   mean image   mean image
-    hash      64 bits       64 bits      64 bits      64 bits      ->  256-bit signature
+    hash      64 bits       64 bits      64 bits      64 bits      ->  256 bits per view, 6 views
 
 Averaging makes it insensitive to a trim of half a second, to compression noise and to a small logo;
-the low frequencies to half the resolution and to an 8% crop. Two clips are duplicates when their
-signatures differ in at most `max_distance` bits. Candidate pairs come from LSH banding (bit sampling:
-`bands` keys of `band_bits` bits each, drawn with a fixed seed): clips sharing a key are compared, so
-the work grows with the clips, not with their pairs. Groups are the connected components of the
-duplicate pairs; each group's representative is the first by `representative_order`.
+the low frequencies to half the resolution; the crop views to an 8% crop. Two clips are duplicates when
+any view of one differs from the other's full view in at most `max_distance` bits. Candidate pairs come
+from LSH banding (bit sampling: `bands` keys, each some of the 256 bits, drawn with a fixed seed): only
+clips sharing a key are compared, so the work grows with the clips, not with their pairs. Groups are the
+connected components of the duplicate pairs; a group's representative is its first clip in
+`representative_order` (so the result does not depend on the order rows come in).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ class DedupConfig:
     fps: float = 4.0  # frames sampled a second for the signature
     max_distance: int = 60  # of 256 bits: duplicates differ in at most this many (best view)
     bands: int = 64  # LSH: keys per signature
-    band_bits: int | None = None  # LSH: bits per key; None: log2(clips) + 4, within [12, 32] (few chance collisions)
+    band_bits: int | None = None  # LSH: bits per key; None: log2(clips) + 7, within [12, 32] (see band_bits_for)
     against: tuple[str, ...] = field(default_factory=tuple)  # earlier outputs (local or fsspec) whose kept clips count as originals
 
     def __post_init__(self):
@@ -168,9 +170,11 @@ def candidates(sigs: np.ndarray, bands: int, band_bits: int, seed: int = 0) -> t
     """
     n, v = sigs.shape[:2]
     rng = np.random.default_rng(seed)
-    flat = sigs.reshape(n * v, -1)
-    owner = np.repeat(np.arange(n), v)
+    flat = sigs[:, 1:].reshape(n * (v - 1), -1)  # the crop views (a full view would meet itself in every band)
+    owner = np.repeat(np.arange(n), v - 1)
     nbytes = -(-band_bits // 8)
+    low = np.uint64((1 << min(band_bits, 24)) - 1)
+    seen = np.zeros(int(low) + 1, bool)  # which keys' low bits the full views have: most view keys meet none
     pairs = []
     for _ in range(bands):
         pos = rng.choice(BITS // 8, nbytes, replace=False)
@@ -179,16 +183,22 @@ def candidates(sigs: np.ndarray, bands: int, band_bits: int, seed: int = 0) -> t
         if extra:
             mask[-1] = np.packbits(np.isin(np.arange(8), rng.choice(8, 8 - extra, replace=False)))[0]
         kf, kv = _keys(sigs[:, 0], pos, mask), _keys(flat, pos, mask)
-        hit = np.flatnonzero(np.isin(kv, kf))  # most keys meet nothing: look up only the others
-        if not len(hit):
-            continue
+        slots = (kf & low).astype(np.int64)
+        seen[slots] = True
+        hit = np.flatnonzero(seen[(kv & low).astype(np.int64)])  # look up only keys that may meet one
+        seen[slots] = False
         order = np.argsort(kf, kind="stable")
         sorted_kf = kf[order]
-        lo, hi = np.searchsorted(sorted_kf, kv[hit], "left"), np.searchsorted(sorted_kf, kv[hit], "right")
+        same = np.flatnonzero(sorted_kf[1:] == sorted_kf[:-1])  # full views sharing a key with another
+        shared = np.unique(np.concatenate([order[same], order[same + 1]]))
+        q, who = np.concatenate([kv[hit], kf[shared]]), np.concatenate([owner[hit], shared])
+        if not len(q):
+            continue
+        lo, hi = np.searchsorted(sorted_kf, q, "left"), np.searchsorted(sorted_kf, q, "right")
         counts = hi - lo
         total = int(counts.sum())
         starts = np.repeat(lo, counts) + (np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts))
-        a, b = np.repeat(owner[hit], counts), order[starts]
+        a, b = np.repeat(who, counts), order[starts]
         keep = a != b
         a, b = a[keep], b[keep]
         pairs.append(np.unique(np.minimum(a, b).astype(np.int64) * n + np.maximum(a, b)))
