@@ -106,13 +106,16 @@ def signature_of_frames(frames: list[np.ndarray]) -> np.ndarray:
 
 
 def clip_frames(path: str, fps: float, width: int = 128) -> list[np.ndarray]:
-    """Grey frames `width` wide sampled at `fps` from the video at `path` (the first always)."""
+    """Grey frames `width` wide sampled at `fps` from the video at `path` (the first always; reference frames only)."""
     try:
         with av.open(path, metadata_errors="ignore") as c:
             if not c.streams.video:
                 raise ScoreError("no video stream")
             s = c.streams.video[0]
             s.thread_type = "AUTO"
+            # frames nothing refers to (most B-frames) are not decoded: ~1.8x faster, and at `fps` a
+            # second the sampled frames are at most a frame or two later
+            s.codec_context.skip_frame = "NONREF"
             out, due, t0 = [], 0.0, None
             for i, frame in enumerate(c.decode(s)):
                 t = float(frame.pts * s.time_base) if frame.pts is not None else i / 25.0
