@@ -105,8 +105,40 @@ def signature_of_frames(frames: list[np.ndarray]) -> np.ndarray:
     return np.stack([np.packbits(np.concatenate([dct_hash(_crop(m, v)) for m in means])) for v in VIEWS])
 
 
+class SignatureFrames:
+    """A clip's frames in, its signature out (streaming): push every frame's time and picture in time
+    order; frames `fps` a second apart are kept, grey and `width` wide. For a decoder that already has
+    the frames (the one-pass split's analysis frames): push them, then `finish()`."""
+
+    def __init__(self, fps: float, width: int = 128):
+        self.fps, self.width = fps, width
+        self.frames: list[np.ndarray] = []
+        self._due, self._t0 = 0.0, None
+
+    def due(self, t: float) -> bool:
+        """Whether a frame at `t` s would be kept (push it then; skip converting the others)."""
+        return self._t0 is None or t - self._t0 >= self._due - 1e-6
+
+    def push(self, t: float, img: np.ndarray) -> None:
+        if not self.due(t):
+            return
+        self._t0 = t if self._t0 is None else self._t0
+        self._due += 1.0 / self.fps
+        if img.ndim == 3:
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+        if img.shape[1] != self.width:
+            h = max(2, round(img.shape[0] * self.width / img.shape[1] / 2) * 2)
+            img = cv2.resize(img, (self.width, h), interpolation=cv2.INTER_AREA)
+        self.frames.append(img)
+
+    def finish(self) -> np.ndarray | None:
+        """The signature (uint8 [len(VIEWS), 32]); None when no frame came."""
+        return signature_of_frames(self.frames) if self.frames else None
+
+
 def clip_frames(path: str, fps: float, width: int = 128) -> list[np.ndarray]:
     """Grey frames `width` wide sampled at `fps` from the video at `path` (the first always; reference frames only)."""
+    keep = SignatureFrames(fps, width)
     try:
         with av.open(path, metadata_errors="ignore") as c:
             if not c.streams.video:
@@ -116,20 +148,16 @@ def clip_frames(path: str, fps: float, width: int = 128) -> list[np.ndarray]:
             # frames nothing refers to (most B-frames) are not decoded: ~1.8x faster, and at `fps` a
             # second the sampled frames are at most a frame or two later
             s.codec_context.skip_frame = "NONREF"
-            out, due, t0 = [], 0.0, None
             for i, frame in enumerate(c.decode(s)):
                 t = float(frame.pts * s.time_base) if frame.pts is not None else i / 25.0
-                t0 = t if t0 is None else t0
-                if t - t0 < due - 1e-6:
-                    continue
-                due += 1.0 / fps
-                h = max(2, round(frame.height * width / frame.width / 2) * 2)
-                out.append(frame.to_ndarray(format="gray", width=width, height=h))
+                if keep.due(t):
+                    h = max(2, round(frame.height * width / frame.width / 2) * 2)
+                    keep.push(t, frame.to_ndarray(format="gray", width=width, height=h))
     except av.FFmpegError as e:
         raise ScoreError(f"decoding failed: {e}") from e
-    if not out:
+    if not keep.frames:
         raise ScoreError("no frames")
-    return out
+    return keep.frames
 
 
 def signature(path: str, fps: float) -> np.ndarray:

@@ -122,3 +122,22 @@ def test_write_index_keeps_kept_clips_and_a_takedown_drops_its_source(signed, tm
     assert "logo" not in index["clip_id"].to_pylist() and index.schema == SIGNATURE_INDEX
     drop_from_index(out, {"b"})
     assert set(pq.read_table(tmp_path / "out" / INDEX)["source_id"].to_pylist()) == {"a"}
+
+
+def test_signature_from_pushed_analysis_frames_matches_the_clip_file(media):
+    """The streaming accumulator (for the one-pass split's BGR analysis frames) gives a signature close to
+    the one read from the clip file, far from another shot's."""
+    import av
+
+    from stages.dedup import SignatureFrames, hamming, signature
+
+    def pushed(path):
+        acc = SignatureFrames(DedupConfig().fps)
+        with av.open(path) as c:
+            for f in c.decode(c.streams.video[0]):
+                acc.push(float(f.time), f.to_ndarray(format="bgr24", width=160, height=68))
+        return acc.finish()
+
+    a, b = pushed(media["original"]), signature(media["original"], DedupConfig().fps)
+    assert hamming(a[0], b[0]) <= 20 < hamming(a[0], signature(media["other_shot"], DedupConfig().fps)[0])
+    assert SignatureFrames(4.0).finish() is None
