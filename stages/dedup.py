@@ -254,17 +254,22 @@ def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     return label
 
 
-def duplicate_groups(sigs: np.ndarray, cfg: DedupConfig, pair_ok: np.ndarray | None = None) -> np.ndarray:
+def duplicate_groups(sigs: np.ndarray, cfg: DedupConfig, pair_ok: np.ndarray | None = None,
+                     scene: np.ndarray | None = None) -> np.ndarray:
     """Component label of every signature (the smallest index in its group of duplicates).
 
     `pair_ok` (bool per signature): pairs where both are False are not compared (clips of earlier outputs,
-    deduplicated when they were made)."""
+    deduplicated when they were made). `scene` (int per signature, -1: none): two windows of one scene
+    (a long shot cut at split.max_clip_s) are its continuation, not copies of each other, and are not paired."""
     n = len(sigs)
     if n < 2:
         return np.arange(n)
     i, j = candidates(sigs, cfg.bands, band_bits_for(n, cfg))
     if pair_ok is not None:
         keep = pair_ok[i] | pair_ok[j]
+        i, j = i[keep], j[keep]
+    if scene is not None:
+        keep = (scene[i] != scene[j]) | (scene[i] < 0)
         i, j = i[keep], j[keep]
     dup = np.zeros(len(i), bool)
     for s in range(0, len(i), 1 << 20):  # verify in chunks: [chunk, views, 32] at a time
@@ -319,6 +324,7 @@ def mark_duplicates(clips: pa.Table, sigs: pa.Table, earlier: pa.Table | None, c
     have = sigs.filter(pc.is_valid(sigs["signature"]))
     mine = clips.select(["clip_id", "duration_s", "aesthetic_score"]).join(have.select(["clip_id", "signature"]), "clip_id", join_type="inner")
     mine = mine.append_column("earlier", pa.array(np.zeros(mine.num_rows, bool)))
+    scene_of = clips.select(["clip_id", "source_id", "scene_index"])
     pool = mine
     if earlier is not None and earlier.num_rows:
         old = earlier.select(["clip_id", "duration_s", "aesthetic_score", "signature"])
@@ -332,7 +338,11 @@ def mark_duplicates(clips: pa.Table, sigs: pa.Table, earlier: pa.Table | None, c
     if n:
         arr = np.frombuffer(b"".join(pool["signature"].to_pylist()), np.uint8).reshape(n, len(VIEWS), BITS // 8)
         is_new = ~pool["earlier"].to_numpy(zero_copy_only=False)
-        label = duplicate_groups(arr, cfg, pair_ok=is_new)  # smallest index of the group = its best clip
+        # which scene of which source each clip is a window of (-1: a clip of an earlier output)
+        keyed = pool.select(["clip_id"]).append_column("_k", pa.array(np.arange(n))).join(scene_of, "clip_id", join_type="left outer").sort_by("_k")
+        key = pc.binary_join_element_wise(keyed["source_id"], pc.cast(keyed["scene_index"], pa.string()), "/")
+        scene = pc.fill_null(pc.dictionary_encode(key).combine_chunks().indices, -1).to_numpy(zero_copy_only=False)
+        label = duplicate_groups(arr, cfg, pair_ok=is_new, scene=scene)  # smallest index of the group = its best clip
         rep = pool["clip_id"].take(pa.array(label))
         is_dup = pa.array(label != np.arange(n))
         mapping = pa.table({"clip_id": pool["clip_id"], "dup_group": rep,

@@ -69,6 +69,20 @@ def test_representative_is_the_longest_whatever_the_row_order(signed):
     assert r["other_shot"] == ("other_shot", None, "kept", None)
 
 
+def test_windows_of_one_scene_are_not_duplicates_of_each_other(signed):
+    """A long shot cut into max_clip_s windows: its windows look alike but are its continuation, not copies."""
+    table, sigs = signed
+    sub = table.filter(pa.compute.is_in(table["clip_id"], pa.array(["original", "low_quality", "other_video"])))
+    same = [0 if c != "other_video" else 1 for c in sub["clip_id"].to_pylist()]
+    sub = sub.set_column(sub.schema.get_field_index("scene_index"), "scene_index", pa.array(same, pa.int32()))
+    out = {r["clip_id"]: r for r in mark_duplicates(sub, sigs, None, DedupConfig()).to_pylist()}
+    assert out["original"]["duplicate_of"] is None and out["low_quality"]["duplicate_of"] is None
+    # of another scene of the source (a repeated segment), or of another source, they are
+    other = sub.set_column(sub.schema.get_field_index("scene_index"), "scene_index", pa.array([0, 1, 2], pa.int32()))
+    out = {r["clip_id"]: r for r in mark_duplicates(other, sigs, None, DedupConfig()).to_pylist()}
+    assert {out["original"]["duplicate_of"], out["low_quality"]["duplicate_of"]} == {None, out["original"]["dup_group"]}
+
+
 def test_clips_of_an_earlier_output_are_the_originals(signed):
     table, sigs = signed
     keep = ["half_resolution", "other_video"]
