@@ -21,7 +21,7 @@ from schemas import SIGNATURE_INDEX, SIGNATURE_ROWS, ClipStatus
 from stages.dedup import DedupConfig, Signatures, mark_duplicates
 
 INDEX = "dedup/signatures.parquet"
-SIGNATURE_RULES = 2  # bumped when the signature of the same clip changes (views, hash, frame sampling; 2: reference frames only)
+SIGNATURE_RULES = 3  # bumped when the signature of the same clip changes (views, hash, frame sampling; 2: reference frames only; 3: + mean colour)
 
 
 def _cache_rel(cfg: DedupConfig) -> str:

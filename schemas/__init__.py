@@ -165,7 +165,7 @@ DEDUP_FIELDS = [
     pa.field("dup_group", pa.string()),  # clip_id of the group's representative (the clip itself when it has no duplicate)
     pa.field("duplicate_of", pa.string()),  # the representative's clip_id (maybe of an earlier output) when this clip is a duplicate; else null
 ]
-# What the dedup step computes per clip: its signature (len(VIEWS) x 32 bytes), or why there is none.
+# What the dedup step computes per clip: its signature (stages.dedup.ROWS x 32 bytes), or why there is none.
 SIGNATURE_ROWS = pa.schema([pa.field("clip_id", pa.string()), pa.field("signature", pa.binary()), pa.field("error", pa.string())])
 # OUT/dedup/signatures.parquet: the kept clips of an output, for `dedup.against` of later runs.
 SIGNATURE_INDEX = pa.schema(
@@ -174,7 +174,7 @@ SIGNATURE_INDEX = pa.schema(
         pa.field("source_id", pa.string()),
         pa.field("duration_s", pa.float64()),
         pa.field("aesthetic_score", pa.float64()),
-        pa.field("signature", pa.binary()),  # stages.dedup.VIEWS x 256 bits
+        pa.field("signature", pa.binary()),  # stages.dedup.ROWS x 32 bytes: a 256-bit hash per view, the mean colour
     ],
     metadata={"curate.schema_version": str(SCHEMA_VERSION), "curate.table": "signatures"},
 )

@@ -12,7 +12,8 @@ again for five 92% crops of the averages (centre and corners: VIEWS):
 
 Averaging makes it insensitive to a trim of half a second, to compression noise and to a small logo;
 the low frequencies to half the resolution; the crop views to an 8% crop. Two clips are duplicates when
-any view of one differs from the other's full view in at most `max_distance` bits. Candidate pairs come
+any view of one differs from the other's full view in at most `max_distance` bits and their mean colours
+agree within COLOUR_TOLERANCE. Candidate pairs come
 from LSH banding (bit sampling: `bands` keys, each some of the 256 bits, drawn with a fixed seed): only
 clips sharing a key are compared, so the work grows with the clips, not with their pairs. Groups are the
 connected components of the duplicate pairs; a group's representative is its first clip in
@@ -43,6 +44,11 @@ CROP = 0.92
 VIEWS = ("full", "centre", "top_left", "top_right", "bottom_left", "bottom_right")
 _ZIGZAG = sorted(((i, j) for i in range(12) for j in range(12)), key=lambda p: (p[0] + p[1], p[0]))[1:65]  # DC left out
 _POP = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+# A signature is uint8 [ROWS, 32]: one 256-bit hash per view, then a row whose first 3 bytes are the clip's
+# mean colour (B, G, R inside the bars): the hash is of grey levels, and two clips of one layout in other
+# colours (counter.mp4's scenes: a digit on differently coloured backgrounds) are not copies.
+ROWS = len(VIEWS) + 1
+COLOUR_TOLERANCE = 20  # grey levels: copies' mean colours differ by at most this in each channel
 
 
 @dataclass(frozen=True)
@@ -94,20 +100,25 @@ def _crop(img: np.ndarray, view: str) -> np.ndarray:
 
 
 def signature_of_frames(frames: list[np.ndarray]) -> np.ndarray:
-    """The signature of grey frames in time order (at least one): uint8 [len(VIEWS), 32], one 256-bit row per view."""
-    peak = np.max(np.stack(frames), axis=0)
+    """The signature (uint8 [ROWS, 32]) of BGR or grey frames in time order (at least one)."""
+    colour = [f if f.ndim == 3 else f[..., None].repeat(3, axis=2) for f in frames]
+    grey = [cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for f in colour]
+    peak = np.max(np.stack(grey), axis=0)
     t, b, l, r = _bars(peak)
-    n, means = len(frames), []
+    n, means = len(grey), []
     for q in range(QUARTERS):
         lo = min(n - 1, q * n // QUARTERS)
         hi = max(lo + 1, (q + 1) * n // QUARTERS)
-        means.append(np.mean([f[t:b, l:r].astype(np.float32) for f in frames[lo:hi]], axis=0))
-    return np.stack([np.packbits(np.concatenate([dct_hash(_crop(m, v)) for m in means])) for v in VIEWS])
+        means.append(np.mean([f[t:b, l:r].astype(np.float32) for f in grey[lo:hi]], axis=0))
+    rows = [np.packbits(np.concatenate([dct_hash(_crop(m, v)) for m in means])) for v in VIEWS]
+    extra = np.zeros(BITS // 8, np.uint8)
+    extra[:3] = np.clip(np.mean([f[t:b, l:r].reshape(-1, 3).mean(axis=0) for f in colour], axis=0).round(), 0, 255)
+    return np.stack([*rows, extra])
 
 
 class SignatureFrames:
     """A clip's frames in, its signature out (streaming): push every frame's time and picture in time
-    order; frames `fps` a second apart are kept, grey and `width` wide. For a decoder that already has
+    order; frames `fps` a second apart are kept, BGR (or grey) and `width` wide. For a decoder that already has
     the frames (the one-pass split's analysis frames): push them, then `finish()`."""
 
     def __init__(self, fps: float, width: int = 128):
@@ -124,20 +135,18 @@ class SignatureFrames:
             return
         self._t0 = t if self._t0 is None else self._t0
         self._due += 1.0 / self.fps
-        if img.ndim == 3:
-            img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
         if img.shape[1] != self.width:
             h = max(2, round(img.shape[0] * self.width / img.shape[1] / 2) * 2)
             img = cv2.resize(img, (self.width, h), interpolation=cv2.INTER_AREA)
         self.frames.append(img)
 
     def finish(self) -> np.ndarray | None:
-        """The signature (uint8 [len(VIEWS), 32]); None when no frame came."""
+        """The signature (uint8 [ROWS, 32]); None when no frame came."""
         return signature_of_frames(self.frames) if self.frames else None
 
 
 def clip_frames(path: str, fps: float, width: int = 128) -> list[np.ndarray]:
-    """Grey frames `width` wide sampled at `fps` from the video at `path` (the first always; reference frames only)."""
+    """BGR frames `width` wide sampled at `fps` from the video at `path` (the first always; reference frames only)."""
     keep = SignatureFrames(fps, width)
     try:
         with av.open(path, metadata_errors="ignore") as c:
@@ -152,7 +161,7 @@ def clip_frames(path: str, fps: float, width: int = 128) -> list[np.ndarray]:
                 t = float(frame.pts * s.time_base) if frame.pts is not None else i / 25.0
                 if keep.due(t):
                     h = max(2, round(frame.height * width / frame.width / 2) * 2)
-                    keep.push(t, frame.to_ndarray(format="gray", width=width, height=h))
+                    keep.push(t, frame.to_ndarray(format="bgr24", width=width, height=h))
     except av.FFmpegError as e:
         raise ScoreError(f"decoding failed: {e}") from e
     if not keep.frames:
@@ -174,9 +183,11 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def distance(sigs: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """Best-view distance of pairs (i, j) of signatures [n, views, 32]: any view of one against the other's full view."""
-    a = hamming(sigs[i], sigs[j][:, :1]).min(axis=1)
-    b = hamming(sigs[i][:, :1], sigs[j]).min(axis=1)
-    return np.minimum(a, b)
+    v = len(VIEWS)
+    a = hamming(sigs[i, :v], sigs[j, :1]).min(axis=1)
+    b = hamming(sigs[i, :1], sigs[j, :v]).min(axis=1)
+    colour = np.abs(sigs[i, v, :3].astype(np.int16) - sigs[j, v, :3]).max(axis=1)
+    return np.where(colour <= COLOUR_TOLERANCE, np.minimum(a, b), BITS)
 
 
 def band_bits_for(n: int, cfg: DedupConfig) -> int:
@@ -199,9 +210,9 @@ def candidates(sigs: np.ndarray, bands: int, band_bits: int, seed: int = 0) -> t
     A key samples `band_bits` bits of the 256: whole bytes at random places, the last one masked to the
     bits still needed (random ones). Drawn with `seed`: every run and every output uses the same keys.
     """
-    n, v = sigs.shape[:2]
+    n, v = len(sigs), len(VIEWS)
     rng = np.random.default_rng(seed)
-    flat = sigs[:, 1:].reshape(n * (v - 1), -1)  # the crop views (a full view would meet itself in every band)
+    flat = sigs[:, 1:v].reshape(n * (v - 1), -1)  # the crop views (a full view would meet itself in every band)
     owner = np.repeat(np.arange(n), v - 1)
     nbytes = -(-band_bits // 8)
     low = np.uint64((1 << min(band_bits, 24)) - 1)
@@ -336,7 +347,7 @@ def mark_duplicates(clips: pa.Table, sigs: pa.Table, earlier: pa.Table | None, c
     n = pool.num_rows
     mapping = pa.table({"clip_id": pa.array([], pa.string()), "dup_group": pa.array([], pa.string()), "duplicate_of": pa.array([], pa.string())})
     if n:
-        arr = np.frombuffer(b"".join(pool["signature"].to_pylist()), np.uint8).reshape(n, len(VIEWS), BITS // 8)
+        arr = np.frombuffer(b"".join(pool["signature"].to_pylist()), np.uint8).reshape(n, ROWS, BITS // 8)
         is_new = ~pool["earlier"].to_numpy(zero_copy_only=False)
         # which scene of which source each clip is a window of (-1: a clip of an earlier output)
         keyed = pool.select(["clip_id"]).append_column("_k", pa.array(np.arange(n))).join(scene_of, "clip_id", join_type="left outer").sort_by("_k")

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from stages.dedup import BITS, VIEWS, DedupConfig, band_bits_for, candidates, clip_frames, duplicate_groups, signature_of_frames
+from stages.dedup import BITS, ROWS, DedupConfig, band_bits_for, candidates, clip_frames, duplicate_groups, signature_of_frames
 from stages.media import ffmpeg_exe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -124,7 +124,7 @@ def groups_bench(cfg: DedupConfig) -> None:
 
 def index_bench(cfg: DedupConfig, n: int) -> None:
     rng = np.random.default_rng(0)
-    rand = rng.integers(0, 256, (n, len(VIEWS), BITS // 8), dtype=np.uint8)
+    rand = rng.integers(0, 256, (n, ROWS, BITS // 8), dtype=np.uint8)
     t0, c0 = time.perf_counter(), time.process_time()
     i, j = candidates(rand, cfg.bands, band_bits_for(n, cfg))
     t, c = time.perf_counter() - t0, time.process_time() - c0

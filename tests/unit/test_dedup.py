@@ -7,7 +7,7 @@ import pytest
 
 from curate.bench.dedup import EDITS, cut, edit
 from schemas import CLIPS, SIGNATURE_INDEX
-from stages.dedup import BITS, VIEWS, DedupConfig, Signatures, components, distance, duplicate_groups, mark_duplicates
+from stages.dedup import BITS, ROWS, DedupConfig, Signatures, components, distance, duplicate_groups, mark_duplicates
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def signed(media):
 
 
 def _arr(sigs):
-    return np.frombuffer(b"".join(sigs["signature"].to_pylist()), np.uint8).reshape(sigs.num_rows, len(VIEWS), BITS // 8)
+    return np.frombuffer(b"".join(sigs["signature"].to_pylist()), np.uint8).reshape(sigs.num_rows, ROWS, BITS // 8)
 
 
 def test_every_edit_is_grouped_with_its_original_and_other_shots_are_not(signed):
@@ -103,12 +103,13 @@ def test_clips_of_an_earlier_output_are_the_originals(signed):
 def test_lsh_finds_planted_pairs_among_random_signatures():
     rng = np.random.default_rng(1)
     n, planted = 5000, 200
-    sigs = rng.integers(0, 256, (n, len(VIEWS), BITS // 8), dtype=np.uint8)
+    sigs = rng.integers(0, 256, (n, ROWS, BITS // 8), dtype=np.uint8)
     bits = np.unpackbits(sigs[:planted, 0], axis=1)
     flip = np.zeros_like(bits)
     for k in range(planted):
         flip[k, rng.choice(BITS, 25, replace=False)] = 1  # ~10% of the bits, like a re-encode plus a logo
     sigs[planted : 2 * planted, 0] = np.packbits(bits ^ flip, axis=1)
+    sigs[planted : 2 * planted, -1] = sigs[:planted, -1]  # the same mean colour
     label = duplicate_groups(sigs, DedupConfig())
     assert (label[:planted] == label[planted : 2 * planted]).mean() >= 0.99
     assert len(np.unique(label[2 * planted :])) == n - 2 * planted  # random signatures: no group
