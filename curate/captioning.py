@@ -40,7 +40,6 @@ from stages.caption import (
     ClipAlignment,
     GenerateCaptions,
     PrepareCaptions,
-    fill_prompt,
     load_vlm,
     weights_revision,
 )
@@ -182,8 +181,9 @@ COMMIT_ROWS, COMMIT_S = 256, 60.0  # a cache part is written after this many cap
 MAX_PARTS = 16  # more parts than this are folded into one at the next start
 
 
-def prompt_sha(prompt: str, row: dict) -> str:
-    return hashlib.sha256(fill_prompt(prompt, row).encode()).hexdigest()[:16]
+def prompt_sha(cfg: CaptionConfig, row: dict) -> str:
+    """What the prompt of one clip says (its {column}s filled, the camera hint added)."""
+    return hashlib.sha256(cfg.prompt_for(row).encode()).hexdigest()[:16]
 
 
 def caption_keys(cfg: CaptionConfig) -> tuple[str, str | None]:
@@ -241,7 +241,7 @@ class CaptionCache:
         self.reused = self.rescored = 0
         self.bytes_of: dict[str, int | None] = {}  # clip_id -> clip_bytes of the clips handed out by split
         self.prompt_of: dict[str, str] = {}  # clip_id -> prompt_sha of the same
-        self.prompt = cfg.text
+        self.cfg = cfg
 
     def split(self, clips: pa.Table) -> tuple[pa.Table, pa.Table]:
         """(clips with every cached caption filled in, kept clips still to caption or to re-score). A row to
@@ -252,7 +252,7 @@ class CaptionCache:
                 continue
             self.bytes_of[row["clip_id"]] = row.get("clip_bytes")
             hit = self.rows.get((row["clip_id"], row.get("clip_bytes")))
-            self.prompt_of[row["clip_id"]] = prompt_sha(self.prompt, row)
+            self.prompt_of[row["clip_id"]] = prompt_sha(self.cfg, row)
             if hit is not None and hit["prompt_sha"] != self.prompt_of[row["clip_id"]]:
                 hit = None  # a column the prompt names changed (a rescored clip): its caption is made again
             if hit is None:

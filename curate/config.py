@@ -24,6 +24,7 @@ from stages.latents import LatentsConfig
 from stages.shards import ShardConfig
 from stages.aesthetic import AestheticConfig
 from stages.motion import MotionConfig
+from stages.dedup import DedupConfig
 from stages.nsfw import NsfwConfig
 from stages.text import TextConfig
 from stages.watermark import WatermarkConfig
@@ -80,6 +81,7 @@ class JobConfig:
     text: TextConfig | None = field(default_factory=TextConfig)  # burned-in text (OCR models from the rapidocr wheel)
     nsfw: NsfwConfig | None = field(default_factory=NsfwConfig)  # unsafe content (the nudenet wheel's detector)
     select: SelectConfig = field(default_factory=SelectConfig)
+    dedup: DedupConfig | None = field(default_factory=DedupConfig)  # near-duplicate clips filtered after select; null: off
     ray: RayConfig = field(default_factory=RayConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)  # which licences may reach a shard
     caption: CaptionConfig | None = None  # caption kept clips with a vision-language model; off when absent
@@ -226,6 +228,8 @@ def resolve_paths(cfg: JobConfig, base_dir: str) -> JobConfig:
     inp = dataclasses.replace(cfg.input, dir=fix(cfg.input.dir), manifest=fix(cfg.input.manifest))
     cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, opt_out_file=fix(cfg.policy.opt_out_file)))
     cfg = dataclasses.replace(cfg, output=fix(cfg.output), input=inp)
+    if cfg.dedup is not None and cfg.dedup.against:
+        cfg = dataclasses.replace(cfg, dedup=dataclasses.replace(cfg.dedup, against=tuple(fix(p) for p in cfg.dedup.against)))
     if cfg.aesthetic is not None:
         def fix_weights(p: str | None) -> str | None:
             return p if p in (None, "random") else fix(p)

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import yaml
 
 from curate.captioning import caption_step
+from curate.dedup import check_against, dedup_step, write_index
 from curate.config import JobConfig, to_dict
 from curate.inputs import InputError, list_dir, read_manifest
 from curate.release import prepare_clips, write_release
@@ -32,7 +33,7 @@ from curate.score import check_scorers, score_clips
 from curate.select import apply_select, split_where
 from curate.storage import Output
 from curate.tiny import use_tiny_models
-from schemas import CLIPS, SCENES, SHARDS, SOURCES, ClipStatus, SourceStatus, conform
+from schemas import CLIPS, SCENES, SHARDS, SOURCES, ClipStatus, Reason, SourceStatus, conform
 from stages.ingest import Ingest, fold_duplicates
 from stages.shards import WriteShards, assign_shards
 from stages.motion import settings_key as motion_settings_key
@@ -151,6 +152,8 @@ def read_inputs(cfg: JobConfig, out: Output) -> tuple[pa.Table, list[str]]:
 def run_job(cfg: JobConfig, address: str | None = None) -> Summary:
     cfg = use_tiny_models(cfg)  # `tiny` model names -> folders in the cache (made on first use)
     check_scorers(cfg)  # missing weights stop the job before any work
+    if cfg.dedup is not None:
+        check_against(cfg.dedup)
     if cfg.caption is not None:
         cfg.caption.check()
     if cfg.latents is not None:
@@ -215,6 +218,14 @@ def _run(cfg: JobConfig, out: Output, runner: Runner) -> Summary:
     log.info("score + select: %d clips kept", int(pc.sum(pc.equal(clips["status"], ClipStatus.KEPT)).as_py() or 0) if clips.num_rows else 0)
     clock.lap("score")
 
+    # ---- dedup: near-duplicates of a better clip (of this run or of `dedup.against`) are filtered
+    #      before anything is spent on them (captions, latents)
+    signatures = None
+    if cfg.dedup is not None and clips.num_rows:
+        clips, signatures = dedup_step(cfg.dedup, runner, clips, out)
+        log.info("dedup: %d duplicates filtered", int(pc.sum(pc.equal(clips["reason"], Reason.DUPLICATE)).as_py() or 0))
+        clock.lap("dedup")
+
     # ---- policy: licences, opt-outs and recorded takedowns decide which clips may reach a shard
     clips = prepare_clips(clips, sources, cfg.policy, out)
 
@@ -240,6 +251,8 @@ def _run(cfg: JobConfig, out: Output, runner: Runner) -> Summary:
     out.write_table("scenes", conform(scenes, SCENES))
     out.write_table("clips", conform(clips, CLIPS))
     out.write_table("shards", conform(shards, SHARDS))
+    if signatures is not None:
+        write_index(out, clips, signatures)  # what later runs' dedup.against reads
     clock.lap("tables")
     # ---- release: index.json, LICENSES.md, ATTRIBUTION.csv, the data card
     write_release(out, to_dict(cfg), sources, conform(clips, CLIPS), conform(shards, SHARDS))

@@ -242,12 +242,15 @@ def data_card(job: dict, sources: pa.Table, clips: pa.Table, shards: pa.Table, t
             f"| input files | {len(src)} |", f"| sources ok | {len(ok)} |", f"| clip windows | {len(clip_rows)} |"]
     kept = len(clip_rows)
     # in the order the steps run: the split's reasons first, the policy's last, score filters between
-    step = {Reason.ENCODE_ERROR: 0, Reason.TOO_SHORT: 1, Reason.LICENCE: 8, Reason.TAKEDOWN: 9}
+    step = {Reason.ENCODE_ERROR: 0, Reason.TOO_SHORT: 1, Reason.DUPLICATE: 6, Reason.LICENCE: 8, Reason.TAKEDOWN: 9}
     for (status, reason), n in sorted(by_reason.items(), key=lambda kv: (kv[0][0] == ClipStatus.KEPT, step.get(kv[0][1], 5), kv[0])):
         if status != ClipStatus.KEPT:
             kept -= n
             out.append(f"| after removing {status} `{reason}` ({n}) | {kept} |")
     out += [f"| in shards | {len(in_shards)} clips, {hours(in_shards):.4f} hours, {shards.num_rows} shards |", ""]
+    dups = by_reason.get((ClipStatus.FILTERED, Reason.DUPLICATE), 0)
+    out += [f"Near-duplicates: dedup removed {dups} clips (each a copy of a better clip of this run or of an earlier "
+            "output, named in `duplicate_of`).", ""]
 
     settings = {k: v for k, v in job.items() if k not in ("input", "output", "ray", "name")}
     out += ["## Filters and thresholds", "", "The job's settings (from `job.yaml`):", "", "```yaml",

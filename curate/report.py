@@ -90,7 +90,18 @@ def gather(out: Output) -> dict:
         entry["clips"] += 1
         entry["hours"] += (c["duration_s"] or 0.0) / 3600
     summary = json.loads(out.fs.cat(out.path("summary.json"))) if out.exists("summary.json") else {}
+    camera = {}
+    for c in kept:
+        if c.get("camera_motion"):
+            camera[c["camera_motion"]] = camera.get(c["camera_motion"], 0) + 1
+    groups = {}
+    for c in cl:
+        if c.get("duplicate_of"):
+            groups.setdefault(c["duplicate_of"], []).append(c["clip_id"])
     return {
+        "camera_motion": dict(sorted(camera.items())),  # kept clips per camera_motion label
+        # representative -> its duplicates filtered in this run (the representative may be of an earlier output)
+        "duplicate_groups": {k: sorted(v) for k, v in sorted(groups.items())},
         "funnel": funnel,
         "errors": sorted(errors.values(), key=lambda e: (-e["count"], e["table"], str(e["reason"]))),
         "licenses": sorted(licences.values(), key=lambda e: -e["clips"]),
@@ -241,6 +252,17 @@ def render(out: Output) -> str:
         above = [r for r in near if m.passes(r[m.column])][:GALLERY_SIZE]
         parts.append(_gallery(f"Rejected just past {m}", below, scores))
         parts.append(_gallery(f"Passing just inside {m} (each card shows its status)", above, scores))
+
+    if data["camera_motion"]:
+        parts.append("<h2>Camera motion (kept clips)</h2>")
+        parts.append(_table(["camera_motion", "clips"], [[k, v] for k, v in data["camera_motion"].items()]))
+    if data["duplicate_groups"]:
+        groups = data["duplicate_groups"]
+        parts.append(f"<h2>Near-duplicates ({len(groups)} groups, {sum(map(len, groups.values()))} clips filtered)</h2>")
+        by_id = {r["clip_id"]: r for r in rows}
+        for rep_id, dups in list(groups.items())[:GALLERY_SIZE]:
+            members = [by_id[c] for c in [rep_id, *dups] if c in by_id]  # the representative is absent when it is of an earlier output
+            parts.append(_gallery(f"Group of {rep_id}", members, scores))
 
     parts.append("<h2>Errors and filters by reason</h2>")
     parts.append(_table(["table", "status", "reason", "count", "example"],

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from curate.config import ConfigError, JobConfig, to_dict
 from curate.storage import Output
-from schemas import CLIPS, ClipStatus, Reason, conform
+from schemas import CLIPS, SCORE_FIELDS, ClipStatus, Reason, conform
 from stages.aesthetic import ScoreAesthetic, WeightsError
 from stages.frames import read_frames
 from stages.motion import ScoreMotion
@@ -125,15 +125,13 @@ def _ort_has_cuda() -> bool:
 
 
 # What a scorer decides about a clip: its columns, and an error it may have met.
-SCORED = ["motion_score", "motion_min_region", "motion_method", "aesthetic_score", "aesthetic_model",
-          "watermark_score", "watermark_box", "text_area", "text_frames", "text_static", "ocr_text",
-          "nsfw_score", "nsfw_labels", "status", "reason", "error"]
+SCORED = [f.name for f in SCORE_FIELDS] + ["status", "reason", "error"]
 
 
 # Bumped when a scorer's code scores the same clip differently under the same settings, so a rerun does
 # not reuse scores the current code would not give (2: the watermark detector's votes and blank rule).
 # The watermark model's fitted constants are part of the key too, so a refit invalidates on its own.
-SCORE_RULES = 2
+SCORE_RULES = 3
 
 
 class ScoreCache:

@@ -15,6 +15,7 @@ import tarfile
 
 import pyarrow as pa
 
+from curate.dedup import drop_from_index
 from curate.release import TakedownError, match_sources, read_job, read_takedowns, write_release
 from curate.storage import Output
 from schemas import CLIPS, SHARDS, TAKEDOWNS, ClipStatus, Reason, conform
@@ -93,6 +94,7 @@ def _takedown(out: Output, out_url: str, source: str, reason: str | None, now: d
     out.write_table("takedowns", takedowns)
     out.write_table("clips", clips)
     out.write_table("shards", shards)
+    drop_from_index(out, ids)  # a later run's dedup.against must not treat its clips as part of this dataset
     write_release(out, job, sources, clips, shards)
     return {"request": source, "source_ids": sorted(ids), "reason": reason, "time": time,
             "clips_removed": sum(removed.values()), "shards_rewritten": touched}

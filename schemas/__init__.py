@@ -54,6 +54,7 @@ class Reason:
     LATENT_ERROR = "latent_error"  # the clip could not be decoded for the VAE
     BLANK = "blank"  # black or nearly constant frames (split.blank_max_std)
     TRANSITION = "transition"  # a fade or dissolve, with split.transition_margin_s on each side
+    DUPLICATE = "duplicate"  # a near-duplicate of a better clip of this run or of an earlier output (`duplicate_of` names it)
 
 
 class CaptionStatus:
@@ -146,6 +147,12 @@ MOTION_FIELDS = [
     pa.field("motion_score", pa.float64()),  # % of the frame diagonal per second, median over time windows
     pa.field("motion_min_region", pa.float64()),  # the same, for the least moving cell of a regions x regions grid
     pa.field("motion_method", pa.string()),  # vectors | flow (not on one scale); vectors: the source's own when the one-pass split read them, else the clip file's
+    # The camera's movement (stages/camera.py: a global model fitted per window, medians over windows);
+    # signs are the camera's: the picture moves left on a pan right, down on a tilt up, grows on a zoom in.
+    pa.field("camera_pan", pa.float64()),  # % of the frame diagonal per second, > 0: pans right
+    pa.field("camera_tilt", pa.float64()),  # % of the frame diagonal per second, > 0: tilts up
+    pa.field("camera_zoom", pa.float64()),  # relative scale change per second, > 0: zooms in
+    pa.field("camera_motion", pa.string()),  # static | pan_left | pan_right | tilt_up | tilt_down | zoom_in | zoom_out | complex
 ]
 AESTHETIC_FIELDS = [
     pa.field("aesthetic_score", pa.float64()),  # LAION aesthetic head over CLIP embeddings of a few frames
@@ -166,6 +173,24 @@ NSFW_FIELDS = [  # unsafe content (stages/nsfw.py): NudeNet's detector on a few 
     pa.field("nsfw_labels", pa.list_(pa.string())),  # detector classes seen at >= nsfw.label_score, sorted
 ]
 SCORE_FIELDS = [*MOTION_FIELDS, *AESTHETIC_FIELDS, *WATERMARK_FIELDS, *TEXT_FIELDS, *NSFW_FIELDS]
+# Near-duplicates (stages/dedup.py), for every clip that got a signature (kept after score + select).
+DEDUP_FIELDS = [
+    pa.field("dup_group", pa.string()),  # clip_id of the group's representative (the clip itself when it has no duplicate)
+    pa.field("duplicate_of", pa.string()),  # the representative's clip_id (maybe of an earlier output) when this clip is a duplicate; else null
+]
+# What the dedup step computes per clip: its signature (stages.dedup.ROWS x 32 bytes), or why there is none.
+SIGNATURE_ROWS = pa.schema([pa.field("clip_id", pa.string()), pa.field("signature", pa.binary()), pa.field("error", pa.string())])
+# OUT/dedup/signatures.parquet: the kept clips of an output, for `dedup.against` of later runs.
+SIGNATURE_INDEX = pa.schema(
+    [
+        pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("source_id", pa.string()),
+        pa.field("duration_s", pa.float64()),
+        pa.field("aesthetic_score", pa.float64()),
+        pa.field("signature", pa.binary()),  # stages.dedup.ROWS x 32 bytes: a 256-bit hash per view, the mean colour
+    ],
+    metadata={"curate.schema_version": str(SCHEMA_VERSION), "curate.table": "signatures"},
+)
 # Filled by the caption step (stages/caption.py) for kept clips; null elsewhere.
 CAPTION_FIELDS = [
     pa.field("caption_model", pa.string()),  # hub id or local folder of the VLM; "(random weights)" appended when so
@@ -241,6 +266,7 @@ CLIPS = pa.schema(
         pa.field("error", pa.string()),
         pa.field("shard", pa.string()),  # path of the shard holding the clip, relative to the output
         *SCORE_FIELDS,
+        *DEDUP_FIELDS,
         *LATENT_FIELDS,
         *TEXT_EMBEDDING_FIELDS,
     ],

@@ -72,6 +72,17 @@ PROMPTS = {
 # caption.style structured: the fixed shape of the model's answer (key -> list of strings, or a string)
 STRUCTURED = {"subjects": list, "actions": list, "setting": str, "camera": str, "lighting": str, "style": str, "on_screen_text": list}
 
+# camera_hint: what the prompt says for each camera_motion label (stages/camera.py); complex says nothing
+CAMERA_HINTS = {
+    "static": "The camera is static.",
+    "pan_left": "The camera pans left.",
+    "pan_right": "The camera pans right.",
+    "tilt_up": "The camera tilts up.",
+    "tilt_down": "The camera tilts down.",
+    "zoom_in": "The camera zooms in.",
+    "zoom_out": "The camera zooms out.",
+}
+
 _REFUSAL = re.compile(
     r"^\W*(i'?m sorry|i am sorry|sorry[,.!]|i apologi[sz]e|i can(not|'t|not)\b|i am (not able|unable)|i'?m (not able|unable)|"
     r"as an ai\b|unfortunately,? i (can|am|'m))"
@@ -152,6 +163,7 @@ class CaptionConfig:
     clip_model: str | None = None  # CLIP for caption_clip_score: an open_clip folder, or an open_clip name with clip_weights
     clip_weights: str | None = None  # with an open_clip name: a weights file, the pretrained tag, or `random`
     rewrite: RewriteConfig | None = None  # a text-only LM rewriting each caption (the VLM's kept in caption_raw)
+    camera_hint: bool = False  # tell the model the clip's camera_motion ("The camera pans left.") after the prompt
 
     def __post_init__(self):
         for name in ("frames", "frame_size", "max_new_tokens", "batch_size", "actors", "prep_actors", "repeat_ngram"):
@@ -174,6 +186,13 @@ class CaptionConfig:
     @property
     def text(self) -> str:
         return self.prompt or PROMPTS[self.style]
+
+    def prompt_for(self, row: dict) -> str:
+        """The prompt for one clip: `text` with its {column}s filled from the clip's row (fill_prompt), plus
+        its camera motion with camera_hint."""
+        text = fill_prompt(self.text, row)
+        hint = CAMERA_HINTS.get(row.get("camera_motion") or "") if self.camera_hint else None
+        return f"{text} {hint}" if hint else text
 
     def check(self) -> None:
         """Raise WeightsError unless the model (and CLIP) can be loaded without a download; cheap."""
@@ -689,7 +708,7 @@ class PrepareCaptions:
                 if row.get(RESCORE):
                     item = {"frames": frames, "known": True}
                 else:
-                    item = {"frames": frames, "inputs": self.model.prepare(frames, fill_prompt(self.cfg.text, row))}
+                    item = {"frames": frames, "inputs": self.model.prepare(frames, self.cfg.prompt_for(row))}
             except (OSError, CaptionError, MediaError) as e:
                 item = {"error": f"cannot read {row['clip_uri']}: {e}"}
             blobs.append(pickle.dumps(item, protocol=5))

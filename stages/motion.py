@@ -14,7 +14,8 @@ anywhere, cancels; things that move keep their direction) and median-filtered in
     score      median over windows of the map's mean; motion_min_region: the least moving grid cell
 
 A frozen clip scores 0, and a flash or a brightness ramp that lasts a moment moves only a few
-windows, which the median ignores.
+windows, which the median ignores. Each window's field also gets a global motion model fitted to it
+(stages.camera): the camera's pan, tilt and zoom, and a label for the clip.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import pyarrow as pa
 
 from stages.timeline import DEFAULT_FPS
 from schemas import MOTION_FIELDS
+from stages.camera import Camera, CameraWindow, fit_window, summarize_camera
 from stages.columns import ScoreError, score_rows
 from stages.media import MediaError, local_copy
 
@@ -52,6 +54,10 @@ class MotionConfig:
     flow_fps: float = 5.0  # flow: frames sampled at this rate (one flow field per consecutive pair)
     flow_width: int = 160  # flow: frames scaled to this width
     regions: int = 4  # motion_min_region: the frame cut into regions x regions cells
+    # camera_motion: `static` while pan, tilt and zoom (zoom at the frame's corner) all move the picture
+    # less than this, in % of the diagonal per second (vectors read ~1.5x the true speed, see _magnitude)
+    camera_min_speed: float = 2.0
+    camera_dominance: float = 0.5  # a second component above this x the largest: `complex` (a diagonal move)
 
     def __post_init__(self):
         if not self.window_s > 0:
@@ -62,6 +68,10 @@ class MotionConfig:
             raise ValueError(f"flow_width must be >= 32, got {self.flow_width}")
         if self.regions < 1:
             raise ValueError(f"regions must be >= 1, got {self.regions}")
+        if not self.camera_min_speed > 0:
+            raise ValueError(f"camera_min_speed must be > 0, got {self.camera_min_speed}")
+        if not 0 < self.camera_dominance <= 1:
+            raise ValueError(f"camera_dominance must be in (0, 1], got {self.camera_dominance}")
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,15 @@ class Motion:
     score: float  # % of the frame diagonal per second
     min_region: float
     windows: int
+    camera: Camera | None = None
+
+
+class WindowMaps(list):
+    """Magnitude maps, one per window, with `camera`: the camera fit of each window (None: no fit)."""
+
+    def __init__(self, maps=(), camera=()):
+        super().__init__(maps)
+        self.camera: list[CameraWindow | None] = list(camera)
 
 
 # ------------------------------------------------------------------------------------- motion vectors
@@ -95,8 +114,9 @@ def export_vectors(s: av.VideoStream) -> None:
 def vector_field(mvs: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
     """Motion vectors (PyAV's MOTION_VECTORS records) -> (dx, dy) per 16 px cell, in pixels, area-weighted.
 
-    Vectors point from the reference to this frame; those taken from a later frame (`source` > 0) are
-    turned round so every vector points forward in time. Cells no vector covers (intra blocks) are 0.
+    FFmpeg's vectors point from a block of this frame to where it is in the reference (src = dst +
+    motion); those taken from a later frame (`source` > 0) are turned round, so every vector points
+    back in time: the picture's motion is minus the field. Cells no vector covers (intra blocks) are 0.
     """
     gw, gh = -(-width // CELL), -(-height // CELL)
     if len(mvs) == 0:
@@ -141,12 +161,13 @@ class VectorWindows:
     """Per-frame vector fields in, one magnitude map per `window_s` of time out (streaming).
 
     Push every decoded frame's time and field (None for a frame without vectors: intra frames);
-    `maps` holds the finished windows' maps, `finish()` closes the last one.
+    `maps` holds the finished windows' maps (and `maps.camera` their camera fits), `finish()` closes
+    the last one.
     """
 
     def __init__(self, window_s: float, rate: float | None):
         self.window_s, self.rate = window_s, rate
-        self.maps: list[np.ndarray] = []
+        self.maps = WindowMaps()
         self.seen_vectors = False
         self._acc: tuple[np.ndarray, np.ndarray] | None = None
         self._n = 0
@@ -175,10 +196,12 @@ class VectorWindows:
 
     def _close(self) -> None:
         if self._n:
-            self.maps.append(_magnitude(self._acc[0] / self._n, self._acc[1] / self._n, self._diag, self.rate))
+            dx, dy = self._acc[0] / self._n, self._acc[1] / self._n
+            self.maps.append(_magnitude(dx, dy, self._diag, self.rate))
+            self.maps.camera.append(fit_window(-dx, -dy, CELL, self._diag, self.rate or 25.0))
         self._acc, self._n = None, 0
 
-    def finish(self) -> list[np.ndarray]:
+    def finish(self) -> WindowMaps:
         self._close()
         return self.maps
 
@@ -191,7 +214,7 @@ def frame_vectors(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray] | None:
     return vector_field(sd.to_ndarray(), frame.width, frame.height)
 
 
-def vector_windows(path: str, window_s: float) -> list[np.ndarray]:
+def vector_windows(path: str, window_s: float) -> WindowMaps:
     """Magnitude maps (% of the diagonal per second, one per window) from the codec's motion vectors."""
     c, s = open_with_vectors(path)
     with c, frame_cycles_collected() as collect:
@@ -222,8 +245,8 @@ def _magnitude(dx: np.ndarray, dy: np.ndarray, diag: float, rate: float | None) 
 # ------------------------------------------------------------------------------------------ optical flow
 
 
-def flow_windows(path: str, fps: float, width: int) -> Iterator[np.ndarray]:
-    """Magnitude maps (% of the diagonal per second), one per pair of frames sampled at `fps`."""
+def flow_windows(path: str, fps: float, width: int) -> Iterator[tuple[np.ndarray, CameraWindow | None]]:
+    """(magnitude map in % of the diagonal per second, camera fit), one per pair of frames sampled at `fps`."""
     try:
         c = av.open(path, metadata_errors="ignore")
     except av.FFmpegError as e:
@@ -250,9 +273,12 @@ def flow_windows(path: str, fps: float, width: int) -> Iterator[np.ndarray]:
                 grey = (grey - grey.mean()) / (grey.std() + 1.0) * 48.0 + 128.0
                 if prev is not None and t > prev[0]:
                     flow = cv2.calcOpticalFlowFarneback(prev[1], grey, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+                    diag = float(np.hypot(width, height))
+                    # the camera from the flow on an 8 px grid (the picture's motion, px per sampled pair)
+                    cam = fit_window(flow[4::8, 4::8, 0], flow[4::8, 4::8, 1], 8, diag, 1.0 / (t - prev[0]))
                     mag = np.hypot(flow[..., 0], flow[..., 1])
                     mag[mag < FLOW_NOISE_PX] = 0.0  # Farneback's sub-pixel jitter on noise and compression
-                    yield mag / float(np.hypot(width, height)) / (t - prev[0]) * 100.0
+                    yield mag / diag / (t - prev[0]) * 100.0, cam
                 prev = (t, grey)
         except av.FFmpegError as e:
             raise ScoreError(f"decoding failed: {e}") from e
@@ -262,7 +288,7 @@ def flow_windows(path: str, fps: float, width: int) -> Iterator[np.ndarray]:
 
 
 def summarize(maps, cfg: MotionConfig) -> Motion | None:
-    """Motion from magnitude maps (one per window); None when there are none."""
+    """Motion from magnitude maps (one per window; a WindowMaps adds the camera); None when there are none."""
     means, regions = [], []
     for m in maps:
         means.append(float(m.mean()))
@@ -271,7 +297,8 @@ def summarize(maps, cfg: MotionConfig) -> Motion | None:
     if not means:
         return None
     per_region = np.median(np.stack(regions), axis=0)
-    return Motion(score=float(np.median(means)), min_region=float(per_region.min()), windows=len(means))
+    camera = summarize_camera(getattr(maps, "camera", []), cfg.camera_min_speed, cfg.camera_dominance)
+    return Motion(score=float(np.median(means)), min_region=float(per_region.min()), windows=len(means), camera=camera)
 
 
 def settings_key(cfg: MotionConfig) -> str:
@@ -283,17 +310,25 @@ def columns(m: Motion | None, cfg: MotionConfig) -> dict:
     """The MOTION_FIELDS of a clip row."""
     if m is None:
         return {"motion_method": cfg.method}
-    return {"motion_score": m.score, "motion_min_region": m.min_region, "motion_method": cfg.method}
+    cols = {"motion_score": m.score, "motion_min_region": m.min_region, "motion_method": cfg.method}
+    if m.camera is not None:
+        c = m.camera
+        cols.update(camera_pan=c.pan, camera_tilt=c.tilt, camera_zoom=c.zoom, camera_motion=c.motion)
+    return cols
 
 
 def measure(path: str, cfg: MotionConfig) -> Motion | None:
     """Motion of the video at a local path; None when it has too few frames to say."""
-    maps = vector_windows(path, cfg.window_s) if cfg.method == "vectors" else flow_windows(path, cfg.flow_fps, cfg.flow_width)
+    if cfg.method == "vectors":
+        maps = vector_windows(path, cfg.window_s)
+    else:
+        pairs = list(flow_windows(path, cfg.flow_fps, cfg.flow_width))
+        maps = WindowMaps([m for m, _ in pairs], [c for _, c in pairs])
     return summarize(maps, cfg)
 
 
 class ScoreMotion:
-    """CLIPS rows -> the same rows with motion_score, motion_min_region, motion_method.
+    """CLIPS rows -> the same rows with the MOTION_FIELDS (motion_score, ..., camera_pan, ..., camera_motion).
 
     A clip whose motion the one-pass split already measured from the source's own vectors (same
     method, same settings: the pipeline drops stale ones) keeps it; no second decode.

@@ -52,6 +52,7 @@ SCENE_TYPE = pa.struct(SCENE_FIELDS)
 # A clip's motion, when the one-pass split measured it from the source's vectors, and the motion
 # settings it was measured with (`flatten` drops it when the job's settings have changed since).
 SPLIT_MOTION_FIELDS = [*MOTION_FIELDS, pa.field("motion_key", pa.string())]
+MOTION_NAMES = {f.name for f in MOTION_FIELDS}
 CLIP_WINDOW_TYPE = pa.struct([*CLIP_WINDOW_FIELDS, *SPLIT_MOTION_FIELDS])
 SPLIT = SOURCES.append(pa.field("scenes", pa.list_(SCENE_TYPE))).append(pa.field("clips", pa.list_(CLIP_WINDOW_TYPE)))
 # What the split decides of a source row (a cached split restores exactly these).
@@ -397,7 +398,7 @@ def flatten(split: pa.Table, motion_key: str | None = None) -> tuple[pa.Table, p
         for c in row["clips"] or []:
             key = c.pop("motion_key", None)
             if key is None or key != motion_key:
-                c = {k: v for k, v in c.items() if not k.startswith("motion_")}
+                c = {k: v for k, v in c.items() if k not in MOTION_NAMES}
             clip_rows.append({"source_id": row["source_id"], **c})
     scenes = pa.Table.from_pylist(scenes_rows, schema=pa.schema([pa.field("source_id", pa.string()), *SCENE_FIELDS]))
     clips = pa.Table.from_pylist(clip_rows, schema=pa.schema([pa.field("source_id", pa.string()), *CLIP_WINDOW_FIELDS, *MOTION_FIELDS]))

@@ -8,6 +8,7 @@ import webdataset as wds
 
 from curate.cli import main
 from curate.catalog import query
+from stages.camera import LABELS
 from tests.conftest import ROOT, make_bad_files
 
 pytestmark = pytest.mark.ray
@@ -47,6 +48,7 @@ def test_demo_job_writes_tables_clips_and_shards(demo_out, capsys):
             # the demo captions every kept clip (tiny random VLM and CLIP, marked so)
             assert s["txt"].decode() == meta["caption"] and meta["caption_status"] == "ok"
             assert meta["caption_model"].endswith("(random weights)") and -1 <= meta["caption_clip_score"] <= 1
+            assert meta["camera_motion"] in LABELS and meta["dup_group"] == meta["clip_id"]  # camera and dedup columns travel too
             assert s["mp4"][4:8] == b"ftyp"
             seen.append(s["__key__"])
     kept = [r["clip_id"] for r in q(demo_out, "select clip_id from clips where status = 'kept' order by 1")]
@@ -139,8 +141,9 @@ def test_demo_job_scores_every_clip_and_names_the_failed_condition(demo_out):
             assert r["text_area"] > 0.005 and r["text_frames"] == 1.0 and "00:00:0" in r["ocr_text"], r
         else:
             assert r["text_area"] < 0.005 and r["ocr_text"] == "", r
+        assert r["camera_motion"] in LABELS
         if scene["content"] == "frozen":
-            assert r["motion_score"] < 0.01 and r["status"] == "filtered"
+            assert r["motion_score"] < 0.01 and r["status"] == "filtered" and r["camera_motion"] == "static"
             assert r["reason"] == "select: motion_score >= 0.05"
         else:
             assert r["motion_score"] > 0.5

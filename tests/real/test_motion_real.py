@@ -71,6 +71,8 @@ def test_split_measures_motion_from_the_source_vectors(videos, tmp_path):
     _, _, clips = flatten(split, settings_key(cfg))
     rows = [r for r in clips.to_pylist() if r["status"] == "kept"]
     assert rows and all(r["motion_method"] == "vectors" and r["motion_score"] is not None for r in rows)
+    # three static cameras (people walking, cars, a brightness change): the camera columns come from the same vectors
+    assert all(r["camera_motion"] == "static" and abs(r["camera_pan"]) < 1.0 for r in rows), [(r["clip_id"], r["camera_motion"]) for r in rows]
     by_source = {}
     for r in rows:
         from_clip = measure(r["clip_uri"], cfg)
@@ -91,3 +93,4 @@ def test_split_measures_motion_from_the_source_vectors(videos, tmp_path):
     # Other motion settings: the split's values are stale and dropped, so the score step measures clips.
     _, _, stale = flatten(split, settings_key(dataclasses.replace(cfg, window_s=1.0)))
     assert stale["motion_score"].null_count == stale.num_rows
+    assert stale["camera_motion"].null_count == stale.num_rows

@@ -380,3 +380,21 @@ def test_tiny_qwen2vl_on_gpu_in_bfloat16(videos, tiny_models):
 
     assert next(stage.model.model.parameters()).dtype == torch.bfloat16
     assert all(r["caption_status"] in ("ok", "failed") for r in out) and any(r["caption"] for r in out)
+
+
+def test_camera_hint_puts_the_clip_camera_motion_into_the_prompt(videos):
+    class Recording(Scripted):
+        prompts: list[str] = []
+
+        def prepare(self, frames, prompt):
+            self.prompts.append(prompt)
+            return super().prepare(frames, prompt)
+
+    rows = [{**real_rows(videos)[2], "clip_id": c, "camera_motion": m} for c, m in [("a", "pan_left"), ("b", "complex"), ("c", None)]]
+    model = Recording(*[("A red car drives away.", 6, True)] * 3)
+    Caption(CaptionConfig(camera_hint=True), model)(table(rows))
+    base = CaptionConfig().text
+    assert model.prompts == [f"{base} The camera pans left.", base, base]
+    model.prompts.clear()
+    Caption(CaptionConfig(), Recording(("A car.", 3, True)))(table(rows[:1]))
+    assert Recording.prompts == [base]  # off by default

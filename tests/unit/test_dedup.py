@@ -1,0 +1,158 @@
+"""Near-duplicate clips: every re-upload edit of a real shot is found, other shots are not, groups and
+representatives do not depend on row order, and the LSH candidates find planted pairs among random ones."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from curate.bench.dedup import EDITS, cut, edit
+from schemas import CLIPS, SIGNATURE_INDEX
+from stages.dedup import BITS, ROWS, DedupConfig, Signatures, components, distance, duplicate_groups, mark_duplicates
+
+
+@pytest.fixture(scope="module")
+def media(videos, tmp_path_factory):
+    d = tmp_path_factory.mktemp("dedup")
+    orig = cut(str(videos / "bikes.mp4"), 3.2, 2.0, str(d / "orig.mp4"))
+    files = {"original": orig, **{e: edit(orig, e, str(d / f"{e}.mp4")) for e in EDITS}}
+    files["other_shot"] = cut(str(videos / "bikes.mp4"), 5.6, 1.8, str(d / "other_shot.mp4"))
+    files["other_video"] = cut(str(videos / "carphone_pristine.mp4"), 0.5, 2.0, str(d / "other_video.mp4"))
+    return files
+
+
+@pytest.fixture(scope="module")
+def signed(media):
+    names = list(media)
+    table = pa.Table.from_pylist([{**{f.name: None for f in CLIPS}, "clip_id": n, "source_id": "s", "status": "kept", "clip_uri": p}
+                                  for n, p in media.items()], schema=CLIPS)
+    sigs = Signatures(DedupConfig())(table)
+    assert sigs["error"].null_count == len(names) and sigs["signature"].null_count == 0
+    return table, sigs
+
+
+def _arr(sigs):
+    return np.frombuffer(b"".join(sigs["signature"].to_pylist()), np.uint8).reshape(sigs.num_rows, ROWS, BITS // 8)
+
+
+def test_every_edit_is_grouped_with_its_original_and_other_shots_are_not(signed):
+    table, sigs = signed
+    names = table["clip_id"].to_pylist()
+    label = dict(zip(names, duplicate_groups(_arr(sigs), DedupConfig())))
+    for e in EDITS:
+        assert label[e] == label["original"], e
+    assert label["other_shot"] != label["original"] and label["other_video"] != label["original"]
+    assert label["other_shot"] != label["other_video"]
+    d = dict(zip(names, distance(_arr(sigs), np.zeros(len(names), int), np.arange(len(names)))))
+    assert max(d[e] for e in EDITS) < min(d["other_shot"], d["other_video"])
+
+
+def test_representative_is_the_longest_whatever_the_row_order(signed):
+    table, sigs = signed
+    n = table.num_rows
+    names = table["clip_id"].to_pylist()
+    # the original is longest; the logo copy ties it in length and wins on the aesthetic score
+    dur = {k: (2.0 if k in ("original", "logo") else 1.5) for k in names}
+    aes = {k: (5.0 if k == "logo" else 4.0) for k in names}
+    table = table.set_column(table.schema.get_field_index("duration_s"), "duration_s", pa.array([dur[k] for k in names], pa.float64()))
+    table = table.set_column(table.schema.get_field_index("aesthetic_score"), "aesthetic_score", pa.array([aes[k] for k in names], pa.float64()))
+    results = []
+    for seed in range(3):
+        perm = np.random.default_rng(seed).permutation(n)
+        out = mark_duplicates(table.take(perm), sigs.take(np.random.default_rng(seed + 10).permutation(n)), None, DedupConfig())
+        results.append({r["clip_id"]: (r["dup_group"], r["duplicate_of"], r["status"], r["reason"]) for r in out.to_pylist()})
+    assert results[0] == results[1] == results[2]
+    r = results[0]
+    assert r["logo"] == ("logo", None, "kept", None)
+    for e in [*EDITS, "original"]:
+        if e != "logo":
+            assert r[e] == ("logo", "logo", "filtered", "duplicate"), e
+    assert r["other_shot"] == ("other_shot", None, "kept", None)
+
+
+def test_windows_of_one_scene_are_not_duplicates_of_each_other(signed):
+    """A long shot cut into max_clip_s windows: its windows look alike but are its continuation, not copies."""
+    table, sigs = signed
+    sub = table.filter(pa.compute.is_in(table["clip_id"], pa.array(["original", "low_quality", "other_video"])))
+    same = [0 if c != "other_video" else 1 for c in sub["clip_id"].to_pylist()]
+    sub = sub.set_column(sub.schema.get_field_index("scene_index"), "scene_index", pa.array(same, pa.int32()))
+    out = {r["clip_id"]: r for r in mark_duplicates(sub, sigs, None, DedupConfig()).to_pylist()}
+    assert out["original"]["duplicate_of"] is None and out["low_quality"]["duplicate_of"] is None
+    # of another scene of the source (a repeated segment), or of another source, they are
+    other = sub.set_column(sub.schema.get_field_index("scene_index"), "scene_index", pa.array([0, 1, 2], pa.int32()))
+    out = {r["clip_id"]: r for r in mark_duplicates(other, sigs, None, DedupConfig()).to_pylist()}
+    assert {out["original"]["duplicate_of"], out["low_quality"]["duplicate_of"]} == {None, out["original"]["dup_group"]}
+
+
+def test_clips_of_an_earlier_output_are_the_originals(signed):
+    table, sigs = signed
+    keep = ["half_resolution", "other_video"]
+    earlier = pa.table({"clip_id": ["A/half"], "source_id": ["x"], "duration_s": [1.0], "aesthetic_score": [None],
+                        "signature": [sigs.filter(pa.compute.equal(sigs["clip_id"], "half_resolution"))["signature"][0].as_py()]},
+                       schema=SIGNATURE_INDEX)
+    sub = table.filter(pa.compute.is_in(table["clip_id"], pa.array(keep)))
+    out = {r["clip_id"]: r for r in mark_duplicates(sub, sigs, earlier, DedupConfig()).to_pylist()}
+    assert (out["half_resolution"]["duplicate_of"], out["half_resolution"]["reason"]) == ("A/half", "duplicate")
+    assert out["other_video"]["duplicate_of"] is None and out["other_video"]["dup_group"] == "other_video"
+    # an output deduplicated against itself (its own index) keeps its clips
+    own = pa.table({"clip_id": ["other_video"], "source_id": ["x"], "duration_s": [9.0], "aesthetic_score": [None],
+                    "signature": [sigs.filter(pa.compute.equal(sigs["clip_id"], "other_video"))["signature"][0].as_py()]}, schema=SIGNATURE_INDEX)
+    again = {r["clip_id"]: r for r in mark_duplicates(sub, sigs, own, DedupConfig()).to_pylist()}
+    assert again["other_video"]["status"] == "kept" and again["other_video"]["duplicate_of"] is None
+
+
+def test_lsh_finds_planted_pairs_among_random_signatures():
+    rng = np.random.default_rng(1)
+    n, planted = 5000, 200
+    sigs = rng.integers(0, 256, (n, ROWS, BITS // 8), dtype=np.uint8)
+    bits = np.unpackbits(sigs[:planted, 0], axis=1)
+    flip = np.zeros_like(bits)
+    for k in range(planted):
+        flip[k, rng.choice(BITS, 25, replace=False)] = 1  # ~10% of the bits, like a re-encode plus a logo
+    sigs[planted : 2 * planted, 0] = np.packbits(bits ^ flip, axis=1)
+    sigs[planted : 2 * planted, -1] = sigs[:planted, -1]  # the same mean colour
+    label = duplicate_groups(sigs, DedupConfig())
+    assert (label[:planted] == label[planted : 2 * planted]).mean() >= 0.99
+    assert len(np.unique(label[2 * planted :])) == n - 2 * planted  # random signatures: no group
+
+
+def test_components_join_chains_and_keep_the_smallest_index():
+    assert components(6, np.array([4, 1, 3]), np.array([5, 3, 2])).tolist() == [0, 1, 1, 1, 4, 4]
+    assert components(3, np.zeros(0, int), np.zeros(0, int)).tolist() == [0, 1, 2]
+
+
+def test_write_index_keeps_kept_clips_and_a_takedown_drops_its_source(signed, tmp_path):
+    import pyarrow.parquet as pq
+
+    from curate.dedup import INDEX, drop_from_index, write_index
+    from curate.storage import Output
+
+    table, sigs = signed
+    status = ["filtered" if c == "logo" else "kept" for c in table["clip_id"].to_pylist()]
+    source = ["b" if c == "other_video" else "a" for c in table["clip_id"].to_pylist()]
+    table = table.set_column(table.schema.get_field_index("status"), "status", pa.array(status))
+    table = table.set_column(table.schema.get_field_index("source_id"), "source_id", pa.array(source))
+    out = Output(str(tmp_path / "out"))
+    assert write_index(out, table, sigs) == table.num_rows - 1
+    index = pq.read_table(tmp_path / "out" / INDEX)
+    assert "logo" not in index["clip_id"].to_pylist() and index.schema == SIGNATURE_INDEX
+    drop_from_index(out, {"b"})
+    assert set(pq.read_table(tmp_path / "out" / INDEX)["source_id"].to_pylist()) == {"a"}
+
+
+def test_signature_from_pushed_analysis_frames_matches_the_clip_file(media):
+    """The streaming accumulator (for the one-pass split's BGR analysis frames) gives a signature close to
+    the one read from the clip file, far from another shot's."""
+    import av
+
+    from stages.dedup import SignatureFrames, hamming, signature
+
+    def pushed(path):
+        acc = SignatureFrames(DedupConfig().fps)
+        with av.open(path) as c:
+            for f in c.decode(c.streams.video[0]):
+                acc.push(float(f.time), f.to_ndarray(format="bgr24", width=160, height=68))
+        return acc.finish()
+
+    a, b = pushed(media["original"]), signature(media["original"], DedupConfig().fps)
+    assert hamming(a[0], b[0]) <= 20 < hamming(a[0], signature(media["other_shot"], DedupConfig().fps)[0])
+    assert SignatureFrames(4.0).finish() is None
