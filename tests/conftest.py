@@ -105,10 +105,12 @@ def tiny_models() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def busy_cpu(n: int | None = None):
-    """Saturate the CPU with `n` busy loops (default: one more than the cores) while the block runs:
-    determinism must hold on a loaded machine, where thread timing differs from an idle one."""
-    procs = [subprocess.Popen(["bash", "-c", "while :; do :; done"]) for _ in range(n or (os.cpu_count() or 1) + 1)]
+def busy_cpu(n: int | None = None, nice: int = 0):
+    """Saturate the CPU with `n` busy loops (default: one more than the cores) at niceness `nice` while
+    the block runs: determinism must hold on a loaded machine, where thread timing differs from an idle
+    one. Ray runs its workers at niceness 15: loops at 0 would starve a job's workers, not load them."""
+    loop = ["nice", "-n", str(nice), "bash", "-c", "while :; do :; done"]
+    procs = [subprocess.Popen(loop) for _ in range(n or (os.cpu_count() or 1) + 1)]
     try:
         yield
     finally:
