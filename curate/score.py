@@ -97,13 +97,9 @@ def _score(cfg: JobConfig, clips: pa.Table, runner) -> pa.Table:
         ds = ds.map_batches(ScoreMotion(cfg.motion), batch_format="pyarrow", batch_size=None)
     if cfg.watermark is not None:
         ds = ds.map_batches(ScoreWatermark(cfg.watermark), batch_format="pyarrow", batch_size=None)
-    if cfg.aesthetic is not None:
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        extra = {"num_gpus": 1, "concurrency": gpus} if gpus else {"concurrency": 1}
-        ds = ds.map_batches(
-            _AestheticActor, fn_constructor_args=(cfg.aesthetic,), batch_format="pyarrow",
-            batch_size=max(1, cfg.aesthetic.batch_size // cfg.aesthetic.frames), **extra,
-        )
+    # Text + NSFW before the aesthetic pool: on the CPU they fuse with the motion/watermark tasks into one
+    # actor, so a GPU aesthetic pool (which does not fuse) and they fit in two CPUs; the other order
+    # asked for three on a two-CPU instance that declares a GPU, and the tasks waited forever.
     if cfg.text is not None or cfg.nsfw is not None:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         devices = [c.device for c in (cfg.text, cfg.nsfw) if c is not None]
@@ -113,6 +109,13 @@ def _score(cfg: JobConfig, clips: pa.Table, runner) -> pa.Table:
         ds = ds.map_batches(
             _ImageModelsActor, fn_constructor_args=(cfg.text, cfg.nsfw), batch_format="pyarrow",
             batch_size=None, concurrency=min(actors, gpus) if extra else actors, num_cpus=threads, **extra,
+        )
+    if cfg.aesthetic is not None:
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        extra = {"num_gpus": 1, "concurrency": gpus} if gpus else {"concurrency": 1}
+        ds = ds.map_batches(
+            _AestheticActor, fn_constructor_args=(cfg.aesthetic,), batch_format="pyarrow",
+            batch_size=max(1, cfg.aesthetic.batch_size // cfg.aesthetic.frames), **extra,
         )
     out = [t for t in ray.get(list(ds.to_arrow_refs())) if t.num_rows]
     return pa.concat_tables([conform(t, CLIPS) for t in out]) if out else clips
