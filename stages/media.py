@@ -211,7 +211,10 @@ class Decoded:
     fps: float | None = None
     timestamps: str = "ok"  # `ok` | `repaired` (stages.timeline)
     timestamps_note: str | None = None  # what was repaired
-    repaired: bool = False
+
+    @property
+    def repaired(self) -> bool:
+        return self.timestamps == "repaired"
 
     def finish(self, timeline: Timeline, last_duration_s: float | None) -> None:
         """Fill the timeline facts once every frame went through `timeline`."""
@@ -219,7 +222,6 @@ class Decoded:
         if timeline.first_raw is not None:
             self.first_pts_s = float(timeline.first_raw * timeline.tb)
         self.timestamps, self.timestamps_note = timeline.report()
-        self.repaired = timeline.repaired
         if self.n_frames:
             last = timeline.frame_s if self.repaired or not last_duration_s else last_duration_s
             self.end_s = timeline.seconds(self.n_frames - 1) + last
@@ -240,8 +242,8 @@ def decode_video(c: av.container.InputContainer, s: av.VideoStream, decoded: Dec
 
 
 def video_stream(c: av.container.InputContainer, decoded: Decoded):
-    """The first video stream set up for threaded decoding: (stream, time base, rate, nominal frame
-    duration in seconds); fills `decoded.fps` and `decoded.container_start_s`."""
+    """The first video stream set up for threaded decoding: (stream, time base, average rate); fills
+    `decoded.fps` and `decoded.container_start_s`."""
     if not c.streams.video:
         raise MediaError(Reason.NO_VIDEO, "no video stream")
     s = c.streams.video[0]
@@ -249,7 +251,7 @@ def video_stream(c: av.container.InputContainer, decoded: Decoded):
     rate = s.average_rate or s.guessed_rate
     decoded.fps = float(rate) if rate else None
     decoded.container_start_s = (c.start_time or 0) / av.time_base
-    return s, s.time_base, rate, (1.0 / decoded.fps if decoded.fps else 0.0)
+    return s, s.time_base, rate
 
 
 def nominal_fps(s: av.VideoStream) -> float | None:
@@ -315,7 +317,7 @@ def iter_frames(path: str, width: int, decoded: Decoded, fmt: str = "bgr24") -> 
     end. Raises MediaError when decoding fails part way.
     """
     with _open(path) as c:
-        s, tb, _rate, _ = video_stream(c, decoded)
+        s, tb, _rate = video_stream(c, decoded)
         timeline = Timeline(tb, nominal_fps(s))
         height = None
         last_duration = None

@@ -246,7 +246,7 @@ class StreamSplit:
     def run(self) -> tuple[list[int], list[float], list[Piece]]:
         d = self.decoded
         with _open(self.path) as c, _Finisher() as self.finisher:
-            s, tb, self.rate, _ = video_stream(c, d)
+            s, tb, self.rate = video_stream(c, d)
             if self.vectors:
                 export_vectors(s)
             self.tb = tb
