@@ -1,7 +1,7 @@
 """The dedup step of the plan: signatures of the kept clips (on Ray), near-duplicate groups, and the
 signature index every output keeps so later runs can dedup against it (`dedup.against`).
 
-    OUT/work/signatures-<settings>.parquet   clip_id -> signature, reused by reruns (same fps)
+    OUT/commit/signature/<settings>/         clip_id -> signature, committed by the plan, reused by reruns
     OUT/dedup/signatures.parquet             the output's kept clips (SIGNATURE_INDEX), read by `against`
 """
 
@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from curate.config import ConfigError
 from curate.storage import Output
-from schemas import SIGNATURE_INDEX, SIGNATURE_ROWS, ClipStatus
+from schemas import SIGNATURE_INDEX, ClipStatus
 from stages.dedup import DedupConfig, Signatures, mark_duplicates
 
 INDEX = "dedup/signatures.parquet"
@@ -47,20 +47,35 @@ def load_against(cfg: DedupConfig) -> pa.Table:
     return pa.concat_tables(tables) if tables else SIGNATURE_INDEX.empty_table()
 
 
-def dedup_step(cfg: DedupConfig, runner, clips: pa.Table, out: Output) -> tuple[pa.Table, pa.Table]:
-    """(clips with dup_group / duplicate_of and duplicates filtered, signatures of this run's clips)."""
-    kept = clips.filter(pc.equal(clips["status"], ClipStatus.KEPT))
-    rel = _cache_rel(cfg)
-    cached = _read(out.url, rel) if out.exists(rel) else SIGNATURE_ROWS.empty_table()
-    cached = cached.filter(pc.is_valid(cached["signature"]))
-    todo = kept.filter(pc.invert(pc.is_in(kept["clip_id"], cached["clip_id"])))
-    fresh = runner.map(todo, Signatures(cfg), SIGNATURE_ROWS) if todo.num_rows else SIGNATURE_ROWS.empty_table()
-    sigs = pa.concat_tables([cached.filter(pc.is_in(cached["clip_id"], kept["clip_id"])), fresh])
-    if fresh.num_rows:
-        buf = io.BytesIO()
-        pq.write_table(pa.concat_tables([cached, fresh.filter(pc.is_valid(fresh["signature"]))]).sort_by("clip_id"), buf)
-        out.write_bytes(rel, buf.getvalue())
-    return mark_duplicates(clips, sigs, load_against(cfg), cfg), sigs
+SIGNATURE = "_signature"  # the signature step's column: in its commit log only, read by the finalize
+
+
+class _SignatureStage:
+    """Signatures of a block's kept clips as a transient column (the commit log keeps them)."""
+
+    def __init__(self, cfg: DedupConfig):
+        self.stage = Signatures(cfg)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        sigs = self.stage(batch)
+        by_id = dict(zip(sigs["clip_id"].to_pylist(), sigs["signature"].to_pylist()))
+        errors = dict(zip(sigs["clip_id"].to_pylist(), sigs["error"].to_pylist()))
+        ids = batch["clip_id"].to_pylist()
+        batch = batch.append_column(pa.field(SIGNATURE, pa.binary()), pa.array([by_id.get(i) for i in ids], pa.binary()))
+        return batch.append_column(pa.field("_signature_error", pa.string()), pa.array([errors.get(i) for i in ids], pa.string()))
+
+
+def signature_step(cfg: DedupConfig):
+    """The plan's signature step: every kept clip's signature, committed (grouping runs in the finalize)."""
+    from curate.plan import Pool, Step, settings_key
+
+    return Step("signature", (Pool(_SignatureStage, (cfg,), batch_size=16),), (SIGNATURE, "_signature_error"),
+                settings_key(cfg.fps, SIGNATURE_RULES), keep=lambda r: r.get(SIGNATURE) is not None)
+
+
+def mark_step(cfg: DedupConfig, clips: pa.Table, sigs: pa.Table) -> pa.Table:
+    """The finalize's dedup: clips with dup_group / duplicate_of, duplicates of a better clip filtered."""
+    return mark_duplicates(clips, sigs, load_against(cfg), cfg)
 
 
 def write_index(out: Output, clips: pa.Table, sigs: pa.Table) -> int:

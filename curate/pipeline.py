@@ -1,8 +1,8 @@
-"""The Ray Data plan: ingest -> split -> select -> shards -> tables, read top to bottom.
+"""The job, read top to bottom: the input listing, the streaming plan (curate/plan.py), the finalize.
 
-Stages are plain callables over Arrow tables (see `stages/`); this module hands them to
-`map_batches`, collects the (small) tables on the driver, and writes Parquet. Heavy bytes (clips,
-shards) are written by the workers and travel as URIs.
+The stream runs every stage at once and commits each result as it is made (curate/commit.py); the
+driver only counts. The finalize then makes the output deterministic from this run's commits: dedup
+groups, hash-bucketed shards, the tables, the release files and the report (curate/finalize.py).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -20,24 +19,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
-from curate.captioning import caption_step
-from curate.dedup import check_against, dedup_step, write_index
+from curate.commit import run_stamp
 from curate.config import JobConfig, to_dict
+from curate.dedup import check_against, mark_step, write_index
+from curate.finalize import committed_clips, committed_sources, compact, prune_rows
+from curate.finalize import signatures as committed_signatures
 from curate.inputs import InputError, list_dir, read_manifest
-from curate.release import prepare_clips, write_release
-from curate.latents import check_latents, encode_clips
-from curate.resume import CachedSplit, IngestCache, ShardPlans, cached_splits, shard_plan
+from curate.latents import check_latents
+from curate.plan import build, clip_steps
+from curate.release import write_release
 from curate.report import write_report
+from curate.resume import ShardPlans, shard_plan
 from curate.samples import generate_samples
-from curate.score import check_scorers, score_clips
-from curate.select import apply_select, split_where
+from curate.score import check_scorers
 from curate.storage import Output
 from curate.tiny import use_tiny_models
 from schemas import CLIPS, SCENES, SHARDS, SOURCES, ClipStatus, Reason, SourceStatus, conform
-from stages.ingest import Ingest, fold_duplicates
 from stages.shards import WriteShards, assign_shards
-from stages.motion import settings_key as motion_settings_key
-from stages.split import SPLIT, flatten
 
 log = logging.getLogger("curate")
 
@@ -73,64 +71,75 @@ class Summary:
 # ------------------------------------------------------------------------------------------- Ray
 
 
+_VERBOSE = False  # set by configure_logging: Ray's own logs and progress bars on the terminal too
+
+
 def init_ray(cfg: JobConfig, address: str | None = None) -> None:
-    """Use the running Ray (tests), a cluster (address / RAY_ADDRESS), or start a local instance."""
+    """Use the running Ray (tests), a cluster (address / RAY_ADDRESS), or start a local instance.
+
+    By default a person sees curate's lines only: Ray's INFO chatter, workers' output and Ray Data's
+    per-operator progress stay in Ray's log folder (/tmp/ray/session_*/logs), on the terminal with -v."""
     import ray
 
-    if ray.is_initialized():
-        return
-    address = address or cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        import curate
-        import schemas
-        import stages
+    if not _VERBOSE:
+        # The driver's own C++ lines (an E-level note Ray Data's actor pools always cause, ray-project/ray#53727)
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    quiet_ray()
+    if not ray.is_initialized():
+        address = address or cfg.ray.address or os.environ.get("RAY_ADDRESS")
+        common = {"log_to_driver": _VERBOSE, "logging_level": logging.INFO if _VERBOSE else logging.WARNING}
+        if address:
+            import curate
+            import schemas
+            import stages
 
-        # Ship our packages to the cluster's workers; third-party libraries must be installed there.
-        ray.init(address=address, runtime_env={"py_modules": [curate, stages, schemas]}, log_to_driver=True)
-    else:
-        # "local": a new instance even when `ray start` left a cluster address on this machine.
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus, include_dashboard=False, log_to_driver=True)
+            # Ship our packages to the cluster's workers; third-party libraries must be installed there.
+            ray.init(address=address, runtime_env={"py_modules": [curate, stages, schemas]}, **common)
+        else:
+            # "local": a new instance even when `ray start` left a cluster address on this machine.
+            ray.init(address="local", num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus, include_dashboard=False, **common)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = _VERBOSE and sys.stderr.isatty()
+    ctx.print_on_execution_start = _VERBOSE
+    ctx.execution_options.preserve_order = False  # a straggler holds nothing back; the finalize orders
 
 
-class Runner:
-    """Runs stages with Ray Data; starts (or joins) Ray only when there is work to hand out."""
+# Lines Ray prints on every run that tell a curate user nothing they can act on.
+_RAY_NOISE = ("Progress bars disabled", "Token authentication is enabled for this Ray cluster")
 
-    def __init__(self, cfg: JobConfig, address: str | None):
-        self.cfg, self.address, self.started = cfg, address, False
 
-    def map(self, table: pa.Table | list[pa.Table], stage, schema: pa.Schema, batch_size: int | None = None) -> pa.Table:
-        """Run `stage` over `table` and collect the result on the driver, order kept.
+class _NoNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(n in record.getMessage() for n in _RAY_NOISE)
 
-        A table is cut into about `ray.blocks_per_cpu` blocks per CPU (one Ray task each); a list of
-        tables is taken as the blocks.
-        """
-        if isinstance(table, pa.Table):
-            if table.num_rows == 0:
-                return schema.empty_table()
-            size = max(1, math.ceil(table.num_rows / self.blocks()))
-            table = [table.slice(i, size) for i in range(0, table.num_rows, size)]
-        if not table:
-            return schema.empty_table()
-        import ray
 
-        self.start()
-        ds = ray.data.from_arrow(table).map_batches(stage, batch_format="pyarrow", batch_size=batch_size)
-        parts = [t for t in ray.get(list(ds.to_arrow_refs())) if t.num_rows]
-        return pa.concat_tables([t.cast(schema) for t in parts]) if parts else schema.empty_table()
+def quiet_ray() -> None:
+    """Ray Data's console lines at WARNING unless verbose (its log file keeps everything), without the
+    lines in _RAY_NOISE."""
+    import ray.data  # noqa: F401  (configures the ray.data loggers)
 
-    def start(self) -> None:
-        if not self.started:
-            import ray
+    level = logging.INFO if _VERBOSE else logging.WARNING
+    for name in ("ray.data", "ray"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.setLevel(level)
+                if not _VERBOSE and not any(isinstance(f, _NoNoise) for f in handler.filters):
+                    handler.addFilter(_NoNoise())
+    if not _VERBOSE:
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_NoNoise())
 
-            init_ray(self.cfg, self.address)
-            ray.data.DataContext.get_current().execution_options.preserve_order = True
-            self.started = True
 
-    def blocks(self) -> int:
-        import ray
+def run_tasks(table: pa.Table | list[pa.Table], stage, schema: pa.Schema, batch_size: int | None = None) -> pa.Table:
+    """Run `stage` over small work (a list of tables, one block each) as Ray tasks and collect the
+    results; for the finalize's bounded work only (one row per shard), never for clip rows."""
+    import ray
 
-        self.start()
-        return max(1, int(ray.available_resources().get("CPU", 1) * self.cfg.ray.blocks_per_cpu))
+    blocks = [t for t in ([table] if isinstance(table, pa.Table) else table) if t.num_rows]
+    if not blocks:
+        return schema.empty_table()
+    ds = ray.data.from_arrow(blocks).map_batches(stage, batch_format="pyarrow", batch_size=batch_size)
+    parts = [t.cast(schema) for t in ds.iter_batches(batch_size=None, batch_format="pyarrow") if t.num_rows]
+    return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
 # ------------------------------------------------------------------------------------------- the job
@@ -160,7 +169,7 @@ def run_job(cfg: JobConfig, address: str | None = None) -> Summary:
         check_latents(cfg.latents)
     out = Output(cfg.output)
     with out.lock():
-        return _run(cfg, out, Runner(cfg, address))
+        return _run(cfg, out, address)
 
 
 class _Clock:
@@ -175,84 +184,50 @@ class _Clock:
         self.t = now
 
 
-def _run(cfg: JobConfig, out: Output, runner: Runner) -> Summary:
+def _run(cfg: JobConfig, out: Output, address: str | None) -> Summary:
     t0 = time.time()
     clock = _Clock()
     if out.remove_temporaries():
         log.info("removed temporary files of an interrupted run")
     out.write_text("job.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    if cfg.caption is not None:
-        cfg.caption.check()  # missing weights stop the job here, before any work
     inputs, skipped = read_inputs(cfg, out)
     log.info("%d input files (%d other files skipped)", inputs.num_rows, len(skipped))
     clock.lap("inputs")
 
-    # ---- ingest: hash + probe every input not seen unchanged before; bad files become error rows
-    cache = IngestCache(out)
-    reused, todo, keys = cache.split(inputs)
-    ingested = runner.map(todo, Ingest(), SOURCES)
-    cache.save(ingested, keys)
-    sources = fold_duplicates(pa.concat_tables([pa.Table.from_pylist(reused, schema=SOURCES), ingested]))
-    ok = pc.sum(pc.equal(sources["status"], SourceStatus.OK)).as_py() or 0
-    log.info("ingest: %d sources, %d ok (%d unchanged since the last run)", sources.num_rows, ok, len(reused))
-    clock.lap("ingest")
-
-    # ---- split: detect scenes on a low-resolution decode, write clips (sources split before are reused)
-    done, todo = cached_splits(out, cfg.split, sources)
+    # ---- the stream: ingest + split per source, then every clip step at once, each committing its results
+    init_ray(cfg, address)
+    run = run_stamp()
+    steps = clip_steps(cfg)
     # With motion from codec vectors, the one-pass split measures it from the source's own vectors as it decodes.
     motion = cfg.motion if cfg.motion is not None and cfg.motion.method == "vectors" else None
-    fresh = runner.map(todo, CachedSplit(cfg.split, out.url, motion), SPLIT, batch_size=1)
-    split = pa.concat_tables([pa.Table.from_pylist(done, schema=SPLIT), fresh])
-    split = split.take(pc.sort_indices(split, [("source_id", "ascending")]))
-    sources, scenes, windows = flatten(split, motion_settings_key(motion) if motion else None)
-    clips = _clips_table(windows, sources)
-    log.info("split: %d scenes, %d clips (%d sources reused)", scenes.num_rows, clips.num_rows, len(done))
-    clock.lap("split")
+    progress = Progress(inputs.num_rows, [s.name for s in steps])
+    for counts in build(cfg, inputs, out.url, run, motion, steps).iter_batches(batch_size=None, batch_format="pyarrow"):
+        progress.add(counts)
+    progress.done()
+    clock.lap("stream")
 
-    # ---- score: motion, aesthetics, watermarks on the clip files (columns added, no row dropped;
-    #      clips scored before with the same settings are not scored again)
-    clips = score_clips(cfg, clips, runner, out)
-    # ---- select: the job's predicate over the scores; a kept clip that fails it becomes `filtered`
-    before_caption, after_caption = split_where(cfg.select.where)
-    clips = apply_select(clips, before_caption)
-    log.info("score + select: %d clips kept", int(pc.sum(pc.equal(clips["status"], ClipStatus.KEPT)).as_py() or 0) if clips.num_rows else 0)
-    clock.lap("score")
-
-    # ---- dedup: near-duplicates of a better clip (of this run or of `dedup.against`) are filtered
-    #      before anything is spent on them (captions, latents)
+    # ---- finalize: this run's committed rows, dedup groups, hash-bucketed shards, tables, release
+    sources, scenes = committed_sources(out.url, run)
+    clips = committed_clips(out.url, run)
+    ok = pc.sum(pc.equal(sources["status"], SourceStatus.OK)).as_py() or 0 if sources.num_rows else 0
+    log.info("split: %d sources, %d ok; %d scenes, %d clips", sources.num_rows, ok, scenes.num_rows, clips.num_rows)
     signatures = None
     if cfg.dedup is not None and clips.num_rows:
-        clips, signatures = dedup_step(cfg.dedup, runner, clips, out)
+        kept = clips.filter(pc.equal(clips["status"], ClipStatus.KEPT))
+        signatures = committed_signatures(cfg, out.url, kept["clip_id"])
+        clips = mark_step(cfg.dedup, clips, signatures)
         log.info("dedup: %d duplicates filtered", int(pc.sum(pc.equal(clips["reason"], Reason.DUPLICATE)).as_py() or 0))
-        clock.lap("dedup")
-
-    # ---- policy: licences, opt-outs and recorded takedowns decide which clips may reach a shard
-    clips = prepare_clips(clips, sources, cfg.policy, out)
-
-    # ---- caption: kept clips through the VLM (CPU preparation and generation as two actor pools);
-    #      conditions of the predicate on caption columns (caption_clip_score, ...) apply after it
-    if cfg.caption is not None:
-        clips = caption_step(cfg.caption, runner, clips, out)  # captions made before are reused
-        clips = apply_select(clips, after_caption)
-        clock.lap("caption")
-
-    # ---- encode: VAE latents (+ caption embeddings) of the kept clips, files under OUT/latents/
-    if cfg.latents is not None and clips.num_rows:
-        clips = encode_clips(cfg.latents, out, clips, start_ray=runner.start)
-        log.info("latents: %d clips encoded", pc.sum(pc.is_valid(clips["latent_uri"])).as_py() or 0)
-        clock.lap("latents")
-
-    # ---- shards: kept clips into WebDataset tars (unchanged shards are not rewritten)
-    clips, shards = _write_shards(cfg, out, runner, clips)
+    clips, shards = _write_shards(cfg, out, clips)
     clock.lap("shards")
 
-    # ---- tables
     out.write_table("sources", conform(sources, SOURCES))
     out.write_table("scenes", conform(scenes, SCENES))
     out.write_table("clips", conform(clips, CLIPS))
     out.write_table("shards", conform(shards, SHARDS))
     if signatures is not None:
         write_index(out, clips, signatures)  # what later runs' dedup.against reads
+    prune_rows(out.url, run)
+    compact(out.url, steps)
     clock.lap("tables")
     # ---- release: index.json, LICENSES.md, ATTRIBUTION.csv, the data card
     write_release(out, to_dict(cfg), sources, conform(clips, CLIPS), conform(shards, SHARDS))
@@ -264,7 +239,34 @@ def _run(cfg: JobConfig, out: Output, runner: Runner) -> Summary:
     return summary
 
 
-def _write_shards(cfg: JobConfig, out: Output, runner: Runner, clips: pa.Table) -> tuple[pa.Table, pa.Table]:
+class Progress:
+    """What a person watching sees: clips committed, kept, captioned, encoded, with a rate; a line every
+    few seconds (Ray Data's own per-operator bars show on a terminal with `-v`)."""
+
+    def __init__(self, sources: int, steps: list[str], every_s: float = 10.0):
+        self.sources, self.steps, self.every_s = sources, steps, every_s
+        self.t0 = self.last = time.time()
+        self.n = {"clips": 0, "kept": 0, "captioned": 0, "encoded": 0}
+        log.info("stream: %d sources through split -> %s -> commit", sources, " -> ".join(steps) or "(no clip steps)")
+
+    def add(self, counts: pa.Table) -> None:
+        for k in self.n:
+            if k in counts.column_names:
+                self.n[k] += int(pc.sum(counts[k]).as_py() or 0)
+        if time.time() - self.last >= self.every_s:
+            self.last = time.time()
+            self.show()
+
+    def show(self) -> None:
+        dt = max(1e-6, time.time() - self.t0)
+        log.info("stream: %d clips committed (%.1f/s), %d kept, %d captioned, %d encoded, %.0f s",
+                 self.n["clips"], self.n["clips"] / dt, self.n["kept"], self.n["captioned"], self.n["encoded"], dt)
+
+    def done(self) -> None:
+        self.show()
+
+
+def _write_shards(cfg: JobConfig, out: Output, clips: pa.Table) -> tuple[pa.Table, pa.Table]:
     kept = clips.filter(pc.equal(clips["status"], ClipStatus.KEPT))
     plans_store = ShardPlans(out)
     rows, plans, todo = [], {}, []
@@ -279,7 +281,7 @@ def _write_shards(cfg: JobConfig, out: Output, runner: Runner, clips: pa.Table) 
         clips = clips.set_column(
             clips.schema.get_field_index("shard"), "shard", pa.array([shard_of.get(c) for c in clips["clip_id"].to_pylist()], pa.string())
         )
-    written = runner.map(todo, WriteShards(cfg.shards, out.url), SHARDS)
+    written = run_tasks(todo, WriteShards(cfg.shards, out.url), SHARDS)
     shards = pa.concat_tables([pa.Table.from_pylist(rows, schema=SHARDS), written]).sort_by("shard")
     # shards of an earlier run that the current plan no longer has
     if out.exists("shards"):
@@ -290,16 +292,6 @@ def _write_shards(cfg: JobConfig, out: Output, runner: Runner, clips: pa.Table) 
     plans_store.save(plans, shards)
     log.info("shards: %d (%d unchanged)", shards.num_rows, len(rows))
     return clips, shards
-
-
-def _clips_table(windows: pa.Table, sources: pa.Table) -> pa.Table:
-    """Clip windows joined with what they inherit from their source (licence, attribution, uri)."""
-    inherit = sources.select(["source_id", "license", "title", "author", "source_url", "attribution", "uri"])
-    inherit = inherit.rename_columns(["source_id", "license", "title", "author", "source_url", "attribution", "source_uri"])
-    if windows.num_rows == 0:
-        return CLIPS.empty_table()
-    joined = windows.join(inherit, "source_id", join_type="left outer")
-    return conform(joined, CLIPS).sort_by([("source_id", "ascending"), ("start_frame", "ascending")])
 
 
 def summarize(cfg, sources, scenes, clips, shards, wall_s, skipped) -> Summary:
@@ -328,6 +320,8 @@ def summarize(cfg, sources, scenes, clips, shards, wall_s, skipped) -> Summary:
 
 
 def configure_logging(verbose: bool = False) -> None:
+    global _VERBOSE
+    _VERBOSE = verbose
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="curate: %(message)s", stream=sys.stderr
     )

@@ -168,8 +168,13 @@ class AestheticModel:
         out = []
         with torch.no_grad():
             for i in range(0, len(frames), self.batch_size):
-                x = torch.stack([self.preprocess(Image.fromarray(f)) for f in frames[i : i + self.batch_size]]).to(self.device)
-                out.append(self.clip.encode_image(x).float().cpu())
+                x = torch.stack([self.preprocess(Image.fromarray(f)) for f in frames[i : i + self.batch_size]])
+                n = x.shape[0]
+                # Every pass has the same shape (the last one padded): a frame's embedding then does not
+                # depend on which frames share its batch, so scores are the same bytes however blocks form.
+                if n < self.batch_size:
+                    x = torch.cat([x, x[-1:].expand(self.batch_size - n, *x.shape[1:])])
+                out.append(self.clip.encode_image(x.to(self.device)).float().cpu()[:n])
         return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
     def head_scores(self, embeddings: np.ndarray) -> np.ndarray:

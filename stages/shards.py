@@ -40,12 +40,17 @@ class ShardConfig:
     target_shards: int | None = None  # at least this many shards (when there are as many clips), filled evenly
     group_by: tuple[str, ...] = ()  # "license", "resolution", "length": one folder of shards per group
     length_buckets_s: tuple[float, ...] = (2.0, 5.0, 10.0)  # edges of the length groups, in seconds
+    # Clips are packed per bucket = hash(source_id) mod `buckets` (shard-BBBBB-NNNNNN.tar): adding or
+    # removing a source rewrites only its bucket's shards. None: one sequence over every clip.
+    buckets: int | None = 64
 
     def __post_init__(self):
         for name in ("max_samples", "max_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"ShardConfig.{name} must be a positive int, got {value!r}")
+        if self.buckets is not None and (isinstance(self.buckets, bool) or not isinstance(self.buckets, int) or self.buckets <= 0):
+            raise ValueError(f"ShardConfig.buckets must be a positive int or null, got {self.buckets!r}")
         if self.target_shards is not None and (isinstance(self.target_shards, bool) or not isinstance(self.target_shards, int) or self.target_shards <= 0):
             raise ValueError(f"ShardConfig.target_shards must be a positive int, got {self.target_shards!r}")
         for g in self.group_by:
@@ -94,6 +99,11 @@ def _check_clip_ids(clip_ids: list) -> None:
         seen.add(clip_id)
 
 
+def bucket_of(source_id: str, buckets: int) -> int:
+    """The shard bucket of a source: a hash of its id, stable across runs, machines and Python versions."""
+    return int(hashlib.sha256(source_id.encode()).hexdigest()[:8], 16) % buckets
+
+
 def assign_shards(clips: pa.Table, cfg: ShardConfig, prefix: str = "shards/shard") -> pa.Table:
     """Sort `clips` by (source_id, start_frame, clip_id) and fill `shard` with f"{prefix}-{i:06d}.tar".
 
@@ -101,7 +111,9 @@ def assign_shards(clips: pa.Table, cfg: ShardConfig, prefix: str = "shards/shard
     `cfg.max_bytes` of `clip_bytes` (the clip file's size). The input order does not matter. With
     `cfg.target_shards`, the clips are also cut into that many even runs (more shards when the limits
     or groups ask for them; fewer only when there are fewer clips). With `cfg.group_by`,
-    each group is packed on its own under `<dir of prefix>/<group>/`.
+    each group is packed on its own under `<dir of prefix>/<group>/`. With `cfg.buckets`, each hash
+    bucket of sources is packed on its own too (`{prefix}-BBBBB-NNNNNN.tar`; `target_shards` then counts
+    shards per bucket).
     """
     _require(clips, ["clip_id", "source_id", "start_frame", "clip_bytes"], "assign_shards")
     table = clips.sort_by(SORT_KEYS)
@@ -111,24 +123,34 @@ def assign_shards(clips: pa.Table, cfg: ShardConfig, prefix: str = "shards/shard
         table, groups = table.take(order), [groups[i] for i in order]
     else:
         groups = [""] * table.num_rows
+    if cfg.buckets:
+        buckets = [bucket_of(s, cfg.buckets) for s in table.column("source_id").to_pylist()]
+        keyed = [(g, b) for g, b in zip(groups, buckets)]
+        order = sorted(range(table.num_rows), key=lambda i: (keyed[i], i))
+        table, groups = table.take(order), [keyed[i] for i in order]
     clip_ids = table.column("clip_id").to_pylist()
     _check_clip_ids(clip_ids)
     # With a count target, clip k of N belongs to slot k * target // N: the slots split N evenly.
-    total, target = table.num_rows, cfg.target_shards or 1
+    sizes: dict = {}
+    for g in groups:
+        sizes[g] = sizes.get(g, 0) + 1
+    target = cfg.target_shards or 1
 
     head, tail = posixpath.split(prefix)
-    shards, index, n, size, current, slot = [], 0, 0, 0, None, 0
-    for k, (clip_id, clip_bytes, group) in enumerate(zip(clip_ids, table.column("clip_bytes").to_pylist(), groups)):
+    shards, index, n, size, current, slot, k = [], 0, 0, 0, None, 0, 0
+    for clip_id, clip_bytes, group in zip(clip_ids, table.column("clip_bytes").to_pylist(), groups):
         if not isinstance(clip_bytes, int) or clip_bytes < 0:
             raise ValueError(f"clip {clip_id!r}: clip_bytes must be a non-negative int, got {clip_bytes!r}")
-        new_slot = k * target // total
         if group != current:
-            index, n, size, current = 0, 0, 0, group
-        elif n > 0 and (n + 1 > cfg.max_samples or size + clip_bytes > cfg.max_bytes or new_slot != slot):
+            index, n, size, current, k = 0, 0, 0, group, 0
+        new_slot = k * target // sizes[group]
+        if n > 0 and (n + 1 > cfg.max_samples or size + clip_bytes > cfg.max_bytes or new_slot != slot):
             index, n, size = index + 1, 0, 0
         slot = new_slot
-        shards.append(f"{posixpath.join(head, group, tail) if group else prefix}-{index:06d}.tar")
-        n, size = n + 1, size + clip_bytes
+        folder, bucket = group if cfg.buckets else (group, None)
+        name = posixpath.join(head, folder, tail) if folder else prefix
+        shards.append(f"{name}-{bucket:05d}-{index:06d}.tar" if bucket is not None else f"{name}-{index:06d}.tar")
+        n, size, k = n + 1, size + clip_bytes, k + 1
 
     column = pa.array(shards, pa.string())
     if "shard" in table.column_names:

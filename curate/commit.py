@@ -1,0 +1,154 @@
+"""The commit log: every step's results, written by the workers as they are made.
+
+    OUT/commit/<step>/<key>/part-<hash of the part's ids>.parquet
+
+`key` names the step's settings (and the code rules that shape its results), so a change of settings
+starts a new folder and never mixes with results made under the old ones. A part holds one block's
+results (`id` = the clip or source each row is about, `match` = what else about the row its result
+depends on, e.g. the clip's bytes or the prompt, then the step's columns). It is written under a
+temporary name that starts with a dot (readers skip those) and renamed, so a part is whole or absent; a
+retried task writes a part of the same name with the same rows. The number of files grows with blocks
+(thousands of rows each), not with sources or clips, and `compact` folds a folder's parts into one.
+
+A worker looks results up by id through `CommitLog.index()`, read once per process (ids, matches and
+which part holds the row; the rows themselves are read from their part when asked for).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import time
+import uuid
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+PART = "part-"
+RUN = "_run"  # the wall clock (ns) of the run that wrote a row: of two rows for one id, the later one wins
+
+
+def part_name(ids: list[str]) -> str:
+    return PART + hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:20] + ".parquet"
+
+
+def _is_part(path: str) -> bool:
+    name = posixpath.basename(path)
+    return name.startswith(PART) and name.endswith(".parquet")
+
+
+class CommitLog:
+    """One step's committed results under one settings key."""
+
+    def __init__(self, root_url: str, step: str, key: str):
+        self.url = f"{root_url.rstrip('/')}/commit/{step}/{key}"
+        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        self._index: dict | None = None
+
+    # ------------------------------------------------------------------ writing
+
+    def write(self, table: pa.Table, run: int | None = None) -> str | None:
+        """Commit one block's rows (must have `id`); returns the part's name, or None for no rows."""
+        if table.num_rows == 0:
+            return None
+        if run is not None:
+            table = table.append_column(RUN, pa.array([run] * table.num_rows, pa.int64()))
+        name = part_name(table["id"].to_pylist())
+        self.fs.makedirs(self.root, exist_ok=True)
+        final = f"{self.root}/{name}"
+        tmp = f"{self.root}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
+        with self.fs.open(tmp, "wb") as f:
+            pq.write_table(table, f, compression="zstd")
+        self.fs.mv(tmp, final)
+        return name
+
+    # ------------------------------------------------------------------ reading
+
+    def parts(self) -> list[str]:
+        if not self.fs.exists(self.root):
+            return []
+        return sorted(p for p in self.fs.ls(self.root, detail=False) if _is_part(p))
+
+    def read(self, columns: list[str] | None = None, latest: bool = True) -> pa.Table | None:
+        """Every committed row (of each id only the latest when `latest`), or None when nothing is committed."""
+        tables = []
+        for p in self.parts():
+            with self.fs.open(p, "rb") as f:
+                tables.append(pq.read_table(f, columns=columns))
+        if not tables:
+            return None
+        table = pa.concat_tables(tables, promote_options="default")
+        return latest_rows(table) if latest else table
+
+    def index(self, refresh: bool = False) -> dict:
+        """{id: (match, part path)} of what is committed; read once per object (later runs win)."""
+        if self._index is not None and not refresh:
+            return self._index
+        found: dict[str, tuple] = {}
+        order = []
+        for p in self.parts():
+            with self.fs.open(p, "rb") as f:
+                cols = [c for c in ("id", "match", RUN) if c in pq.read_schema(f).names]
+                f.seek(0)
+                t = pq.read_table(f, columns=cols)
+            runs = t[RUN].to_pylist() if RUN in t.column_names else [0] * t.num_rows
+            matches = t["match"].to_pylist() if "match" in t.column_names else [None] * t.num_rows
+            order += zip(runs, t["id"].to_pylist(), matches, [p] * t.num_rows)
+        for _run, i, m, p in sorted(order, key=lambda r: r[0]):
+            found[i] = (m, p)
+        self._index = found
+        return found
+
+    def rows(self, ids_parts: dict[str, str]) -> dict[str, dict]:
+        """{id: committed row} for the ids asked, read from the parts that hold them."""
+        by_part: dict[str, set] = {}
+        for i, p in ids_parts.items():
+            by_part.setdefault(p, set()).add(i)
+        out = {}
+        for p, ids in by_part.items():
+            with self.fs.open(p, "rb") as f:
+                t = pq.read_table(f)
+            t = t.filter(pc.is_in(t["id"], pa.array(sorted(ids), pa.string())))
+            for r in t.to_pylist():
+                r.pop(RUN, None)
+                out[r["id"]] = r
+        return out
+
+    def compact(self, min_parts: int = 64) -> bool:
+        """Fold the folder's parts into one when there are more than `min_parts` (latest row per id).
+        The fold is written before the parts it replaces are removed: a crash in between loses nothing."""
+        parts = self.parts()
+        if len(parts) <= min_parts:
+            return False
+        table = self.read()
+        self.write(table.drop_columns([RUN]) if RUN in table.column_names else table, run=time.time_ns())
+        keep = f"{self.root}/{part_name(table['id'].to_pylist())}"
+        for p in parts:
+            if p != keep:
+                self.fs.rm(p)
+        self._index = None
+        return True
+
+
+def latest_rows(table: pa.Table) -> pa.Table:
+    """Of the rows sharing an id, the one of the latest run (ties: the later one in the table)."""
+    if table.num_rows == 0:
+        return table
+    table = table.append_column("_i", pa.array(range(table.num_rows), pa.int64()))
+    if RUN not in table.column_names:
+        table = table.append_column(RUN, pa.array([0] * table.num_rows, pa.int64()))
+    # sort by (id, run, position) and keep the last row of each id
+    order = table.sort_by([("id", "ascending"), (RUN, "ascending"), ("_i", "ascending")])
+    ids = order["id"]
+    if order.num_rows > 1:
+        nxt = pc.not_equal(ids.slice(0, order.num_rows - 1), ids.slice(1))
+        keep = pa.concat_arrays([nxt.combine_chunks() if isinstance(nxt, pa.ChunkedArray) else nxt, pa.array([True])])
+        order = order.filter(keep)
+    return order.drop_columns(["_i", RUN])
+
+
+def run_stamp() -> int:
+    """This run's stamp for RUN (the wall clock, so later runs win)."""
+    return time.time_ns()

@@ -1,0 +1,433 @@
+"""The streaming plan: one lazy Ray Data chain from the input listing to the commit log.
+
+    input rows ──► ingest + split     one task per source: stat, hash + probe, split (one decode), clip files;
+                                      a source committed before with the same settings is read back instead
+               ──► commit split       blocks of sources: their split committed, flattened to clip rows,
+                                      the licence policy applied (nothing is spent on a clip that cannot ship)
+               ──► the clip steps     `clip_steps(cfg)`: scorers, select, signatures, caption, select, latents;
+                                      each looks up what is committed under its settings, computes the rest,
+                                      commits it
+               ──► commit rows        each block's final clip rows (what the finalize reads)
+
+Every operator runs at once (Ray Data streams blocks between them; order is not kept: the finalize makes
+the output deterministic). The driver holds no rows: it iterates one small count row per block to show
+progress. CPU steps are tasks; model steps are actor pools (`ActorPoolStrategy(min, max)`), asking for a
+share of a GPU only when the cluster has GPUs, and for a share of a CPU small enough that every pool and
+at least one task fit on the smallest cluster (one CPU).
+
+A step is one entry of `clip_steps`: the stage (a class from `stages/` or a thin actor around one), its
+constructor arguments, the columns it decides, its settings key (None: cheap, computed every run, not
+committed), and how rows are matched and which rows it applies to. `StepRunner` runs any of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate.commit import CommitLog
+from curate.config import JobConfig, to_dict
+from schemas import CAPTION_FIELDS, CLIPS, LATENT_FIELDS, SOURCES, TEXT_EMBEDDING_FIELDS, ClipStatus, Reason, SourceStatus, conform
+from stages.ingest import INPUT_COLUMNS, ingest_one, normalize_license
+from stages.split import SPLIT, Split, flatten
+
+log = logging.getLogger("curate")
+
+TODO = "_todo"  # transient: the rows of a block a multi-pool step still has to compute
+HIT = "_hit"  # transient: the committed row's match differs only in what `revisit` redoes
+SOURCE_ROWS = ("sources", "rows")  # commit/sources/rows: the source rows each run saw (with their scenes)
+CLIP_ROWS = ("clips", "rows")  # commit/clips/rows: each block's final clip rows
+
+# Bumped when the split code cuts other windows from the same settings (2: `one_pass: false` cuts the
+# one-pass windows; 3: frame times from the repaired timeline, discontinuities start scenes, edit lists
+# are not truncation).
+SPLIT_RULES = 3
+# Errors that may pass (a network hiccup, a file still being copied): never committed.
+TRANSIENT = {Reason.MISSING, Reason.UNREADABLE}
+
+
+def settings_key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def stat_key(uri: str) -> str | None:
+    """uri|size|mtime of an input, or None when it cannot be stat'ed (then it is always read)."""
+    try:
+        fs, p = fsspec.core.url_to_fs(uri)
+        info = fs.info(p)
+    except (OSError, ValueError):
+        return None
+    mtime = info.get("mtime") or info.get("LastModified") or info.get("updated") or info.get("created")
+    if info.get("type") == "directory" or mtime is None:
+        return None
+    return f"{uri}|{info.get('size')}|{mtime}"
+
+
+# ------------------------------------------------------------------------------------------ steps
+
+
+@dataclass(frozen=True)
+class Pool:
+    """One Ray Data operator of a step: `stage(*args)` built once per worker, called per block."""
+
+    stage: Any
+    args: tuple = ()
+    actors: tuple[int, int] | None = None  # None: tasks; else an actor pool of (min, max) actors
+    gpu: bool = False  # asks for a share of a GPU when the cluster has GPUs
+    batch_size: int | None = None  # rows per call (None: the block as it comes)
+    num_cpus: float | None = None  # None: 1 per task, a share per actor (see `resources`)
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    pools: tuple[Pool, ...]
+    columns: tuple[str, ...] = ()  # what the step decides about a row (committed with it)
+    key: str | None = None  # settings key; None: not committed, computed every run
+    applies: Callable[[dict], bool] | None = None  # the rows it works on (default: kept clips with a file)
+    match: Callable[[dict], Any] | None = None  # what else a committed row must agree on (default: nothing)
+    revisit: Callable[[dict, dict], dict | None] | None = None  # (row, committed) -> columns to redo it with
+    valid: Callable[[dict], bool] | None = None  # is a committed row still good (its files there)?
+    keep: Callable[[dict], bool] | None = None  # which computed rows are committed (default: all)
+
+
+def kept_with_file(row: dict) -> bool:
+    return row.get("status") == ClipStatus.KEPT and bool(row.get("clip_uri"))
+
+
+class StepRunner:
+    """Runs one pool of a step over a block. The first pool looks committed results up (filling them in)
+    and marks the rest TODO; every pool computes only TODO rows; the last commits them and drops TODO."""
+
+    def __init__(self, step: Step, index: int, out_url: str, run: int):
+        self.step, self.index, self.run = step, index, run
+        self.pool, self._stage = step.pools[index], None
+        self.first, self.last = index == 0, index == len(step.pools) - 1
+        self.log = CommitLog(out_url, step.name, step.key) if step.key else None
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.first:
+            batch = self.lookup(batch)
+        todo = batch[TODO].to_pylist()
+        if any(todo):
+            mask = pa.array(todo, pa.bool_())
+            rest, work = batch.filter(pc.invert(mask)), batch.filter(mask)
+            done = self.stage()(work)
+            if self.last and self.log is not None:
+                self.commit(done)
+            batch = pa.concat_tables([rest, _like(done, rest)], promote_options="default") if rest.num_rows else done
+            if TODO not in batch.column_names:  # a stage that rebuilt its table
+                batch = batch.append_column(TODO, pa.array([True] * batch.num_rows))
+        if self.last:
+            return conform(batch, CLIPS)
+        return batch
+
+    def stage(self):
+        """The stage, built on first use: a rerun with everything committed loads no model."""
+        if self._stage is None:
+            self._stage = self.pool.stage(*self.pool.args)
+        return self._stage
+
+    def lookup(self, batch: pa.Table) -> pa.Table:
+        step = self.step
+        applies = step.applies or kept_with_file
+        rows = conform(batch, CLIPS).to_pylist()
+        todo = [applies(r) for r in rows]
+        extra: list[dict] = [{} for _ in rows]
+        if self.log is not None and any(todo):
+            index = self.log.index()
+            wanted = {}
+            for i, r in enumerate(rows):
+                if todo[i]:
+                    hit = index.get(r["clip_id"])
+                    if hit is not None and hit[0] == _match(step, r):
+                        wanted[r["clip_id"]] = hit[1]
+            committed = self.log.rows(wanted) if wanted else {}
+            for i, r in enumerate(rows):
+                c = committed.get(r["clip_id"]) if todo[i] else None
+                if c is None or (step.valid is not None and not step.valid(c)):
+                    continue
+                r.update({k: c.get(k) for k in step.columns})
+                redo = step.revisit(r, c) if step.revisit is not None else None
+                if redo is None:
+                    todo[i] = False
+                else:
+                    extra[i] = redo
+        table = pa.Table.from_pylist(rows, schema=CLIPS)
+        for name in sorted({k for e in extra for k in e}):
+            table = table.append_column(name, pa.array([e.get(name) for e in extra]))
+        return table.append_column(TODO, pa.array(todo, pa.bool_()))
+
+    def commit(self, done: pa.Table) -> None:
+        step = self.step
+        rows = [r for r in done.to_pylist() if step.keep is None or step.keep(r)]
+        if not rows:
+            return
+        data = {"id": [r["clip_id"] for r in rows], "match": [_match(step, r) for r in rows]}
+        for c in step.columns:
+            data[c] = [r.get(c) for r in rows]
+        # a step's own columns (a signature) are not clip columns: they live in the log only
+        fields = [pa.field("id", pa.string()), pa.field("match", pa.string())]
+        fields += [CLIPS.field(c) if c in CLIPS.names else done.schema.field(c) for c in step.columns]
+        self.log.write(pa.Table.from_pydict(data, schema=pa.schema(fields)), run=self.run)
+
+
+def _match(step: Step, row: dict) -> str | None:
+    m = step.match(row) if step.match is not None else None
+    return None if m is None else json.dumps(m, default=str)
+
+
+def _like(table: pa.Table, other: pa.Table) -> pa.Table:
+    """`table` with `other`'s transient columns it lacks (nulls), so the two concatenate."""
+    for f in other.schema:
+        if f.name not in table.column_names:
+            table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+    return table
+
+
+class _Select:
+    """The job's predicate (or part of it) as a stage."""
+
+    def __init__(self, where: str):
+        self.where = where
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from curate.select import apply_select
+
+        return apply_select(batch, self.where)
+
+
+def clip_steps(cfg: JobConfig) -> list[Step]:
+    """The steps every clip row goes through, in order. Adding a stage is adding an entry here."""
+    from curate.captioning import caption_step_pools, caption_revisit, caption_match, caption_keep
+    from curate.captioning import caption_keys
+    from curate.latents import latents_pool, latents_valid, settings_key as latents_key
+    from curate.score import score_pools
+    from curate.select import split_where
+    from curate.dedup import signature_step
+
+    steps: list[Step] = []
+    for name, pool, columns, key in score_pools(cfg):
+        steps.append(Step(name, (pool,), tuple(columns) + ("status", "reason", "error"), key))
+    before, after = split_where(cfg.select.where)
+    if before:
+        steps.append(Step("select", (Pool(_Select, (before,)),), applies=lambda r: r.get("status") == ClipStatus.KEPT))
+    if cfg.dedup is not None:
+        steps.append(signature_step(cfg.dedup))
+    if cfg.caption is not None:
+        text_key, _clip_key = caption_keys(cfg.caption)
+        steps.append(Step("caption", caption_step_pools(cfg.caption), ("caption", *(f.name for f in CAPTION_FIELDS)), text_key,
+                          match=caption_match(cfg.caption), revisit=caption_revisit(cfg.caption), keep=caption_keep))
+        if after:
+            steps.append(Step("select_caption", (Pool(_Select, (after,)),), applies=lambda r: r.get("status") == ClipStatus.KEPT))
+    if cfg.latents is not None:
+        decided = ("status", "reason", "error", *(f.name for f in LATENT_FIELDS), *(f.name for f in TEXT_EMBEDDING_FIELDS))
+        text = cfg.latents.text is not None
+        steps.append(Step("latents", (latents_pool(cfg.latents, cfg.output),), decided, latents_key(cfg.latents),
+                          applies=lambda r: r.get("status") == ClipStatus.KEPT,
+                          match=(lambda r: [r.get("clip_bytes"), r.get("caption")]) if text else (lambda r: r.get("clip_bytes")),
+                          valid=latents_valid, keep=lambda r: bool(r.get("latent_uri")) or r.get("reason") == Reason.NO_BUCKET))
+    return steps
+
+
+# ------------------------------------------------------------------------------------------ ingest + split
+
+
+class IngestSplit:
+    """Input rows -> SPLIT rows (+ `id`, the input's stat key, and TODO: whether to commit it). A source
+    committed before with the same settings, unchanged on disk, with every clip file still there, is read
+    back from the log (what the input row says about it, licence and credits, taken from the input)."""
+
+    def __init__(self, split_cfg, out_url: str, motion=None):
+        from curate.storage import Output
+
+        out = Output(out_url)
+        self.split = Split(split_cfg, out.uri("clips"), motion=motion)
+        self.log = CommitLog(out_url, "split", split_key(split_cfg))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows, ids, fresh = [], [], []
+        for row in batch.to_pylist():
+            key = stat_key(row["uri"]) if row.get("uri") else None
+            cached = self._cached(key)
+            if cached is not None:
+                cached.update({c: row.get(c) for c in INPUT_COLUMNS})
+                cached["license_raw"], cached["license"] = row.get("license"), normalize_license(row.get("license"))
+                rows.append(cached)
+                fresh.append(False)
+            else:
+                source = ingest_one(row)
+                result = self.split.split_one(source) if source["status"] == SourceStatus.OK else {**source, "scenes": [], "clips": []}
+                failed_clip = any(c["status"] == ClipStatus.ERROR for c in result["clips"] or [])
+                rows.append(result)
+                fresh.append(bool(key) and result["reason"] not in TRANSIENT and not failed_clip)
+            ids.append(key or row.get("uri") or "")
+        table = pa.Table.from_pylist(rows, schema=SPLIT)
+        return table.append_column("id", pa.array(ids, pa.string())).append_column(TODO, pa.array(fresh, pa.bool_()))
+
+    def _cached(self, key: str | None) -> dict | None:
+        if key is None:
+            return None
+        hit = self.log.index().get(key)
+        if hit is None:
+            return None
+        row = self.log.rows({key: hit[1]}).get(key)
+        if row is None:
+            return None
+        row.pop("id", None), row.pop("match", None)
+        for c in row.get("clips") or []:
+            if c.get("clip_uri") and not fsspec.core.url_to_fs(c["clip_uri"])[0].exists(c["clip_uri"]):
+                return None  # a clip file went missing: split again
+        return row
+
+
+class CommitSplit:
+    """Blocks of SPLIT rows: the fresh ones committed (one part per block), every source row recorded for
+    this run, then flattened into clip rows with their source's licence, credits and sha256, and the
+    licence policy (allowed licences, opt-outs, takedowns) applied."""
+
+    def __init__(self, split_cfg, out_url: str, motion_key: str | None, policy_cfg, run: int):
+        from curate.release import blocked_sources, read_takedowns
+        from curate.storage import Output
+        from stages.policy import LicencePolicy
+
+        self.split_log = CommitLog(out_url, "split", split_key(split_cfg))
+        self.sources_log = CommitLog(out_url, *SOURCE_ROWS)
+        self.motion_key, self.run = motion_key, run
+        self.policy_cfg, self.takedowns = policy_cfg, read_takedowns(Output(out_url))
+        self._blocked, self._policy = blocked_sources, LicencePolicy
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        fresh = batch.filter(batch[TODO])
+        if fresh.num_rows:
+            self.split_log.write(fresh.drop_columns([TODO]), run=self.run)
+        split = batch.drop_columns(["id", TODO])
+        seen = split.drop_columns(["clips"]).append_column("id", batch["id"])
+        self.sources_log.write(seen, run=self.run)
+        sources, _scenes, windows = flatten(split, self.motion_key)
+        clips = clip_rows(windows, sources)
+        policy = self._policy(self.policy_cfg, self._blocked(self.policy_cfg, conform(sources, SOURCES), self.takedowns))
+        return policy(clips)
+
+
+def clip_rows(windows: pa.Table, sources: pa.Table) -> pa.Table:
+    """Clip windows joined with what they inherit from their source (licence, credits, uri, sha256)."""
+    if windows.num_rows == 0:
+        return CLIPS.empty_table()
+    inherit = sources.select(["source_id", "license", "title", "author", "source_url", "attribution", "uri", "sha256"])
+    inherit = inherit.rename_columns(["source_id", "license", "title", "author", "source_url", "attribution", "source_uri", "source_sha256"])
+    # one row per source_id (the same content under two names splits to the same clips)
+    first = {}
+    for i, s in enumerate(inherit["source_id"].to_pylist()):
+        first.setdefault(s, i)
+    inherit = inherit.take(sorted(first.values()))
+    return conform(windows.join(inherit, "source_id", join_type="left outer"), CLIPS)
+
+
+def split_key(cfg) -> str:
+    return settings_key(to_dict(cfg), SPLIT_RULES)
+
+
+class CommitRows:
+    """The sink: each block's final clip rows committed for this run; returns one count row."""
+
+    def __init__(self, out_url: str, run: int):
+        self.log, self.run = CommitLog(out_url, *CLIP_ROWS), run
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        batch = conform(batch, CLIPS)
+        if batch.num_rows:
+            self.log.write(batch.append_column("id", batch["clip_id"]), run=self.run)
+        status = batch["status"].to_pylist()
+        captioned = batch["caption"].is_valid() if batch.num_rows else pa.array([], pa.bool_())
+        return pa.table({
+            "clips": [batch.num_rows], "kept": [status.count(ClipStatus.KEPT)],
+            "captioned": [int(pc.sum(captioned).as_py() or 0)], "encoded": [int(pc.sum(batch["latent_uri"].is_valid()).as_py() or 0)],
+        })
+
+
+# ------------------------------------------------------------------------------------------ the chain
+
+_WORKERS: dict = {}  # per worker process: the stage objects tasks built (models, indexes load once)
+
+
+def _task(batch: pa.Table, cls, args: tuple, name: str, run: int) -> pa.Table:
+    """A CPU step as a Ray task: its object is built once per worker process and run, and kept."""
+    if _WORKERS.get("run") != run:  # a new run in a long-lived worker: nothing of the last one is reused
+        _WORKERS.clear()
+        _WORKERS["run"] = run
+    if name not in _WORKERS:
+        _WORKERS[name] = cls(*args)
+    return _WORKERS[name](batch)
+
+
+@dataclass
+class Resources:
+    cpus: float
+    gpus: float
+    actor_pools: int
+    gpu_pools: int
+
+    def task_cpus(self, pool: Pool | None = None) -> float:
+        """A task asks for one CPU (half the cluster's when it has one), so it fits beside the actors."""
+        want = pool.num_cpus if pool is not None and pool.num_cpus is not None else 1.0
+        return round(min(want, self.cpus / 2), 4)
+
+    def ray_args(self, pool: Pool) -> dict:
+        """What one actor of `pool` asks Ray for: the actor pools together ask for at most half the CPUs
+        (so every pool and a task fit on one CPU); a GPU pool asks for an even share of the GPUs."""
+        share = min(1.0, self.cpus / (2 * max(1, self.actor_pools)))
+        args: dict = {"num_cpus": round(min(pool.num_cpus or 1, share), 4)}
+        if pool.gpu and self.gpus > 0:
+            args["num_gpus"] = round(min(1.0, self.gpus / max(1, self.gpu_pools)), 4)
+        return args
+
+    def actors(self, pool: Pool) -> tuple[int, int]:
+        lo, hi = pool.actors
+        if pool.gpu:  # on GPUs as many as the share allows; on the CPU one copy of the model
+            hi = min(hi, max(1, int(self.gpus // max(1, self.gpu_pools)))) if self.gpus > 0 else lo
+        return lo, max(lo, hi)
+
+
+def resources_for(steps: list[Step]) -> Resources:
+    import ray
+
+    cluster = ray.cluster_resources()
+    pools = [p for s in steps for p in s.pools]
+    return Resources(float(cluster.get("CPU", 1)), float(cluster.get("GPU", 0)),
+                     sum(p.actors is not None for p in pools), sum(p.gpu and p.actors is not None for p in pools))
+
+
+def build(cfg: JobConfig, inputs: pa.Table, out_url: str, run: int, motion=None, steps: list[Step] | None = None):
+    """The lazy dataset of the whole plan (nothing runs until it is iterated)."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from stages.motion import settings_key as motion_settings_key
+
+    steps = clip_steps(cfg) if steps is None else steps
+    res = resources_for(steps)
+    fmt = {"batch_format": "pyarrow"}
+    # one block per input row: a source is one task (a listing of millions is read in blocks by Ray)
+    ds = ray.data.from_arrow([inputs.slice(i, 1) for i in range(inputs.num_rows)] or [inputs])
+    ds = ds.map_batches(_task, fn_args=(IngestSplit, (cfg.split, out_url, motion), "ingest", run), batch_size=1, num_cpus=res.task_cpus(), **fmt)
+    motion_key = motion_settings_key(motion) if motion else None
+    ds = ds.map_batches(_task, fn_args=(CommitSplit, (cfg.split, out_url, motion_key, cfg.policy, run), "commit_split", run),
+                        batch_size=cfg.ray.sources_per_block, num_cpus=res.task_cpus(Pool(object, num_cpus=0.25)), **fmt)
+    for step in steps:
+        for i, pool in enumerate(step.pools):
+            args = (step, i, out_url, run)
+            if pool.actors is None:
+                ds = ds.map_batches(_task, fn_args=(StepRunner, args, f"{step.name}/{i}", run), batch_size=pool.batch_size, num_cpus=res.task_cpus(pool), **fmt)
+            else:
+                lo, hi = res.actors(pool)
+                ds = ds.map_batches(StepRunner, fn_constructor_args=args, batch_size=pool.batch_size,
+                                    compute=ActorPoolStrategy(min_size=lo, max_size=hi), **res.ray_args(pool), **fmt)
+    return ds.map_batches(_task, fn_args=(CommitRows, (out_url, run), "rows", run), batch_size=None, num_cpus=res.task_cpus(Pool(object, num_cpus=0.25)), **fmt)
