@@ -241,3 +241,12 @@ def test_fsspec_memory_partitioned(tmp_path):
         assert json.loads(rows) == [{"bucket": b, "n": 5} for b in (0, 3, 7, 12)]
     finally:
         fs.rm("/catalog-parts", recursive=True)
+
+
+def test_query_bench_small(capsys):
+    from curate.bench.query import main
+
+    assert main(["--rows", "3000", "--buckets", "8", "--repeat", "1", "--no-cli"]) == 0
+    printed = capsys.readouterr().out
+    assert "16 files in 8 buckets" in printed
+    assert [line.split()[0] for line in printed.splitlines()[3:]] == ["licence", "source", "one"]
