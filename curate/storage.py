@@ -37,11 +37,12 @@ from schemas import TABLES
 PARTITION = pa.schema([pa.field("bucket", pa.int32())])
 
 
-def is_table_part(path: str) -> bool:
-    """A finished part file of a partitioned table: `*.parquet`, no temporary (`*.tmp-*`) or hidden
-    (`.*`, `_*`) name. A write in progress is never read, whichever of the two temp names it uses."""
-    name = path.rsplit("/", 1)[-1]
-    return name.endswith(".parquet") and ".tmp-" not in name and not name.startswith((".", "_"))
+def is_table_part(rel: str) -> bool:
+    """A finished part file of a partitioned table (`rel`: its path inside the table's folder): `*.parquet`,
+    not temporary (`*.tmp-*`), nothing hidden on the way (`.*`, `_*`, as Hive and pyarrow skip). A write
+    in progress is never read, whether its temporary name is `part-x.parquet.tmp-1` or `.part-x.parquet.tmp-1`."""
+    *dirs, name = rel.strip("/").split("/")
+    return name.endswith(".parquet") and ".tmp-" not in name and not any(p.startswith((".", "_")) for p in (*dirs, name))
 
 
 class OutputBusy(RuntimeError):
@@ -107,7 +108,7 @@ class Output:
         """
         folder = self.path(f"tables/{name}")
         if self.fs.isdir(folder):
-            parts = sorted(p for p in self.fs.find(folder) if is_table_part(p))
+            parts = sorted(p for p in self.fs.find(folder) if is_table_part(p[len(folder):]))
             schema = TABLES[name]
             if bucket:
                 schema = pa.schema([*schema, *PARTITION], metadata=schema.metadata)

@@ -156,8 +156,11 @@ def clip_rows(n):
 
 def write_partitioned(root, name, table, buckets):
     """tables/<name>/bucket=NNNNN/part-*.parquet: each bucket in two parts (the first one written before
-    `caption` existed), plus two interrupted writes (`*.tmp-*`, one hidden) that are not Parquet at all."""
+    `caption` existed), plus two interrupted writes (`*.tmp-*`, one hidden) and a hidden staging folder,
+    none of them Parquet."""
     folder = root / "tables" / name
+    (folder / "_staging").mkdir(parents=True)
+    (folder / "_staging" / "part-x.parquet").write_bytes(b"not yet")
     for b in sorted(set(buckets)):
         part = table.filter(pa.array([x == b for x in buckets]))
         d = folder / f"bucket={b:05d}"
