@@ -1,4 +1,7 @@
-"""DuckDB catalog over a job's Parquet tables: views sources, scenes, clips, shards, read-only.
+"""DuckDB catalog over a job's Parquet tables: views sources, scenes, clips, shards, takedowns, read-only.
+
+A table is one file, tables/<name>.parquet, or a hive-partitioned folder, tables/<name>/bucket=NNNNN/*.parquet,
+whose view has a `bucket` column (from the folder names: `WHERE bucket = 7` reads only that folder).
 
 The tables are read by pyarrow (local or any fsspec URL) and handed to DuckDB as lazy Arrow datasets;
 DuckDB itself is then denied every file system, so no query can write, attach or read another file.
@@ -15,36 +18,29 @@ import decimal
 import io
 import json
 import math
-import posixpath
 
 import duckdb
-import fsspec
-import pyarrow.dataset as pads
-from fsspec.implementations.local import LocalFileSystem
-from pyarrow.fs import FSSpecHandler, PyFileSystem
-from pyarrow.fs import LocalFileSystem as ArrowLocalFileSystem
 
+from curate.storage import Output
 from schemas import TABLES
 
 FORMATS = ("table", "csv", "json")
 
 
 def connect(out: str) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with one view per table of OUT/tables/{name}.parquet (a file or a folder of files).
+    """An in-memory DuckDB with one view per table: OUT/tables/<name>.parquet or the folder OUT/tables/<name>/.
 
-    A missing table is an empty view with its schema from `schemas.TABLES`. OUT may be a local path or
-    an fsspec URL. Raises FileNotFoundError when OUT has no tables/ folder.
+    A partitioned table's view has the columns of its schema in `schemas.TABLES` plus `bucket`; a missing
+    table is an empty view with its schema. Part files being written (`*.tmp-*`) are not read. OUT may
+    be a local path or an fsspec URL. Raises FileNotFoundError when OUT has no tables/ folder.
     """
-    fs, root = fsspec.core.url_to_fs(out)
-    tables = posixpath.join(root.rstrip("/"), "tables")
-    if not fs.isdir(tables):
-        raise FileNotFoundError(f"no tables/ folder in output {out!r} (looked for {tables!r}); has the job run?")
-    arrow_fs = ArrowLocalFileSystem() if isinstance(fs, LocalFileSystem) else PyFileSystem(FSSpecHandler(fs))
+    output = Output(out)
+    if not output.fs.isdir(output.path("tables")):
+        raise FileNotFoundError(f"no tables/ folder in output {out!r} (looked for {output.path('tables')!r}); has the job run?")
     con = duckdb.connect(":memory:")
     for name, schema in TABLES.items():
-        path = posixpath.join(tables, f"{name}.parquet")
-        data = pads.dataset(path, format="parquet", filesystem=arrow_fs) if fs.exists(path) else schema.empty_table()
-        con.register(name, data)
+        data = output.table_dataset(name)
+        con.register(name, schema.empty_table() if data is None else data)
     # From here on DuckDB touches no file (reads go through the registered Arrow datasets), and a
     # query cannot switch that back.
     con.execute("SET enable_external_access = false")

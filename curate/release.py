@@ -59,7 +59,7 @@ class TakedownError(ValueError):
 
 
 def read_takedowns(out: Output) -> pa.Table:
-    return out.read_table("takedowns") if out.exists("tables/takedowns.parquet") else TAKEDOWNS.empty_table()
+    return out.read_table("takedowns") if out.has_table("takedowns") else TAKEDOWNS.empty_table()
 
 
 def opt_out_entries(cfg: PolicyConfig) -> list[str]:

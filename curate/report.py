@@ -283,7 +283,7 @@ def render(out: Output) -> str:
 def write_report(out_url: str) -> str:
     """Write OUT/report.html from the tables; returns its location."""
     out = Output(out_url)
-    if not out.exists("tables/clips.parquet"):
+    if not out.has_table("clips"):
         raise FileNotFoundError(f"no tables in {out_url}: run the job first")
     out.write_text("report.html", render(out))
     return out.uri("report.html")

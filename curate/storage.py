@@ -4,7 +4,9 @@
     OUT/samples/             generated demo inputs (demo job only)
     OUT/clips/<clip_id>.mp4  every clip, written once
     OUT/shards/shard-NNNNNN.tar
-    OUT/tables/{sources,scenes,clips,shards}.parquet
+    OUT/tables/<table>.parquet                          one file per table (older outputs; takedowns)
+    OUT/tables/<table>/bucket=NNNNN/part-<hash>.parquet  or hive-partitioned: several parts per bucket, the
+                                                        `bucket` column (int32) only in the folder name
     OUT/summary.json
     OUT/work/                what a rerun reuses: ingest rows, per-source split results, scores, captions,
                              latents, shard plans
@@ -23,7 +25,24 @@ import time
 
 import fsspec
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+from pyarrow.fs import FSSpecHandler, PyFileSystem
+from pyarrow.fs import LocalFileSystem as ArrowLocalFileSystem
+
+from schemas import TABLES
+
+# The hive partition key of a partitioned table: `bucket=00042/` is bucket 42.
+PARTITION = pa.schema([pa.field("bucket", pa.int32())])
+
+
+def is_table_part(rel: str) -> bool:
+    """A finished part file of a partitioned table (`rel`: its path inside the table's folder): `*.parquet`,
+    not temporary (`*.tmp-*`), nothing hidden on the way (`.*`, `_*`, as Hive and pyarrow skip). A write
+    in progress is never read, whether its temporary name is `part-x.parquet.tmp-1` or `.part-x.parquet.tmp-1`."""
+    *dirs, name = rel.strip("/").split("/")
+    return name.endswith(".parquet") and ".tmp-" not in name and not any(p.startswith((".", "_")) for p in (*dirs, name))
 
 
 class OutputBusy(RuntimeError):
@@ -70,7 +89,42 @@ class Output:
         pq.write_table(table, buf, compression="zstd")
         self.write_bytes(f"tables/{name}.parquet", buf.getvalue())
 
+    @property
+    def arrow_fs(self):
+        """This output's filesystem for pyarrow.dataset (native when local)."""
+        return ArrowLocalFileSystem() if isinstance(self.fs, LocalFileSystem) else PyFileSystem(FSSpecHandler(self.fs))
+
+    def has_table(self, name: str) -> bool:
+        """tables/<name>.parquet or the folder tables/<name>/ exists (an empty folder is an empty table)."""
+        return self.fs.isdir(self.path(f"tables/{name}")) or self.exists(f"tables/{name}.parquet")
+
+    def table_dataset(self, name: str, bucket: bool = True) -> pads.Dataset | None:
+        """The table as a lazy pyarrow dataset, or None when there is none.
+
+        The folder tables/<name>/ (hive-partitioned, preferred when both exist) has exactly the columns of
+        `schemas.TABLES[name]` (a part written before a column existed reads it as nulls), plus `bucket`
+        (int32, from the folder name) when `bucket`; its files are listed once here, and a part written
+        after that is not seen. The single file tables/<name>.parquet has the columns it was written with.
+        """
+        folder = self.path(f"tables/{name}")
+        if self.fs.isdir(folder):
+            parts = sorted(p for p in self.fs.find(folder) if is_table_part(p[len(folder):]))
+            schema = TABLES[name]
+            if bucket:
+                schema = pa.schema([*schema, *PARTITION], metadata=schema.metadata)
+            partitioning = pads.partitioning(PARTITION, flavor="hive")
+            return pads.dataset(parts, schema=schema, format="parquet", filesystem=self.arrow_fs,
+                                partitioning=partitioning, partition_base_dir=folder)  # fmt: skip
+        path = self.path(f"tables/{name}.parquet")
+        if self.fs.exists(path):
+            return pads.dataset(path, format="parquet", filesystem=self.arrow_fs)
+        return None
+
     def read_table(self, name: str) -> pa.Table:
+        """The whole table in either layout, in no particular row order; a partitioned one without `bucket`."""
+        folder = self.path(f"tables/{name}")
+        if self.fs.isdir(folder):
+            return self.table_dataset(name, bucket=False).to_table()
         with self.fs.open(self.path(f"tables/{name}.parquet"), "rb") as f:
             return pq.read_table(f)
 

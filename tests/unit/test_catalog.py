@@ -135,3 +135,121 @@ def test_fsspec_memory_output(tmp_path):
         assert json.loads(query("memory://catalog-test", "SELECT count(*) AS n FROM scenes", "json")) == [{"n": 0}]
     finally:
         fs.rm("/catalog-test", recursive=True)
+
+
+# ------------------------------------------------------------------------------ partitioned tables
+
+
+def clip_rows(n):
+    """`n` clips of 4 sources, bucket = source index (0, 3, 7, 12), two licences."""
+    buckets = [0, 3, 7, 12]
+    table = conform(
+        pa.table({"clip_id": [f"c{i:03d}" for i in range(n)], "source_id": [f"s{i % 4}" for i in range(n)],
+                  "start_frame": list(range(n)), "end_frame": [i + 10 for i in range(n)],
+                  "status": ["kept" if i % 5 else "filtered" for i in range(n)],
+                  "license": ["CC0-1.0" if i % 3 else "CC-BY-4.0" for i in range(n)],
+                  "duration_s": [0.5 + i / 8 for i in range(n)], "caption": [f"caption {i}" for i in range(n)]}),
+        CLIPS,
+    )
+    return table, [buckets[i % 4] for i in range(n)]
+
+
+def write_partitioned(root, name, table, buckets):
+    """tables/<name>/bucket=NNNNN/part-*.parquet: each bucket in two parts (the first one written before
+    `caption` existed), plus two interrupted writes (`*.tmp-*`, one hidden) and a hidden staging folder,
+    none of them Parquet."""
+    folder = root / "tables" / name
+    (folder / "_staging").mkdir(parents=True)
+    (folder / "_staging" / "part-x.parquet").write_bytes(b"not yet")
+    for b in sorted(set(buckets)):
+        part = table.filter(pa.array([x == b for x in buckets]))
+        d = folder / f"bucket={b:05d}"
+        d.mkdir(parents=True)
+        half = part.num_rows // 2
+        pq.write_table(part.slice(0, half).drop_columns(["caption"]), d / f"part-{b}a.parquet")
+        pq.write_table(part.slice(half), d / f"part-{b}b.parquet")
+        (d / f"part-{b}c.parquet.tmp-123").write_bytes(b"half a file")
+        (d / f".part-{b}d.parquet.tmp-456").write_bytes(b"half a file")
+
+
+def test_partitioned_table_is_queryable_beside_single_files(tmp_path):
+    write_tables(tmp_path, names=("sources", "shards"))  # the old single-file form, in the same output
+    clips, buckets = clip_rows(40)
+    write_partitioned(tmp_path, "clips", clips, buckets)
+    con = connect(str(tmp_path))
+    assert [r[0] for r in con.execute("DESCRIBE clips").fetchall()] == CLIPS.names + ["bucket"]
+    assert con.execute("SELECT typeof(bucket) FROM clips LIMIT 1").fetchone() == ("INTEGER",)
+    got = con.execute("SELECT clip_id, bucket, caption FROM clips ORDER BY clip_id").fetchall()
+    ids = clips["clip_id"].to_pylist()
+    no_caption = {c for b in set(buckets) for c in [c for c, x in zip(ids, buckets) if x == b][:5]}  # each first part
+    assert got == [(c, b, None if c in no_caption else f"caption {int(c[1:])}") for c, b in zip(ids, buckets)]
+    assert con.execute("SELECT count(*) FROM sources").fetchone() == (2,)  # single file: unchanged
+    assert con.execute("SELECT count(*) FROM scenes").fetchone() == (0,)  # missing: empty
+    joined = con.execute("SELECT count(*) FROM clips JOIN sources USING (source_id)").fetchone()
+    assert joined == (20,)  # sources has s1 and s2 (10 clips each), clips s0..s3
+
+
+def test_partition_pruning_does_not_change_results(tmp_path):
+    clips, buckets = clip_rows(40)
+    write_partitioned(tmp_path / "parts", "clips", clips, buckets)
+    (tmp_path / "single" / "tables").mkdir(parents=True)
+    pq.write_table(clips, tmp_path / "single" / "tables" / "clips.parquet")
+    sql = "SELECT license, status, count(*), sum(duration_s) FROM clips {} GROUP BY ALL ORDER BY ALL"
+    single, parts = connect(str(tmp_path / "single")), connect(str(tmp_path / "parts"))
+    assert parts.execute(sql.format("")).fetchall() == single.execute(sql.format("")).fetchall()
+    for chosen in ([3], [0, 12]):
+        sources = ", ".join(f"'s{[0, 3, 7, 12].index(b)}'" for b in chosen)
+        pruned = parts.execute(sql.format(f"WHERE bucket IN ({', '.join(map(str, chosen))})")).fetchall()
+        assert pruned == single.execute(sql.format(f"WHERE source_id IN ({sources})")).fetchall()
+        assert sum(r[2] for r in pruned) == 10 * len(chosen)
+    # Pruning is real: a corrupt part in bucket 99 breaks a full scan, not a query of another bucket.
+    (tmp_path / "parts" / "tables" / "clips" / "bucket=00099").mkdir()
+    (tmp_path / "parts" / "tables" / "clips" / "bucket=00099" / "part-x.parquet").write_bytes(b"not parquet")
+    parts = connect(str(tmp_path / "parts"))
+    assert parts.execute("SELECT count(*) FROM clips WHERE bucket = 7").fetchone() == (10,)
+    with pytest.raises(Exception, match="(?i)parquet"):
+        parts.execute("SELECT count(*) FROM clips").fetchall()
+
+
+def test_output_reads_either_layout(tmp_path):
+    from curate.storage import Output
+
+    write_tables(tmp_path, names=("sources",))
+    clips, buckets = clip_rows(12)
+    write_partitioned(tmp_path, "clips", clips, buckets)
+    (tmp_path / "tables" / "shards").mkdir()  # a partitioned table with no part yet
+    out = Output(str(tmp_path))
+    assert [out.has_table(n) for n in ("sources", "clips", "shards", "scenes")] == [True, True, True, False]
+    read = out.read_table("clips")
+    assert read.schema.names == CLIPS.names  # no bucket: callers see the columns they saw before
+    assert read.sort_by("clip_id")["clip_id"].to_pylist() == clips["clip_id"].to_pylist()
+    assert read.sort_by("clip_id")["duration_s"].to_pylist() == clips["duration_s"].to_pylist()
+    assert out.read_table("sources").num_rows == 2
+    empty = out.read_table("shards")
+    assert empty.num_rows == 0 and empty.schema.names == SHARDS.names
+    assert json.loads(query(str(tmp_path), "SELECT count(*) AS n FROM shards WHERE bucket = 1", "json")) == [{"n": 0}]
+    with pytest.raises(FileNotFoundError):
+        out.read_table("scenes")
+
+
+def test_fsspec_memory_partitioned(tmp_path):
+    clips, buckets = clip_rows(20)
+    write_partitioned(tmp_path, "clips", clips, buckets)
+    fs = fsspec.filesystem("memory")
+    for p in (tmp_path / "tables").rglob("*"):
+        if p.is_file():
+            fs.pipe(f"/catalog-parts/{p.relative_to(tmp_path).as_posix()}", p.read_bytes())
+    try:
+        rows = query("memory://catalog-parts", "SELECT bucket, count(*) AS n FROM clips GROUP BY 1 ORDER BY 1", "json")
+        assert json.loads(rows) == [{"bucket": b, "n": 5} for b in (0, 3, 7, 12)]
+    finally:
+        fs.rm("/catalog-parts", recursive=True)
+
+
+def test_query_bench_small(capsys):
+    from curate.bench.query import main
+
+    assert main(["--rows", "3000", "--buckets", "8", "--repeat", "1", "--no-cli"]) == 0
+    printed = capsys.readouterr().out
+    assert "16 files in 8 buckets" in printed
+    assert [line.split()[0] for line in printed.splitlines()[3:]] == ["licence", "source", "one"]
