@@ -135,27 +135,24 @@ def caption_step_pools(cfg: CaptionConfig, make_model=None, make_rewriter=None, 
     return (Pool(_Both, (cfg, make_model, make_rewriter), actors=(1, cfg.actors), batch_size=cfg.batch_size),)
 
 
-def caption_match(cfg: CaptionConfig):
-    """A committed caption is reused for the same clip bytes and the same prompt as filled in for the clip."""
-    return lambda row: [row.get("clip_bytes"), prompt_sha(cfg, row)]
+def caption_step(cfg: CaptionConfig, make_model=None, make_rewriter=None, two_pools: bool | None = None):
+    """The plan's caption step. Its commit log is keyed by what shapes the text; a committed caption is
+    reused for the same clip bytes and the same prompt as filled in for the clip; one scored by another
+    CLIP (or by none) keeps its text and only its alignment is scored again. Captions made, or failed for
+    good, are committed; a read error that may pass is not."""
+    from curate.plan import Step
 
-
-def caption_revisit(cfg: CaptionConfig):
-    """A caption made under another CLIP is kept, and only its alignment is scored again."""
+    text_key, clip_key = caption_keys(cfg)
 
     def revisit(row: dict, committed: dict) -> dict | None:
-        if not cfg.clip_model or committed.get("caption") is None:
-            return None
-        if committed.get("caption_clip_model") == cfg.clip_model:
+        if committed.get("caption") is None or committed.get("clip_key") == clip_key:
             return None
         return {RESCORE: True}
 
-    return revisit
-
-
-def caption_keep(row: dict) -> bool:
-    """Captions made (or failed for good) are committed; a read error that may pass is not."""
-    return row.get("caption_status") is not None and row.get("caption_reason") != CaptionReason.DECODE_ERROR
+    return Step("caption", caption_step_pools(cfg, make_model, make_rewriter, two_pools), tuple(COLUMNS), text_key,
+                match=lambda row: [row.get("clip_bytes"), prompt_sha(cfg, row)], revisit=revisit,
+                keep=lambda r: r.get("caption_status") is not None and r.get("caption_reason") != CaptionReason.DECODE_ERROR,
+                stamp=lambda r: {"clip_key": clip_key if r.get("caption_clip_model") else None})
 
 
 # ------------------------------------------------------------------------------------------- the cache
@@ -182,4 +179,4 @@ def caption_keys(cfg: CaptionConfig) -> tuple[str, str | None]:
     return key, hashlib.sha256(json.dumps(clip, default=str).encode()).hexdigest()[:16]
 
 
-__all__ = ["caption_rows", "caption_step_pools", "caption_keys", "PREPARED"]
+__all__ = ["caption_rows", "caption_step", "caption_step_pools", "caption_keys", "PREPARED"]

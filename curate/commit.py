@@ -10,8 +10,9 @@ temporary name that starts with a dot (readers skip those) and renamed, so a par
 retried task writes a part of the same name with the same rows. The number of files grows with blocks
 (thousands of rows each), not with sources or clips, and `compact` folds a folder's parts into one.
 
-A worker looks results up by id through `CommitLog.index()`, read once per process (ids, matches and
-which part holds the row; the rows themselves are read from their part when asked for).
+A worker looks results up by (id, match) through `CommitLog.index()`, read once per worker (ids, matches
+and which part holds the row; the rows themselves are read from their part when asked for). Rows of one
+id under other matches stay: going back to an earlier prompt finds its captions again.
 """
 
 from __future__ import annotations
@@ -71,8 +72,8 @@ class CommitLog:
             return []
         return sorted(p for p in self.fs.ls(self.root, detail=False) if _is_part(p))
 
-    def read(self, columns: list[str] | None = None, latest: bool = True) -> pa.Table | None:
-        """Every committed row (of each id only the latest when `latest`), or None when nothing is committed."""
+    def read(self, columns: list[str] | None = None, latest: bool = True, keys=("id",)) -> pa.Table | None:
+        """Every committed row (of each `keys` only the latest when `latest`), or None when nothing is committed."""
         tables = []
         for p in self.parts():
             with self.fs.open(p, "rb") as f:
@@ -80,10 +81,10 @@ class CommitLog:
         if not tables:
             return None
         table = pa.concat_tables(tables, promote_options="default")
-        return latest_rows(table) if latest else table
+        return latest_rows(table, [k for k in keys if k in table.column_names]) if latest else table
 
     def index(self, refresh: bool = False) -> dict:
-        """{id: (match, part path)} of what is committed; read once per object (later runs win)."""
+        """{(id, match): part path} of what is committed; read once per object (of equal keys the later run wins)."""
         if self._index is not None and not refresh:
             return self._index
         found: dict[str, tuple] = {}
@@ -97,23 +98,24 @@ class CommitLog:
             matches = t["match"].to_pylist() if "match" in t.column_names else [None] * t.num_rows
             order += zip(runs, t["id"].to_pylist(), matches, [p] * t.num_rows)
         for _run, i, m, p in sorted(order, key=lambda r: r[0]):
-            found[i] = (m, p)
+            found[(i, m)] = p
         self._index = found
         return found
 
-    def rows(self, ids_parts: dict[str, str]) -> dict[str, dict]:
-        """{id: committed row} for the ids asked, read from the parts that hold them."""
+    def rows(self, wanted: dict[tuple[str, str | None], str]) -> dict[str, dict]:
+        """{id: committed row} for the (id, match) keys asked, read from the parts `index` named."""
         by_part: dict[str, set] = {}
-        for i, p in ids_parts.items():
-            by_part.setdefault(p, set()).add(i)
+        for key, p in wanted.items():
+            by_part.setdefault(p, set()).add(key)
         out = {}
-        for p, ids in by_part.items():
+        for p, keys in by_part.items():
             with self.fs.open(p, "rb") as f:
                 t = pq.read_table(f)
-            t = t.filter(pc.is_in(t["id"], pa.array(sorted(ids), pa.string())))
+            t = t.filter(pc.is_in(t["id"], pa.array(sorted({i for i, _ in keys}), pa.string())))
             for r in t.to_pylist():
-                r.pop(RUN, None)
-                out[r["id"]] = r
+                if (r["id"], r.get("match")) in keys:
+                    r.pop(RUN, None)
+                    out[r["id"]] = r
         return out
 
     def compact(self, min_parts: int = 64) -> bool:
@@ -122,7 +124,7 @@ class CommitLog:
         parts = self.parts()
         if len(parts) <= min_parts:
             return False
-        table = self.read()
+        table = self.read(keys=("id", "match"))
         self.write(table.drop_columns([RUN]) if RUN in table.column_names else table, run=time.time_ns())
         keep = f"{self.root}/{part_name(table['id'].to_pylist())}"
         for p in parts:
@@ -132,20 +134,25 @@ class CommitLog:
         return True
 
 
-def latest_rows(table: pa.Table) -> pa.Table:
-    """Of the rows sharing an id, the one of the latest run (ties: the later one in the table)."""
+def latest_rows(table: pa.Table, keys=("id",)) -> pa.Table:
+    """Of the rows sharing `keys`, the one of the latest run (ties: the later one in the table)."""
     if table.num_rows == 0:
         return table
     table = table.append_column("_i", pa.array(range(table.num_rows), pa.int64()))
     if RUN not in table.column_names:
         table = table.append_column(RUN, pa.array([0] * table.num_rows, pa.int64()))
-    # sort by (id, run, position) and keep the last row of each id
-    order = table.sort_by([("id", "ascending"), (RUN, "ascending"), ("_i", "ascending")])
-    ids = order["id"]
+    # sort by (keys, run, position) and keep the last row of each key
+    keys = list(keys)
+    order = table.sort_by([*((k, "ascending") for k in keys), (RUN, "ascending"), ("_i", "ascending")])
     if order.num_rows > 1:
-        nxt = pc.not_equal(ids.slice(0, order.num_rows - 1), ids.slice(1))
-        keep = pa.concat_arrays([nxt.combine_chunks() if isinstance(nxt, pa.ChunkedArray) else nxt, pa.array([True])])
-        order = order.filter(keep)
+        n = order.num_rows
+        change = None
+        for k in keys:
+            col = pc.fill_null(order[k].cast(pa.string()), "\x00null")
+            diff = pc.not_equal(col.slice(0, n - 1), col.slice(1))
+            change = diff if change is None else pc.or_(change, diff)
+        change = change.combine_chunks() if isinstance(change, pa.ChunkedArray) else change
+        order = order.filter(pa.concat_arrays([change, pa.array([True])]))
     return order.drop_columns(["_i", RUN])
 
 

@@ -116,7 +116,7 @@ class _NoNoise(logging.Filter):
 def quiet_ray() -> None:
     """Ray Data's console lines at WARNING unless verbose (its log file keeps everything), without the
     lines in _RAY_NOISE."""
-    import ray.data  # noqa: F401  (configures the ray.data loggers)
+    import ray.data  # noqa: F401,I001  (configures the ray.data loggers)
 
     level = logging.INFO if _VERBOSE else logging.WARNING
     for name in ("ray.data", "ray"):
@@ -220,9 +220,11 @@ def _run(cfg: JobConfig, out: Output, address: str | None) -> Summary:
     clips, shards = _write_shards(cfg, out, clips)
     clock.lap("shards")
 
-    out.write_table("sources", conform(sources, SOURCES))
-    out.write_table("scenes", conform(scenes, SCENES))
-    out.write_table("clips", conform(clips, CLIPS))
+    # tables hive-partitioned by the bucket of the source (the shards' bucket): bucket=NNNNN/part-00000.parquet
+    buckets = cfg.shards.buckets
+    out.write_table("sources", conform(sources, SOURCES), buckets=buckets)
+    out.write_table("scenes", conform(scenes, SCENES), buckets=buckets)
+    out.write_table("clips", conform(clips, CLIPS), buckets=buckets)
     out.write_table("shards", conform(shards, SHARDS))
     if signatures is not None:
         write_index(out, clips, signatures)  # what later runs' dedup.against reads

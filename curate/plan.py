@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 
 from curate.commit import CommitLog
 from curate.config import JobConfig, to_dict
-from schemas import CAPTION_FIELDS, CLIPS, LATENT_FIELDS, SOURCES, TEXT_EMBEDDING_FIELDS, ClipStatus, Reason, SourceStatus, conform
+from schemas import CLIPS, LATENT_FIELDS, SOURCES, TEXT_EMBEDDING_FIELDS, ClipStatus, Reason, SourceStatus, conform
 from stages.ingest import INPUT_COLUMNS, ingest_one, normalize_license
 from stages.split import SPLIT, Split, flatten
 
@@ -96,6 +96,7 @@ class Step:
     revisit: Callable[[dict, dict], dict | None] | None = None  # (row, committed) -> columns to redo it with
     valid: Callable[[dict], bool] | None = None  # is a committed row still good (its files there)?
     keep: Callable[[dict], bool] | None = None  # which computed rows are committed (default: all)
+    stamp: Callable[[dict], dict] | None = None  # more (string) columns to commit with a row, seen by `revisit`
 
 
 def kept_with_file(row: dict) -> bool:
@@ -146,9 +147,9 @@ class StepRunner:
             wanted = {}
             for i, r in enumerate(rows):
                 if todo[i]:
-                    hit = index.get(r["clip_id"])
-                    if hit is not None and hit[0] == _match(step, r):
-                        wanted[r["clip_id"]] = hit[1]
+                    key = (r["clip_id"], _match(step, r))
+                    if key in index:
+                        wanted[key] = index[key]
             committed = self.log.rows(wanted) if wanted else {}
             for i, r in enumerate(rows):
                 c = committed.get(r["clip_id"]) if todo[i] else None
@@ -176,6 +177,11 @@ class StepRunner:
         # a step's own columns (a signature) are not clip columns: they live in the log only
         fields = [pa.field("id", pa.string()), pa.field("match", pa.string())]
         fields += [CLIPS.field(c) if c in CLIPS.names else done.schema.field(c) for c in step.columns]
+        if step.stamp is not None:
+            stamps = [step.stamp(r) for r in rows]
+            for k in sorted({k for st in stamps for k in st}):
+                data[k] = [st.get(k) for st in stamps]
+                fields.append(pa.field(k, pa.string()))
         self.log.write(pa.Table.from_pydict(data, schema=pa.schema(fields)), run=self.run)
 
 
@@ -206,8 +212,7 @@ class _Select:
 
 def clip_steps(cfg: JobConfig) -> list[Step]:
     """The steps every clip row goes through, in order. Adding a stage is adding an entry here."""
-    from curate.captioning import caption_step_pools, caption_revisit, caption_match, caption_keep
-    from curate.captioning import caption_keys
+    from curate.captioning import caption_step
     from curate.latents import latents_pool, latents_valid, settings_key as latents_key
     from curate.score import score_pools
     from curate.select import split_where
@@ -222,9 +227,7 @@ def clip_steps(cfg: JobConfig) -> list[Step]:
     if cfg.dedup is not None:
         steps.append(signature_step(cfg.dedup))
     if cfg.caption is not None:
-        text_key, _clip_key = caption_keys(cfg.caption)
-        steps.append(Step("caption", caption_step_pools(cfg.caption), ("caption", *(f.name for f in CAPTION_FIELDS)), text_key,
-                          match=caption_match(cfg.caption), revisit=caption_revisit(cfg.caption), keep=caption_keep))
+        steps.append(caption_step(cfg.caption))
         if after:
             steps.append(Step("select_caption", (Pool(_Select, (after,)),), applies=lambda r: r.get("status") == ClipStatus.KEPT))
     if cfg.latents is not None:
@@ -275,10 +278,10 @@ class IngestSplit:
     def _cached(self, key: str | None) -> dict | None:
         if key is None:
             return None
-        hit = self.log.index().get(key)
-        if hit is None:
+        part = self.log.index().get((key, None))
+        if part is None:
             return None
-        row = self.log.rows({key: hit[1]}).get(key)
+        row = self.log.rows({(key, None): part}).get(key)
         if row is None:
             return None
         row.pop("id", None), row.pop("match", None)

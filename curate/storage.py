@@ -25,6 +25,7 @@ import time
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
@@ -43,6 +44,9 @@ def is_table_part(rel: str) -> bool:
     in progress is never read, whether its temporary name is `part-x.parquet.tmp-1` or `.part-x.parquet.tmp-1`."""
     *dirs, name = rel.strip("/").split("/")
     return name.endswith(".parquet") and ".tmp-" not in name and not any(p.startswith((".", "_")) for p in (*dirs, name))
+
+
+_ORDER = {"sources": ["source_id"], "scenes": ["source_id", "scene_index"], "clips": ["source_id", "start_frame", "clip_id"]}
 
 
 class OutputBusy(RuntimeError):
@@ -84,10 +88,35 @@ class Output:
     def write_text(self, rel: str, text: str) -> None:
         self.write_bytes(rel, text.encode("utf-8"))
 
-    def write_table(self, name: str, table: pa.Table) -> None:
-        buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd")
-        self.write_bytes(f"tables/{name}.parquet", buf.getvalue())
+    def write_table(self, name: str, table: pa.Table, buckets: int | None = None) -> None:
+        """Write a whole table: one file, or with `buckets` hive-partitioned by the bucket of each row's
+        source_id (tables/<name>/bucket=NNNNN/part-00000.parquet, rows in the table's order). Files of the
+        other form, and buckets the table no longer has, are removed after the new ones are in place."""
+        from stages.shards import bucket_of
+
+        single, folder = self.path(f"tables/{name}.parquet"), self.path(f"tables/{name}")
+        if not buckets:
+            buf = io.BytesIO()
+            pq.write_table(table, buf, compression="zstd")
+            self.write_bytes(f"tables/{name}.parquet", buf.getvalue())
+            if self.fs.isdir(folder):
+                self.fs.rm(folder, recursive=True)
+            return
+        of = pa.array([bucket_of(s, buckets) for s in table["source_id"].to_pylist()], pa.int32())
+        written = set()
+        for b in sorted(set(of.to_pylist())):
+            buf = io.BytesIO()
+            pq.write_table(table.filter(pc.equal(of, b)), buf, compression="zstd")
+            rel = f"tables/{name}/bucket={b:05d}/part-00000.parquet"
+            self.write_bytes(rel, buf.getvalue())
+            written.add(self.path(f"tables/{name}/bucket={b:05d}").rstrip("/"))
+        for d in self.fs.ls(folder, detail=False) if self.fs.isdir(folder) else []:
+            if d.rstrip("/") not in written:
+                self.fs.rm(d, recursive=True)
+        if not written:  # an empty table is an empty folder
+            self.fs.makedirs(folder, exist_ok=True)
+        if self.fs.exists(single):
+            self.fs.rm(single)
 
     @property
     def arrow_fs(self):
@@ -121,10 +150,13 @@ class Output:
         return None
 
     def read_table(self, name: str) -> pa.Table:
-        """The whole table in either layout, in no particular row order; a partitioned one without `bucket`."""
+        """The whole table in either layout; a partitioned one without `bucket`, in its natural order
+        (sources by source_id, scenes and clips by source and start frame)."""
         folder = self.path(f"tables/{name}")
         if self.fs.isdir(folder):
-            return self.table_dataset(name, bucket=False).to_table()
+            table = self.table_dataset(name, bucket=False).to_table()
+            keys = _ORDER.get(name, [])
+            return table.sort_by([(k, "ascending") for k in keys]) if keys and table.num_rows else table
         with self.fs.open(self.path(f"tables/{name}.parquet"), "rb") as f:
             return pq.read_table(f)
 

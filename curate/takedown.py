@@ -52,6 +52,9 @@ def takedown(out_url: str, source: str, reason: str | None = None, now: dt.datet
 def _takedown(out: Output, out_url: str, source: str, reason: str | None, now: dt.datetime | None) -> dict:
     job = read_job(out)
     sources, clips, shards = (out.read_table(t) for t in ("sources", "clips", "shards"))
+    clips = clips.sort_by([("source_id", "ascending"), ("start_frame", "ascending"), ("clip_id", "ascending")])
+    sources = sources.sort_by("source_id")
+    buckets = (job.get("shards") or {}).get("buckets")  # the layout the run wrote its tables in
     ids = set(match_sources(sources, [source]))
     if not ids and source in set(clips["source_id"].to_pylist()):
         ids = {source}
@@ -92,7 +95,7 @@ def _takedown(out: Output, out_url: str, source: str, reason: str | None, now: d
     ]  # fmt: skip
     takedowns = pa.concat_tables([read_takedowns(out).cast(TAKEDOWNS), pa.Table.from_pylist(records, schema=TAKEDOWNS)])
     out.write_table("takedowns", takedowns)
-    out.write_table("clips", clips)
+    out.write_table("clips", clips, buckets=buckets)
     out.write_table("shards", shards)
     drop_from_index(out, ids)  # a later run's dedup.against must not treat its clips as part of this dataset
     write_release(out, job, sources, clips, shards)

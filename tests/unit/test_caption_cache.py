@@ -1,30 +1,43 @@
-"""Captions are never paid for twice: CaptionCache (curate/captioning.py) with the caption stage in-process
-(no Ray), a fingerprinting fake VLM that counts what it generates, and a tiny real CLIP."""
+"""Captions are never paid for twice: the plan's caption step (curate/captioning.py `caption_step`) run by
+its StepRunner in-process (no Ray) against the commit log, a fingerprinting fake VLM that counts what it
+generates, and a tiny real CLIP."""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
-from curate.captioning import COLUMNS, MAX_PARTS, CaptionCache, merge_captions
+from curate.captioning import COLUMNS, caption_step
+from curate.commit import CommitLog, run_stamp
+from curate.plan import StepRunner
 from curate.storage import Output
 from curate.tiny import write_tiny_clip
-from stages.caption import Caption, CaptionConfig, RewriteConfig
+from stages.caption import CaptionConfig, RewriteConfig
 from tests.fakes import FingerprintVLM
 from tests.unit.test_caption import real_rows, table
 
 
-def caption(cfg: CaptionConfig, out: Output, clips, model: FingerprintVLM):
-    """What caption_step does, without Ray: reuse what the cache has, caption the rest, commit, merge."""
-    cache = CaptionCache(out, cfg)
-    clips, todo = cache.split(clips)
-    if todo.num_rows:
-        made = Caption(cfg, model)(todo).select(["clip_id", *COLUMNS])
-        cache.save(made)
-        clips = merge_captions(clips, made)
-    return clips, cache
+class _Model:
+    """A picklable factory handing the test's fake to the step's pool."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self):
+        return self.model
+
+
+def caption(cfg: CaptionConfig, out: Output, clips, model: FingerprintVLM, batch_rows: int | None = None):
+    """One run of the caption step without Ray: committed captions reused, the rest made and committed."""
+    step = caption_step(cfg, make_model=_Model(model), two_pools=False)
+    runner = StepRunner(step, 0, out.url, run_stamp())
+    n = batch_rows or clips.num_rows
+    done = pa.concat_tables([runner(clips.slice(i, n)) for i in range(0, clips.num_rows, n)])
+    order = {c: i for i, c in enumerate(clips["clip_id"].to_pylist())}
+    return done.take(sorted(range(done.num_rows), key=lambda i: order[done["clip_id"][i].as_py()])), runner
 
 
 @pytest.fixture
@@ -45,9 +58,8 @@ def test_a_rerun_generates_nothing_and_gives_the_same_captions(setup):
     model = FingerprintVLM()
     first, _ = caption(cfg, out, clips, model)
     assert sum(model.calls) == 4 and by_id(first, "caption")["gone"] is None
-    again, cache = caption(cfg, out, clips, model)
+    again, _ = caption(cfg, out, clips, model)
     assert sum(model.calls) == 4  # nothing generated
-    assert cache.reused == 4 and cache.rescored == 0
     assert again.select(["clip_id", *COLUMNS]).to_pylist() == first.select(["clip_id", *COLUMNS]).to_pylist()
 
 
@@ -93,8 +105,8 @@ def test_another_clip_model_rescores_without_generating(setup, tmp_path):
     model = FingerprintVLM()
     first, _ = caption(cfg, out, clips, model)
     other = write_tiny_clip(str(tmp_path / "clip2"), seed=1)
-    second, cache = caption(dataclasses.replace(cfg, clip_model=other), out, clips, model)
-    assert sum(model.calls) == 4 and cache.rescored == 4
+    second, _ = caption(dataclasses.replace(cfg, clip_model=other), out, clips, model)
+    assert sum(model.calls) == 4
     kept = [c for c in by_id(first, "caption") if c != "gone"]
     assert {c: by_id(second, "caption")[c] for c in kept} == {c: by_id(first, "caption")[c] for c in kept}
     assert all(by_id(second, "caption_clip_model")[c] == f"{other} (random weights)" for c in kept)
@@ -105,33 +117,17 @@ def test_another_clip_model_rescores_without_generating(setup, tmp_path):
     assert all(by_id(third, "caption")[c] == by_id(first, "caption")[c] for c in kept)
 
 
-def test_parts_stay_bounded(setup):
+def test_committed_parts_stay_bounded_and_survive_a_fold(setup):
     cfg, out, clips = setup
     model = FingerprintVLM()
-    for i in range(MAX_PARTS + 1):  # one part per run: a new seed each time
-        caption(dataclasses.replace(cfg, seed=i, decoding="sample"), out, clips.slice(0, 1), model)
-
-    def parts():
-        return sorted(p.name for p in (Path(out.root) / "work" / "captions").glob("*.parquet"))
-
-    assert len(parts()) == MAX_PARTS + 1
+    caption(cfg, out, clips, model, batch_rows=1)  # one part per clip
+    log = CommitLog(out.url, "caption", caption_step(cfg, two_pools=False).key)
+    assert len(log.parts()) == 4
+    assert log.compact(min_parts=2) and len(log.parts()) == 1
     n = sum(model.calls)
-    caption(dataclasses.replace(cfg, seed=3, decoding="sample"), out, clips.slice(0, 1), model)  # folds the parts, reuses
-    assert parts() == [f"part-{MAX_PARTS + 1:06d}-fold.parquet"] and sum(model.calls) == n
-    caption(dataclasses.replace(cfg, seed=99, decoding="sample"), out, clips.slice(0, 1), model)  # a later part wins
-    caption(dataclasses.replace(cfg, seed=5, decoding="sample"), out, clips.slice(0, 1), model)
-    assert len(parts()) == 2 and sum(model.calls) == n + 1
-
-
-def test_a_long_run_folds_its_own_parts(setup):
-    cfg, out, clips = setup
-    cache = CaptionCache(out, cfg)
-    _, todo = cache.split(clips)
-    made = Caption(cfg, FingerprintVLM())(todo).select(["clip_id", *COLUMNS])
-    for i in range(MAX_PARTS + 3):  # one caption per commit, over and over
-        cache.save(made.slice(i % made.num_rows, 1))
-    names = sorted(p.name for p in (Path(out.root) / "work" / "captions").glob("*.parquet"))
-    assert len(names) <= MAX_PARTS + 1 and any(n.endswith("-fold.parquet") for n in names)
-    model = FingerprintVLM()
-    caption(cfg, out, clips, model)  # every caption committed survived the folds
-    assert sum(model.calls) == 0
+    again, _ = caption(cfg, out, clips, model)  # every caption committed survived the fold
+    assert sum(model.calls) == n and again["caption"].null_count == 1
+    # a later run's caption of the same clip wins over an earlier one
+    caption(dataclasses.replace(cfg, seed=1, decoding="sample"), out, clips.slice(0, 1), model)
+    caption(dataclasses.replace(cfg, seed=2, decoding="sample"), out, clips.slice(0, 1), model)
+    assert sum(model.calls) == n + 2

@@ -57,7 +57,7 @@ def token(sid: str) -> bytes:
     return f"<<payload of {sid}>>".encode()
 
 
-def build(root: Path, policy: PolicyConfig, sources: list[dict], clips_per_source: list[int], shard_cfg=ShardConfig(max_samples=3)):
+def build(root: Path, policy: PolicyConfig, sources: list[dict], clips_per_source: list[int], shard_cfg=ShardConfig(buckets=None, max_samples=3)):
     """What the pipeline does after the split, with plain calls: an output folder `root`."""
     out = Output(str(root))
     out.makedirs()
@@ -179,7 +179,7 @@ def test_verify_names_a_tampered_tar_and_a_policy_breach(tmp_path):
     sources = [{"source_id": f"{i:016x}", "sha256": f"{i:064x}", "uri": f"/v/{i}.mp4", "license": lic, "author": "Ann"}
                for i, lic in enumerate(["CC-BY-4.0", "MIT", "CC0-1.0", "MIT"])]  # fmt: skip
     root = tmp_path / "out"
-    build(root, PolicyConfig(), sources, [2, 2, 2, 2], ShardConfig(max_samples=2))
+    build(root, PolicyConfig(), sources, [2, 2, 2, 2], ShardConfig(buckets=None, max_samples=2))
     assert verify(str(root)) == []
     assert [(r["source_id"], r["author"], r["clips"]) for r in attribution(root).values()] == [(sources[0]["source_id"], "Ann", "2")]
     index = json.loads((root / "index.json").read_text())
@@ -231,7 +231,7 @@ def test_takedown_of_unknown_source_is_an_error(tmp_path):
 def test_takedown_emptying_a_shard_removes_it_and_is_recorded(tmp_path):
     sources = [{"source_id": f"{i:016x}", "sha256": f"{i:064x}", "uri": f"/v/{i}.mp4", "license": "MIT"} for i in range(2)]
     root = tmp_path / "out"
-    build(root, PolicyConfig(), sources, [2, 2], ShardConfig(max_samples=2))
+    build(root, PolicyConfig(), sources, [2, 2], ShardConfig(buckets=None, max_samples=2))
     takedown(str(root), "/v/0.mp4", reason="DMCA 123")
     assert sorted(p.name for p in (root / "shards").iterdir()) == ["shard-000001.tar"]
     out = Output(str(root))

@@ -66,15 +66,18 @@ def test_score_cache_is_keyed_by_settings_and_scoring_code(tmp_path, monkeypatch
 
     import curate.score as score
     from curate.config import load_job
-    from curate.storage import Output
 
-    out = Output(str(tmp_path))
     demo = str(Path(__file__).resolve().parents[2] / "jobs" / "demo.yaml")
-    base = score.ScoreCache(out, load_job(demo)).rel
-    assert base.startswith("work/scores-") and score.ScoreCache(out, load_job(demo)).rel == base
-    assert score.ScoreCache(out, load_job(demo, ["watermark.persist=0.7"])).rel != base
+
+    def keys(*overrides):
+        return {name: key for name, _pool, _cols, key in score.score_pools(load_job(demo, list(overrides)))}
+
+    base = keys()
+    assert set(base) == {"motion", "watermark", "text_nsfw", "aesthetic"} and keys() == base
+    changed = keys("watermark.persist=0.7")  # one scorer's settings: that scorer's key only
+    assert changed["watermark"] != base["watermark"] and {k: v for k, v in changed.items() if k != "watermark"} == {k: v for k, v in base.items() if k != "watermark"}
     monkeypatch.setattr(score, "WEIGHTS", tuple(w + 1 for w in score.WEIGHTS))
-    assert score.ScoreCache(out, load_job(demo)).rel != base
+    assert keys()["watermark"] != base["watermark"]
     monkeypatch.undo()
     monkeypatch.setattr(score, "SCORE_RULES", score.SCORE_RULES + 1)
-    assert score.ScoreCache(out, load_job(demo)).rel != base
+    assert all(keys()[k] != base[k] for k in base)

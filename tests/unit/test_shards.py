@@ -53,7 +53,7 @@ def test_config_rejects_non_positive():
         ShardConfig(max_bytes=1.5)
 
 
-@pytest.mark.parametrize("cfg", [ShardConfig(max_samples=3), ShardConfig(max_bytes=250), ShardConfig(2, 300)])
+@pytest.mark.parametrize("cfg", [ShardConfig(buckets=None, max_samples=3), ShardConfig(buckets=None, max_bytes=250), ShardConfig(2, 300, buckets=None)])
 def test_assign_respects_both_limits(tmp_path, cfg):
     sizes = [120, 90, 60, 400, 30, 200, 100, 80]  # 400 exceeds max_bytes=250 / 300: a shard of its own
     out = assign_shards(make_clips(tmp_path, sizes=sizes), cfg, prefix="s/x")
@@ -73,7 +73,7 @@ def test_assign_respects_both_limits(tmp_path, cfg):
 
 def test_assign_is_order_independent(tmp_path):
     table = make_clips(tmp_path, n=20)
-    cfg = ShardConfig(max_samples=4, max_bytes=500)
+    cfg = ShardConfig(buckets=None, max_samples=4, max_bytes=500)
     expected = assign_shards(table, cfg)
     keys = [(r["source_id"], r["start_frame"], r["clip_id"]) for r in expected.to_pylist()]
     assert keys == sorted(keys)
@@ -86,18 +86,18 @@ def test_assign_is_order_independent(tmp_path):
 def test_assign_rejects_bad_rows(tmp_path):
     table = make_clips(tmp_path, n=3)
     with pytest.raises(ValueError, match="c001"):
-        assign_shards(pa.concat_tables([table, table.slice(1, 1)]), ShardConfig())
+        assign_shards(pa.concat_tables([table, table.slice(1, 1)]), ShardConfig(buckets=None))
     with pytest.raises(KeyError, match="clip_bytes"):
-        assign_shards(table.drop_columns(["clip_bytes"]), ShardConfig())
+        assign_shards(table.drop_columns(["clip_bytes"]), ShardConfig(buckets=None))
 
 
-def write(tmp_path, out_root, cfg=ShardConfig(max_samples=4)):
+def write(tmp_path, out_root, cfg=ShardConfig(buckets=None, max_samples=4)):
     return WriteShards(cfg, out_root)(assign_shards(make_clips(tmp_path), cfg))
 
 
 def test_shard_reads_back_with_webdataset(tmp_path):
-    clips = assign_shards(make_clips(tmp_path), ShardConfig(max_samples=4))
-    result = WriteShards(ShardConfig(max_samples=4), str(tmp_path / "out"))(clips)
+    clips = assign_shards(make_clips(tmp_path), ShardConfig(buckets=None, max_samples=4))
+    result = WriteShards(ShardConfig(buckets=None, max_samples=4), str(tmp_path / "out"))(clips)
     assert result.schema == SHARDS
     assert result.column("shard").to_pylist() == ["shards/shard-000000.tar", "shards/shard-000001.tar"]
     assert result.column("n_samples").to_pylist() == [4, 3]
@@ -145,18 +145,18 @@ def test_rewrite_is_byte_identical(tmp_path):
 
 
 def test_licenses_are_sorted_and_distinct(tmp_path):
-    result = write(tmp_path, str(tmp_path / "out"), ShardConfig(max_samples=2))
-    clips = assign_shards(make_clips(tmp_path), ShardConfig(max_samples=2)).to_pylist()
+    result = write(tmp_path, str(tmp_path / "out"), ShardConfig(buckets=None, max_samples=2))
+    clips = assign_shards(make_clips(tmp_path), ShardConfig(buckets=None, max_samples=2)).to_pylist()
     for row in result.to_pylist():
         expected = sorted({c["license"] for c in clips if c["shard"] == row["shard"]})
         assert row["licenses"] == expected
 
 
 def test_missing_clip_file_names_the_clip(tmp_path):
-    clips = assign_shards(make_clips(tmp_path, n=2), ShardConfig())
+    clips = assign_shards(make_clips(tmp_path, n=2), ShardConfig(buckets=None))
     (tmp_path / "clip1.mp4").unlink()
     with pytest.raises(FileNotFoundError, match="c001"):
-        WriteShards(ShardConfig(), str(tmp_path / "out"))(clips)
+        WriteShards(ShardConfig(buckets=None), str(tmp_path / "out"))(clips)
     assert not (tmp_path / "out" / "shards").exists() or not list((tmp_path / "out" / "shards").iterdir())
 
 
@@ -173,3 +173,30 @@ def test_writes_to_fsspec_memory(tmp_path):
         "/curate-test-out/shards/shard-000001.tar",
     ]
     fs.rm("/curate-test-out", recursive=True)
+
+
+def test_buckets_keep_a_new_source_out_of_other_buckets_shards(tmp_path):
+    """Hash buckets: a source's clips go to its bucket's shards only; adding a source leaves every other
+    bucket's shard membership as it was, and the input order changes nothing."""
+    from stages.shards import bucket_of
+
+    cfg = ShardConfig(max_samples=2, buckets=8)
+    base = make_clips(tmp_path, n=12).to_pylist()
+    for i, r in enumerate(base):
+        r["source_id"] = f"src{i % 5}"
+    table = conform(pa.Table.from_pylist(base), CLIPS)
+    first = assign_shards(table, cfg)
+    for r in first.to_pylist():
+        assert r["shard"].startswith(f"shards/shard-{bucket_of(r['source_id'], 8):05d}-")
+    shuffled = table.take(random.Random(3).sample(range(table.num_rows), table.num_rows))
+    assert sorted(zip(assign_shards(shuffled, cfg)["clip_id"].to_pylist(), assign_shards(shuffled, cfg)["shard"].to_pylist())) == sorted(
+        zip(first["clip_id"].to_pylist(), first["shard"].to_pylist()))
+
+    extra = {**base[0], "clip_id": "new000", "source_id": "a-new-source", "start_frame": 0}
+    grown = assign_shards(conform(pa.Table.from_pylist(base + [extra]), CLIPS), cfg)
+    new_bucket = bucket_of("a-new-source", 8)
+    before = {r["clip_id"]: r["shard"] for r in first.to_pylist()}
+    after = {r["clip_id"]: r["shard"] for r in grown.to_pylist()}
+    moved = {c for c in before if before[c] != after[c]}
+    assert all(bucket_of(r["source_id"], 8) == new_bucket for r in first.to_pylist() if r["clip_id"] in moved)
+    assert len({bucket_of(r["source_id"], 8) for r in base}) > 1  # the test spans several buckets

@@ -116,10 +116,10 @@ def test_windows_lose_no_content_at_run_ends(tmp_path, ffmpeg, seconds, min_clip
 
 def test_split_cache_is_keyed_by_settings_and_split_rules(monkeypatch):
     """A rerun reuses a cached split only when the settings and the code's SPLIT_RULES are the same."""
-    import curate.resume as resume
+    import curate.plan as plan
 
-    base = resume.split_dir(SplitConfig())
-    assert base.startswith("work/split-") and resume.split_dir(SplitConfig()) == base
-    assert resume.split_dir(SplitConfig(max_clip_s=5.0)) != base
-    monkeypatch.setattr(resume, "SPLIT_RULES", resume.SPLIT_RULES + 1)
-    assert resume.split_dir(SplitConfig()) != base
+    base = plan.split_key(SplitConfig())
+    assert plan.split_key(SplitConfig()) == base
+    assert plan.split_key(SplitConfig(max_clip_s=5.0)) != base
+    monkeypatch.setattr(plan, "SPLIT_RULES", plan.SPLIT_RULES + 1)
+    assert plan.split_key(SplitConfig()) != base
