@@ -16,6 +16,7 @@ input location, an output folder another run is writing, or a failed query, with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -26,9 +27,50 @@ def _run(args: argparse.Namespace) -> int:
 
     configure_logging(args.verbose)
     cfg = resolve_paths(load_job(args.job, args.set or []), os.getcwd())
-    summary = run_job(cfg, address=args.address)
+    with contextlib.nullcontext() if args.verbose else native_stderr_to_file():
+        summary = run_job(cfg, address=args.address)
     print(summary.text())
     return 0
+
+
+@contextlib.contextmanager
+def native_stderr_to_file():
+    """What native code and other libraries write to the process's stderr (Ray's C++ core, its Python
+    warnings, ffmpeg) goes to a log file; curate's own lines, Python's `sys.stderr` (tracebacks) stay on
+    the terminal. Only when file descriptor 2 is a terminal or pipe of ours (not under pytest capture)."""
+    import logging
+    import tempfile
+
+    try:
+        sys.stderr.flush()
+        native = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a replaced stderr (tests): leave it alone
+        yield
+        return
+    path = os.path.join(tempfile.gettempdir(), f"curate-{os.getpid()}-stderr.log")
+    saved = os.dup(native)
+    log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    ours = os.fdopen(os.dup(saved), "w", buffering=1)
+    old = sys.stderr
+    os.dup2(log_fd, native)
+    sys.stderr = ours
+    moved = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler) and h.stream is old]
+    for h in moved:
+        h.setStream(ours)
+    logging.getLogger("curate").debug("native stderr -> %s", path)
+    try:
+        yield
+    finally:
+        for h in moved:
+            h.setStream(old)
+        sys.stderr = old
+        ours.flush()
+        os.dup2(saved, native)
+        os.close(saved)
+        os.close(log_fd)
+        ours.close()
+        if os.path.getsize(path) == 0:
+            os.remove(path)
 
 
 def _query(args: argparse.Namespace) -> int:

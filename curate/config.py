@@ -64,7 +64,6 @@ class RayConfig:
     address: str | None = None  # a Ray cluster ("auto", "ray://host:10001"); None starts a local instance
     num_cpus: int | None = None  # CPUs of the local instance (default: all)
     num_gpus: int | None = None  # GPUs of the local instance (default: those found); tests declare 1 on a CPU machine
-    blocks_per_cpu: int = 4  # how finely work is spread: about this many blocks per CPU
     sources_per_block: int = 8  # sources whose split is committed (and whose clips travel on) together
     clips_per_block: int = 64  # clip rows per block through the scorers
 

@@ -81,9 +81,6 @@ def init_ray(cfg: JobConfig, address: str | None = None) -> None:
     per-operator progress stay in Ray's log folder (/tmp/ray/session_*/logs), on the terminal with -v."""
     import ray
 
-    if not _VERBOSE:
-        # The driver's own C++ lines (an E-level note Ray Data's actor pools always cause, ray-project/ray#53727)
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     quiet_ray()
     if not ray.is_initialized():
         address = address or cfg.ray.address or os.environ.get("RAY_ADDRESS")
@@ -184,24 +181,26 @@ class _Clock:
         self.t = now
 
 
-def _run(cfg: JobConfig, out: Output, address: str | None) -> Summary:
+def _run(cfg: JobConfig, out: Output, address: str | None, inputs: pa.Table | None = None, steps=None, source=None) -> Summary:
+    """The job. `inputs`, `steps` and `source` replace the listing, the clip steps and the per-source task
+    (the scale benchmark runs this driver with synthetic sources and stage stand-ins)."""
     t0 = time.time()
     clock = _Clock()
     if out.remove_temporaries():
         log.info("removed temporary files of an interrupted run")
     out.write_text("job.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    inputs, skipped = read_inputs(cfg, out)
+    inputs, skipped = read_inputs(cfg, out) if inputs is None else (inputs, [])
     log.info("%d input files (%d other files skipped)", inputs.num_rows, len(skipped))
     clock.lap("inputs")
 
     # ---- the stream: ingest + split per source, then every clip step at once, each committing its results
     init_ray(cfg, address)
     run = run_stamp()
-    steps = clip_steps(cfg)
+    steps = clip_steps(cfg) if steps is None else steps
     # With motion from codec vectors, the one-pass split measures it from the source's own vectors as it decodes.
     motion = cfg.motion if cfg.motion is not None and cfg.motion.method == "vectors" else None
     progress = Progress(inputs.num_rows, [s.name for s in steps])
-    for counts in build(cfg, inputs, out.url, run, motion, steps).iter_batches(batch_size=None, batch_format="pyarrow"):
+    for counts in build(cfg, inputs, out.url, run, motion, steps, source).iter_batches(batch_size=None, batch_format="pyarrow"):
         progress.add(counts)
     progress.done()
     clock.lap("stream")

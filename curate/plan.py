@@ -32,7 +32,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.commit import CommitLog
+from curate.commit import CommitLog, run_stamp
 from curate.config import JobConfig, to_dict
 from schemas import CLIPS, LATENT_FIELDS, SOURCES, TEXT_EMBEDDING_FIELDS, ClipStatus, Reason, SourceStatus, conform
 from stages.ingest import INPUT_COLUMNS, ingest_one, normalize_license
@@ -223,13 +223,13 @@ def clip_steps(cfg: JobConfig) -> list[Step]:
         steps.append(Step(name, (pool,), tuple(columns) + ("status", "reason", "error"), key))
     before, after = split_where(cfg.select.where)
     if before:
-        steps.append(Step("select", (Pool(_Select, (before,)),), applies=lambda r: r.get("status") == ClipStatus.KEPT))
+        steps.append(Step("select", (Pool(_Select, (before,), num_cpus=LIGHT_CPUS),), applies=lambda r: r.get("status") == ClipStatus.KEPT))
     if cfg.dedup is not None:
         steps.append(signature_step(cfg.dedup))
     if cfg.caption is not None:
         steps.append(caption_step(cfg.caption))
         if after:
-            steps.append(Step("select_caption", (Pool(_Select, (after,)),), applies=lambda r: r.get("status") == ClipStatus.KEPT))
+            steps.append(Step("select_caption", (Pool(_Select, (after,), num_cpus=LIGHT_CPUS),), applies=lambda r: r.get("status") == ClipStatus.KEPT))
     if cfg.latents is not None:
         decided = ("status", "reason", "error", *(f.name for f in LATENT_FIELDS), *(f.name for f in TEXT_EMBEDDING_FIELDS))
         text = cfg.latents.text is not None
@@ -371,26 +371,55 @@ def _task(batch: pa.Table, cls, args: tuple, name: str, run: int) -> pa.Table:
     return _WORKERS[name](batch)
 
 
+LIGHT_CPUS = 0.05  # what a bookkeeping step (commit, select) asks for
+
+
 @dataclass
 class Resources:
+    """How the plan shares the cluster's logical CPUs so that every operator can run at once (a task
+    that cannot fit waits for the split to finish everywhere, and the stream becomes a sequence of
+    barriers again): the split takes all CPUs but a quarter (all but one below four; half of a single
+    CPU), actor pools a quarter of the CPUs between them (on the CPU; a GPU share only on GPUs),
+    bookkeeping LIGHT_CPUS each, and the CPU steps' tasks share what is left (at least LIGHT_CPUS each:
+    on a small machine they are let in beside the split rather than after it). The split and the actor
+    pools always fit together, so no pool's actors can keep the split from starting."""
+
     cpus: float
     gpus: float
     actor_pools: int
     gpu_pools: int
+    cpu_steps: int = 1
+    light_steps: int = 3
+
+    @property
+    def splitters(self) -> int:
+        return max(1, int(self.cpus * 0.75) if self.cpus >= 4 else int(self.cpus) - 1)
+
+    @property
+    def actor_share(self) -> float:
+        return min(1.0, self.cpus / (4 * max(1, self.actor_pools)))
+
+    @property
+    def split_cpus(self) -> float:
+        return 1.0 if self.cpus >= 2 else self.cpus / 2
 
     def task_cpus(self, pool: Pool | None = None) -> float:
-        """A task asks for one CPU (half the cluster's when it has one), so it fits beside the actors."""
-        want = pool.num_cpus if pool is not None and pool.num_cpus is not None else 1.0
-        return round(min(want, self.cpus / 2), 4)
+        """CPUs per task of a CPU step (`pool`), or of the split (None)."""
+        if pool is None:
+            return self.split_cpus
+        if pool.num_cpus is not None and pool.num_cpus <= LIGHT_CPUS:
+            return pool.num_cpus
+        cpu_actors = self.actor_pools - (self.gpu_pools if self.gpus > 0 else 0)
+        free = self.cpus - self.splitters * self.split_cpus - cpu_actors * self.actor_share - self.light_steps * LIGHT_CPUS
+        share = free / max(1, self.cpu_steps)
+        want = pool.num_cpus if pool.num_cpus is not None else 1.0
+        return round(max(LIGHT_CPUS, min(want, share)), 3)
 
     def ray_args(self, pool: Pool) -> dict:
-        """What one actor of `pool` asks Ray for: the actor pools together ask for at most half the CPUs
-        (so every pool and a task fit on one CPU); a GPU pool asks for an even share of the GPUs."""
-        share = min(1.0, self.cpus / (2 * max(1, self.actor_pools)))
-        args: dict = {"num_cpus": round(min(pool.num_cpus or 1, share), 4)}
-        if pool.gpu and self.gpus > 0:
-            args["num_gpus"] = round(min(1.0, self.gpus / max(1, self.gpu_pools)), 4)
-        return args
+        """What one actor of `pool` asks Ray for: a GPU share on GPUs, else a share of the CPUs."""
+        if pool.gpu and self.gpus > 0:  # (Ray warns that CPUs and GPUs asked together are experimental)
+            return {"num_gpus": round(min(1.0, self.gpus / max(1, self.gpu_pools)), 4)}
+        return {"num_cpus": round(min(pool.num_cpus or 1, self.actor_share), 4)}
 
     def actors(self, pool: Pool) -> tuple[int, int]:
         lo, hi = pool.actors
@@ -405,13 +434,16 @@ def resources_for(steps: list[Step]) -> Resources:
     cluster = ray.cluster_resources()
     pools = [p for s in steps for p in s.pools]
     return Resources(float(cluster.get("CPU", 1)), float(cluster.get("GPU", 0)),
-                     sum(p.actors is not None for p in pools), sum(p.gpu and p.actors is not None for p in pools))
+                     sum(p.actors is not None for p in pools), sum(p.gpu and p.actors is not None for p in pools),
+                     cpu_steps=sum(p.actors is None and (p.num_cpus is None or p.num_cpus > LIGHT_CPUS) for p in pools),
+                     light_steps=2 + sum(p.actors is None and p.num_cpus is not None and p.num_cpus <= LIGHT_CPUS for p in pools))
 
 
-def build(cfg: JobConfig, inputs: pa.Table, out_url: str, run: int, motion=None, steps: list[Step] | None = None):
-    """The lazy dataset of the whole plan (nothing runs until it is iterated)."""
+def build(cfg: JobConfig, inputs: pa.Table, out_url: str, run: int, motion=None, steps: list[Step] | None = None, source=None):
+    """The lazy dataset of the whole plan (nothing runs until it is iterated). `source` (a class and its
+    arguments) replaces IngestSplit as the per-source task (the scale benchmark's synthetic sources)."""
     import ray
-    from ray.data import ActorPoolStrategy
+    from ray.data import TaskPoolStrategy
 
     from stages.motion import settings_key as motion_settings_key
 
@@ -420,17 +452,43 @@ def build(cfg: JobConfig, inputs: pa.Table, out_url: str, run: int, motion=None,
     fmt = {"batch_format": "pyarrow"}
     # one block per input row: a source is one task (a listing of millions is read in blocks by Ray)
     ds = ray.data.from_arrow([inputs.slice(i, 1) for i in range(inputs.num_rows)] or [inputs])
-    ds = ds.map_batches(_task, fn_args=(IngestSplit, (cfg.split, out_url, motion), "ingest", run), batch_size=1, num_cpus=res.task_cpus(), **fmt)
+    source = source or (IngestSplit, (cfg.split, out_url, motion))
+    # The split runs on all CPUs but a quarter (one of two): the steps after it run as it goes, instead of
+    # waiting behind a queue of sources that would always win the free CPU (see Resources).
+    ds = ds.map_batches(_task, fn_args=(*source, "ingest", run), batch_size=1, num_cpus=res.task_cpus(),
+                        compute=TaskPoolStrategy(size=res.splitters), **fmt)
     motion_key = motion_settings_key(motion) if motion else None
     ds = ds.map_batches(_task, fn_args=(CommitSplit, (cfg.split, out_url, motion_key, cfg.policy, run), "commit_split", run),
-                        batch_size=cfg.ray.sources_per_block, num_cpus=res.task_cpus(Pool(object, num_cpus=0.25)), **fmt)
+                        batch_size=cfg.ray.sources_per_block, num_cpus=LIGHT_CPUS, **fmt)
+    ds = add_steps(ds, steps, res, out_url, run)
+    return ds.map_batches(_task, fn_args=(CommitRows, (out_url, run), "rows", run), batch_size=None, num_cpus=LIGHT_CPUS, **fmt)
+
+
+def add_steps(ds, steps: list[Step], res: Resources, out_url: str, run: int):
+    """`ds` through every pool of every step: CPU pools as tasks, model pools as actor pools."""
+    from ray.data import ActorPoolStrategy
+
+    fmt = {"batch_format": "pyarrow"}
     for step in steps:
         for i, pool in enumerate(step.pools):
             args = (step, i, out_url, run)
             if pool.actors is None:
-                ds = ds.map_batches(_task, fn_args=(StepRunner, args, f"{step.name}/{i}", run), batch_size=pool.batch_size, num_cpus=res.task_cpus(pool), **fmt)
+                ds = ds.map_batches(_task, fn_args=(StepRunner, args, f"{step.name}/{i}", run), batch_size=pool.batch_size,
+                                    num_cpus=res.task_cpus(pool), **fmt)
             else:
                 lo, hi = res.actors(pool)
                 ds = ds.map_batches(StepRunner, fn_constructor_args=args, batch_size=pool.batch_size,
                                     compute=ActorPoolStrategy(min_size=lo, max_size=hi), **res.ray_args(pool), **fmt)
-    return ds.map_batches(_task, fn_args=(CommitRows, (out_url, run), "rows", run), batch_size=None, num_cpus=res.task_cpus(Pool(object, num_cpus=0.25)), **fmt)
+    return ds
+
+
+def run_steps(clips: pa.Table, steps: list[Step], out_url: str, blocks: int = 4) -> pa.Table:
+    """Clip rows through `steps` on Ray (committing to OUT's log like the plan) and back: for tools and
+    tests on small tables; the job itself never collects rows on the driver."""
+    import ray
+
+    n = max(1, -(-clips.num_rows // blocks))
+    ds = ray.data.from_arrow([clips.slice(i, n) for i in range(0, clips.num_rows, n)] or [clips])
+    ds = add_steps(ds, steps, resources_for(steps), out_url, run_stamp())
+    parts = [t for t in ds.iter_batches(batch_size=None, batch_format="pyarrow") if t.num_rows]
+    return pa.concat_tables(parts) if parts else CLIPS.empty_table()

@@ -12,6 +12,7 @@ import pytest
 import webdataset as wds
 
 from curate.captioning import caption_rows, caption_step
+from curate.plan import run_steps
 from curate.catalog import query
 from curate.cli import main
 from curate.storage import Output
@@ -52,25 +53,23 @@ def test_ordering_proof_through_ray(ray_session, videos, style):
     assert {attempts[c] for c in want} == {1, 2}  # the retry path went through the actors too
 
 
-class _RayUp:
-    """caption_step's runner: Ray is already up (ray_session)."""
-
-    def start(self):
-        pass
-
-
 def test_caption_step_commits_and_reuses_captions_through_ray(ray_session, videos, tiny_models, tmp_path):
     out, log = Output(str(tmp_path / "out")), tmp_path / "generate.log"
     make = functools.partial(counting_vlm, str(log))  # generate() calls counted across the actors
     cfg = CaptionConfig(model=tiny_models["vlm"], frames=2, frame_size=64, max_new_tokens=1000, batch_size=2)
     clips = table(real_rows(videos)[:5])
-    first = caption_step(cfg, _RayUp(), clips, out, make_model=make)
-    assert generated(log) == 5 and all(first["caption"].to_pylist())
-    assert list((tmp_path / "out" / "work" / "captions").glob("part-*.parquet"))  # committed as they came
-    again = caption_step(cfg, _RayUp(), clips, out, make_model=make)
+
+    def run(cfg, two_pools=False):
+        got = run_steps(clips, [caption_step(cfg, make_model=make, two_pools=two_pools)], out.url)
+        return dict(zip(got["clip_id"].to_pylist(), got["caption"].to_pylist()))
+
+    first = run(cfg)
+    assert generated(log) == 5 and all(first.values()) and len(first) == 5
+    assert list((tmp_path / "out" / "commit" / "caption").glob("*/part-*.parquet"))  # committed as they came
+    again = run(cfg, two_pools=True)  # the GPU layout: preparation and generation pools
     assert generated(log) == 5  # a rerun generates nothing
-    assert again["caption"].to_pylist() == first["caption"].to_pylist()
-    caption_step(dataclasses.replace(cfg, prompt="What happens in this video?"), _RayUp(), clips, out, make_model=make)
+    assert again == first
+    run(dataclasses.replace(cfg, prompt="What happens in this video?"))
     assert generated(log) == 10  # a prompt change recaptions
 
 

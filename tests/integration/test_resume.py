@@ -82,7 +82,8 @@ def _ray_free_env() -> dict:
 KILL_WHEN = {
     "job file written": lambda out: (out / "job.yaml").exists(),
     "first clip written": lambda out: (out / "clips").exists() and any((out / "clips").glob("*.mp4")),
-    "first source done": lambda out: any((out / "work").glob("split-*/*.parquet")) if (out / "work").exists() else False,
+    "first source done": lambda out: any((out / "commit" / "split").glob("*/part-*.parquet")) if (out / "commit").exists() else False,
+    "first caption committed": lambda out: any((out / "commit" / "caption").glob("*/part-*.parquet")) if (out / "commit").exists() else False,
     "first shard written": lambda out: (out / "shards").exists() and any((out / "shards").glob("*.tar")),
 }
 
@@ -137,9 +138,13 @@ def _kill_and_resume(when, inputs, uninterrupted, tmp_path):
     if not killed:
         pytest.skip(f"the run finished before '{when}' could be caught")  # never seen; keeps the test honest
     assert not (out / "summary.json").exists()
+    # what the killed run committed (each step's results) is reused, not made again
+    committed = {p: p.stat().st_mtime_ns for p in (out / "commit").rglob("part-*.parquet")
+                 if p.parts[-3] not in ("sources", "clips")} if (out / "commit").exists() else {}
     assert main(args(inputs, out)) == 0
     assert_same_state(state(out), uninterrupted)
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
+    assert {p: p.stat().st_mtime_ns for p in committed if p.exists()} == committed
 
 
 def test_rerun_of_a_finished_job_redoes_nothing(inputs, uninterrupted, ray_session, tmp_path):
@@ -176,7 +181,7 @@ def test_a_lost_worker_costs_nothing(inputs, uninterrupted, ray_session, tmp_pat
     def killer():
         deadline = time.time() + 60
         while time.time() < deadline and not killed:
-            for pid in _worker_pids("CachedSplit"):
+            for pid in _worker_pids("MapBatches(_task)"):  # the split and the CPU steps' tasks
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
                 return

@@ -1,0 +1,265 @@
+"""Benchmark: the real streaming plan at scale, with synthetic sources and stage stubs of set cost.
+
+    python -m curate.bench.scale [--rows 5000 20000 100000] [--clips-per-source 10] [--split-ms 20]
+                                 [--score-ms 0.2] [--caption-ms 20] [--caption-batch 16] [--cpus 2]
+                                 [--shard-rows 2000000]
+
+Each size runs in a fresh process: a local Ray instance with `--cpus` CPUs that declares one GPU, the
+job's real driver (`curate.pipeline._run`: the stream, the commit log, the finalize: tables, shards,
+release files, report), with three stand-ins: a split task per source that sleeps `--split-ms` and makes
+`--clips-per-source` clip rows (no files), a CPU scorer task that sleeps `--score-ms` per clip, and a
+caption actor pool on the (declared) GPU that sleeps `--caption-ms` per batch of `--caption-batch` clips.
+Then the same job again into the same output: a rerun with nothing to do.
+
+Printed per size: driver peak RSS after the stream and at the end (and the growth per 1k rows between
+sizes), wall seconds of the stream and the finalize, the share of time the caption actor was busy from its
+first batch to its last, when the first caption batch finished relative to the end of the last split task
+and how many caption batches finished before it, and the driver's filesystem calls on the rerun. Last, the
+time to plan shards (hash buckets, packing) for `--shard-rows` clips.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import pyarrow as pa
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _append(path: str, line: str) -> None:
+    with open(path, "a") as f:
+        f.write(line + "\n")
+
+
+class FakeSplit:
+    """Input rows -> SPLIT rows with `clips` windows (no files), after sleeping `cost_s` per source."""
+
+    def __init__(self, clips: int, cost_s: float, log_dir: str):
+        self.clips, self.cost_s, self.log = clips, cost_s, f"{log_dir}/split-{os.getpid()}.txt"
+        self.payload = f"{os.path.dirname(log_dir)}/clip.bin"  # every clip's "file": one small real one
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from schemas import ClipStatus, SourceStatus
+        from stages.split import SPLIT
+
+        rows = []
+        for r in batch.to_pylist():
+            time.sleep(self.cost_s)
+            sid = hashlib.sha256(r["uri"].encode()).hexdigest()[:16]
+            clips = [{"clip_id": f"{sid}_{i:06d}", "scene_index": i, "start_frame": 25 * i, "end_frame": 25 * i + 25,
+                      "start_s": float(i), "end_s": float(i + 1), "duration_s": 1.0, "fps": 25.0, "width": 64, "height": 48,
+                      "clip_uri": self.payload, "clip_bytes": 1000, "status": ClipStatus.KEPT}
+                     for i in range(self.clips)]
+            scenes = [{"scene_index": i, "start_frame": 25 * i, "end_frame": 25 * i + 25, "start_s": float(i), "end_s": float(i + 1)}
+                      for i in range(self.clips)]
+            rows.append({**r, "license_raw": r["license"], "source_id": sid, "sha256": sid * 4, "size_bytes": 1 << 20,
+                         "duration_s": float(self.clips), "fps": 25.0, "n_frames": 25 * self.clips, "width": 64, "height": 48,
+                         "status": SourceStatus.OK, "scenes": scenes, "clips": clips})
+        out = pa.Table.from_pylist(rows, schema=SPLIT)
+        out = out.append_column("id", batch["uri"]).append_column("_todo", pa.array([True] * out.num_rows))
+        _append(self.log, f"{time.time()}")
+        return out
+
+
+class FakeScore:
+    """A CPU scorer: `cost_s` per clip, motion_score set."""
+
+    def __init__(self, cost_s: float, log_dir: str):
+        self.cost_s, self.log = cost_s, f"{log_dir}/score-{os.getpid()}.txt"
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        time.sleep(self.cost_s * batch.num_rows)
+        _append(self.log, f"{time.time()}")
+        i = batch.schema.get_field_index("motion_score")
+        return batch.set_column(i, "motion_score", pa.array([0.5] * batch.num_rows, pa.float64()))
+
+
+class FakeCaption:
+    """The GPU step: `cost_s` per call (a batch), a caption per clip; each call's (start, end) logged."""
+
+    def __init__(self, cost_s: float, log_dir: str):
+        self.cost_s, self.log = cost_s, f"{log_dir}/caption-{os.getpid()}.txt"
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        t0 = time.time()
+        time.sleep(self.cost_s)
+        i = batch.schema.get_field_index("caption")
+        out = batch.set_column(i, "caption", pa.array([f"clip {c}" for c in batch["clip_id"].to_pylist()], pa.string()))
+        _append(self.log, f"{t0} {time.time()} {batch.num_rows}")
+        return out
+
+
+class _FsCounter:
+    """Counts the driver's calls into fsspec's local filesystem."""
+
+    METHODS = ("info", "exists", "isdir", "isfile", "ls", "find", "glob", "open", "_open", "mv", "rm", "rm_file",
+               "makedirs", "cat_file", "pipe_file", "size", "created", "modified")
+
+    def __init__(self):
+        from fsspec.implementations.local import LocalFileSystem
+
+        self.n = 0
+        for name in self.METHODS:
+            real = getattr(LocalFileSystem, name, None)
+            if real is not None:
+                setattr(LocalFileSystem, name, self._wrap(real))
+
+    def _wrap(self, real):
+        def counted(fs, *a, **k):
+            self.n += 1
+            return real(fs, *a, **k)
+
+        return counted
+
+
+def one(rows: int, args) -> dict:
+    """One size, in this process."""
+    import ray
+
+    import curate.pipeline as pipeline
+    from curate.config import load_job
+    from curate.plan import Pool, Step
+    from curate.storage import Output
+
+    sources = max(1, rows // args.clips_per_source)
+    work = tempfile.mkdtemp(prefix="curate-scale-")
+    logs = f"{work}/logs"
+    os.makedirs(logs)
+    with open(f"{work}/clip.bin", "wb") as f:
+        f.write(b"\0" * 1000)
+    job = os.path.join(os.path.dirname(__file__), "..", "..", "jobs", "demo.yaml")
+    cfg = load_job(job, [f"output={work}/out", "motion=null", "aesthetic=null", "watermark=null", "text=null", "nsfw=null",
+                         "dedup=null", "caption=null", "latents=null", "select.where=null", "shards.max_samples=1000"])
+    inputs = pa.table({"uri": [f"bench://video-{i:07d}.mp4" for i in range(sources)], "license": ["CC0-1.0"] * sources,
+                       "title": [None] * sources, "author": [None] * sources, "source_url": [None] * sources,
+                       "attribution": [None] * sources})
+    steps = [
+        Step("score", (Pool(FakeScore, (args.score_ms / 1000, logs), batch_size=64),), ("motion_score",), "bench"),
+        Step("caption", (Pool(FakeCaption, (args.caption_ms / 1000, logs), actors=(1, 1), gpu=True, batch_size=args.caption_batch),),
+             ("caption",), "bench"),
+    ]
+    ray.init(address="local", num_cpus=args.cpus, num_gpus=1, include_dashboard=False, log_to_driver=False,
+             logging_level="ERROR")
+    pipeline.configure_logging(bool(os.environ.get("CURATE_BENCH_VERBOSE")))
+    marks = {}
+    real_sources = pipeline.committed_sources
+
+    def after_stream(*a, **k):
+        marks.setdefault("rss_stream_mb", _rss_mb())
+        marks.setdefault("t_stream", time.time())
+        return real_sources(*a, **k)
+
+    pipeline.committed_sources = after_stream
+    source = (FakeSplit, (args.clips_per_source, args.split_ms / 1000, logs))
+    out = Output(cfg.output)
+    t0 = time.time()
+    summary = pipeline._run(cfg, out, None, inputs=inputs, steps=steps, source=source)
+    t1 = time.time()
+    rss_end = _rss_mb()
+
+    splits = sorted(float(x) for p in glob.glob(f"{logs}/split-*.txt") for x in open(p).read().split())
+    scores = sorted(float(x) for p in glob.glob(f"{logs}/score-*.txt") for x in open(p).read().split())
+    calls = sorted(tuple(map(float, line.split())) for p in glob.glob(f"{logs}/caption-*.txt") for line in open(p) if line.strip())
+    last_split = splits[-1]
+    first_start, last_end = calls[0][0], calls[-1][1]
+    busy = sum(e - s for s, e, _ in calls)
+    result = {
+        "rows": rows, "sources": sources, "clips_kept": summary.clips_kept, "shards": summary.shards,
+        "driver_peak_rss_stream_mb": round(marks["rss_stream_mb"], 1), "driver_peak_rss_end_mb": round(rss_end, 1),
+        "stream_s": round(marks["t_stream"] - t0, 2), "finalize_s": round(t1 - marks["t_stream"], 2),
+        "caption_busy_share": round(busy / max(1e-9, last_end - first_start), 3),
+        "caption_batches": len(calls), "first_split_s": round(splits[0] - t0, 2), "last_split_s": round(splits[-1] - t0, 2),
+        "first_score_s": round(scores[0] - t0, 2), "first_caption_s": round(calls[0][1] - t0, 2),
+        "caption_batches_before_last_split": sum(1 for _, e, _ in calls if e <= last_split),
+        "first_caption_batch_vs_last_split_s": round(calls[0][1] - last_split, 2),
+    }
+    # the rerun: nothing to do
+    for p in glob.glob(f"{logs}/*"):
+        os.remove(p)
+    counter = _FsCounter()
+    t2 = time.time()
+    pipeline._run(cfg, out, None, inputs=inputs, steps=steps, source=source)
+    result["rerun_s"] = round(time.time() - t2, 2)
+    result["rerun_driver_fs_calls"] = counter.n
+    result["rerun_caption_batches"] = sum(1 for p in glob.glob(f"{logs}/caption-*.txt") for _ in open(p))
+    ray.shutdown()
+    return result
+
+
+def shard_planning(rows: int) -> float:
+    """Seconds to assign `rows` kept clips to hash-bucketed shards."""
+    import numpy as np
+
+    from schemas import CLIPS, conform
+    from stages.shards import ShardConfig, assign_shards
+
+    n_sources = max(1, rows // 20)
+    src = np.arange(rows) // 20
+    table = conform(pa.table({
+        "clip_id": pa.array([f"{s:010x}_{i:06d}" for s, i in zip(src, np.arange(rows) % 20)]),
+        "source_id": pa.array([f"{s:016x}" for s in src]),
+        "start_frame": pa.array((np.arange(rows) % 20) * 25, pa.int64()),
+        "clip_bytes": pa.array(np.full(rows, 2_000_000), pa.int64()),
+        "status": pa.array(["kept"] * rows),
+    }), CLIPS)
+    del n_sources
+    t = time.time()
+    assign_shards(table, ShardConfig())
+    return time.time() - t
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, nargs="+", default=[5000, 20000, 100000])
+    p.add_argument("--clips-per-source", type=int, default=10)
+    p.add_argument("--split-ms", type=float, default=20)
+    p.add_argument("--score-ms", type=float, default=0.2)
+    p.add_argument("--caption-ms", type=float, default=20)
+    p.add_argument("--caption-batch", type=int, default=16)
+    p.add_argument("--cpus", type=int, default=2)
+    p.add_argument("--shard-rows", type=int, default=2_000_000)
+    p.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.one:
+        print(json.dumps(one(args.one, args)))
+        return 0
+    results = []
+    for rows in args.rows:
+        cmd = [sys.executable, "-m", "curate.bench.scale", "--one", str(rows), *_pass(args)]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode:
+            print(res.stderr[-3000:], file=sys.stderr)
+            return 1
+        results.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        print(json.dumps(results[-1]), flush=True)
+    for a, b in zip(results, results[1:]):
+        slope = (b["driver_peak_rss_end_mb"] - a["driver_peak_rss_end_mb"]) / ((b["rows"] - a["rows"]) / 1000)
+        slope_s = (b["driver_peak_rss_stream_mb"] - a["driver_peak_rss_stream_mb"]) / ((b["rows"] - a["rows"]) / 1000)
+        print(f"driver RSS {a['rows']} -> {b['rows']} rows: +{b['driver_peak_rss_end_mb'] - a['driver_peak_rss_end_mb']:.1f} MB "
+              f"({slope:.2f} MB per 1k rows; stream only {slope_s:.2f} MB per 1k rows); rerun fs calls "
+              f"{a['rerun_driver_fs_calls']} -> {b['rerun_driver_fs_calls']}")
+    if args.shard_rows:
+        print(f"shard planning for {args.shard_rows} clips: {shard_planning(args.shard_rows):.1f} s")
+    return 0
+
+
+def _pass(args) -> list[str]:
+    return ["--clips-per-source", str(args.clips_per_source), "--split-ms", str(args.split_ms), "--score-ms", str(args.score_ms),
+            "--caption-ms", str(args.caption_ms), "--caption-batch", str(args.caption_batch), "--cpus", str(args.cpus),
+            "--shard-rows", "0"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
