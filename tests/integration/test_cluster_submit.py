@@ -138,9 +138,15 @@ def test_ray_job_submit_runs_the_demo_on_a_head_and_a_worker_node(tmp_path):
 
         # The README's line, as a user types it from the checkout (a unique id to look the job up by).
         sid = f"curate-demo-{os.getpid()}"
-        submit = _ray(["job", "submit", "--address", url, "--submission-id", sid, "--working-dir", ".", "--",
-                       "curate", "run", "jobs/demo.yaml", "--set", f"output={out}", "--set", "split.encode.preset=ultrafast"],
-                      env, timeout=400)
+        try:
+            submit = _ray(["job", "submit", "--address", url, "--submission-id", sid, "--working-dir", ".", "--",
+                           "curate", "run", "jobs/demo.yaml", "--set", f"output={out}", "--set", "split.encode.preset=ultrafast"],
+                          env, timeout=300)
+        except subprocess.TimeoutExpired as e:
+            # Usually a task that fits in no single node (resources planned from the cluster's total): say so.
+            usage = _ray(["status", "-v", "--address", f"127.0.0.1:{gcs}"], env).stdout
+            tail = ((e.stdout or b"") + (e.stderr or b"")).decode(errors="replace")[-3000:]
+            raise AssertionError(f"the job did not finish in 300 s; cluster:\n{usage[-2500:]}\njob log:\n{tail}") from None
         logs = submit.stdout + submit.stderr
         if submit.returncode != 0 and "cannot pickle 'module' object" in logs:
             # ray.init(runtime_env={"py_modules": [curate, stages, schemas]}) inside a submitted job: Ray
