@@ -91,7 +91,9 @@ def init_ray(cfg: JobConfig, address: str | None = None) -> None:
             import stages
 
             # Ship our packages to the cluster's workers; third-party libraries must be installed there.
-            ray.init(address=address, runtime_env={"py_modules": [curate, stages, schemas]}, **common)
+            # (folders, not module objects: a submitted job's runtime_env is deep-copied to merge it)
+            py_modules = [os.path.dirname(m.__file__) for m in (curate, stages, schemas)]
+            ray.init(address=address, runtime_env={"py_modules": py_modules}, **common)
         else:
             # "local": a new instance even when `ray start` left a cluster address on this machine.
             ray.init(address="local", num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus, include_dashboard=False, **common)

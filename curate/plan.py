@@ -384,16 +384,19 @@ class Resources:
     on a small machine they are let in beside the split rather than after it). The split and the actor
     pools always fit together, so no pool's actors can keep the split from starting."""
 
-    cpus: float
+    cpus: float  # of the smallest node: every share must fit on any one node
     gpus: float
     actor_pools: int
     gpu_pools: int
     cpu_steps: int = 1
     light_steps: int = 3
+    total_cpus: float | None = None  # of the cluster (default: cpus)
 
     @property
     def splitters(self) -> int:
-        return max(1, int(self.cpus * 0.75) if self.cpus >= 4 else int(self.cpus) - 1)
+        """How many split tasks run at once, over the whole cluster."""
+        total = self.total_cpus or self.cpus
+        return max(1, int(total * 0.75) if total >= 4 else int(total) - 1)
 
     @property
     def actor_share(self) -> float:
@@ -410,7 +413,7 @@ class Resources:
         if pool.num_cpus is not None and pool.num_cpus <= LIGHT_CPUS:
             return pool.num_cpus
         cpu_actors = self.actor_pools - (self.gpu_pools if self.gpus > 0 else 0)
-        free = self.cpus - self.splitters * self.split_cpus - cpu_actors * self.actor_share - self.light_steps * LIGHT_CPUS
+        free = self.cpus - self.split_cpus - cpu_actors * self.actor_share - self.light_steps * LIGHT_CPUS
         share = free / max(1, self.cpu_steps)
         want = pool.num_cpus if pool.num_cpus is not None else 1.0
         return round(max(LIGHT_CPUS, min(want, share)), 3)
@@ -433,10 +436,15 @@ def resources_for(steps: list[Step]) -> Resources:
 
     cluster = ray.cluster_resources()
     pools = [p for s in steps for p in s.pools]
-    return Resources(float(cluster.get("CPU", 1)), float(cluster.get("GPU", 0)),
+    # Shares are planned for the smallest node (a head and a worker of one CPU each must each fit a
+    # split task beside their share of the actors), the number of split tasks for the whole cluster.
+    per_node = [n["Resources"]["CPU"] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
+    node_cpus = float(min(per_node)) if per_node else float(cluster.get("CPU", 1))
+    return Resources(node_cpus, float(cluster.get("GPU", 0)),
                      sum(p.actors is not None for p in pools), sum(p.gpu and p.actors is not None for p in pools),
                      cpu_steps=sum(p.actors is None and (p.num_cpus is None or p.num_cpus > LIGHT_CPUS) for p in pools),
-                     light_steps=2 + sum(p.actors is None and p.num_cpus is not None and p.num_cpus <= LIGHT_CPUS for p in pools))
+                     light_steps=2 + sum(p.actors is None and p.num_cpus is not None and p.num_cpus <= LIGHT_CPUS for p in pools),
+                     total_cpus=float(cluster.get("CPU", 1)))
 
 
 def build(cfg: JobConfig, inputs: pa.Table, out_url: str, run: int, motion=None, steps: list[Step] | None = None, source=None):
