@@ -18,6 +18,7 @@ import decimal
 import io
 import json
 import math
+import posixpath
 
 import duckdb
 
@@ -32,20 +33,43 @@ def connect(out: str) -> duckdb.DuckDBPyConnection:
 
     A partitioned table's view has the columns of its schema in `schemas.TABLES` plus `bucket`; a missing
     table is an empty view with its schema. Part files being written (`*.tmp-*`) are not read. OUT may
-    be a local path or an fsspec URL. Raises FileNotFoundError when OUT has no tables/ folder.
+    be a local path or an fsspec URL.
+
+    The commit log shows what runs have committed, during a run and after one was killed, before any
+    table exists: `committed_clips` (every run's final clip rows, `_run` the run's clock in ns: the
+    latest run's are `where _run = (select max(_run) from committed_clips)`) and `committed_sources`.
+    Raises FileNotFoundError when OUT has neither tables/ nor commit/.
     """
     output = Output(out)
-    if not output.fs.isdir(output.path("tables")):
+    has_tables, has_commit = output.fs.isdir(output.path("tables")), output.fs.isdir(output.path("commit"))
+    if not has_tables and not has_commit:
         raise FileNotFoundError(f"no tables/ folder in output {out!r} (looked for {output.path('tables')!r}); has the job run?")
     con = duckdb.connect(":memory:")
     for name, schema in TABLES.items():
-        data = output.table_dataset(name)
+        data = output.table_dataset(name) if has_tables else None
         con.register(name, schema.empty_table() if data is None else data)
+    for name, rel, schema in (("committed_clips", "commit/clips/rows", TABLES["clips"]), ("committed_sources", "commit/sources/rows", TABLES["sources"])):
+        con.register(name, _committed(output, rel, schema))
     # From here on DuckDB touches no file (reads go through the registered Arrow datasets), and a
     # query cannot switch that back.
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con
+
+
+def _committed(output: Output, rel: str, schema):
+    """The commit log's parts under `rel` as one dataset with `schema`'s columns and `_run` (temporaries,
+    named `.part-…`, skipped)."""
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    schema = pa.schema([*schema, pa.field("_run", pa.int64())])
+    folder = output.path(rel)
+    parts = sorted(p for p in output.fs.ls(folder, detail=False) if posixpath.basename(p).startswith("part-") and p.endswith(".parquet")) \
+        if output.fs.isdir(folder) else []
+    if not parts:
+        return schema.empty_table()
+    return pads.dataset(parts, schema=schema, format="parquet", filesystem=output.arrow_fs)
 
 
 def query(out: str, sql: str, fmt: str = "table") -> str:

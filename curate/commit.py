@@ -31,8 +31,10 @@ PART = "part-"
 RUN = "_run"  # the wall clock (ns) of the run that wrote a row: of two rows for one id, the later one wins
 
 
-def part_name(ids: list[str]) -> str:
-    return PART + hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:20] + ".parquet"
+def part_name(ids: list[str], matches: list | None = None) -> str:
+    """part-<hash of the (id, match) pairs it holds>.parquet: a retried block writes the same name."""
+    keys = sorted(f"{i}\t{m}" for i, m in zip(ids, matches or [None] * len(ids)))
+    return PART + hashlib.sha256("\n".join(keys).encode()).hexdigest()[:20] + ".parquet"
 
 
 def _is_part(path: str) -> bool:
@@ -56,7 +58,8 @@ class CommitLog:
             return None
         if run is not None:
             table = table.append_column(RUN, pa.array([run] * table.num_rows, pa.int64()))
-        name = part_name(table["id"].to_pylist())
+        matches = table["match"].to_pylist() if "match" in table.column_names else None
+        name = part_name(table["id"].to_pylist(), matches)
         self.fs.makedirs(self.root, exist_ok=True)
         final = f"{self.root}/{name}"
         tmp = f"{self.root}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -126,7 +129,7 @@ class CommitLog:
             return False
         table = self.read(keys=("id", "match"))
         self.write(table.drop_columns([RUN]) if RUN in table.column_names else table, run=time.time_ns())
-        keep = f"{self.root}/{part_name(table['id'].to_pylist())}"
+        keep = f"{self.root}/{part_name(table['id'].to_pylist(), table['match'].to_pylist() if 'match' in table.column_names else None)}"
         for p in parts:
             if p != keep:
                 self.fs.rm(p)

@@ -420,8 +420,10 @@ class Resources:
 
     def ray_args(self, pool: Pool) -> dict:
         """What one actor of `pool` asks Ray for: a GPU share on GPUs, else a share of the CPUs."""
-        if pool.gpu and self.gpus > 0:  # (Ray warns that CPUs and GPUs asked together are experimental)
-            return {"num_gpus": round(min(1.0, self.gpus / max(1, self.gpu_pools)), 4)}
+        if pool.gpu and self.gpus > 0:
+            # num_cpus=0: without it Ray Data reserves a whole CPU per GPU actor (three GPU pools would ask
+            # for three CPUs of two and wait forever); with a CPU share it warns the pair is experimental.
+            return {"num_gpus": round(min(1.0, self.gpus / max(1, self.gpu_pools)), 4), "num_cpus": 0}
         return {"num_cpus": round(min(pool.num_cpus or 1, self.actor_share), 4)}
 
     def actors(self, pool: Pool) -> tuple[int, int]:

@@ -133,10 +133,13 @@ def license_link(key: str) -> str | None:
     return f"https://spdx.org/licenses/{key}.html"
 
 
-def index_json(shards: pa.Table) -> str:
+def index_json(shards: pa.Table, buckets: int | None = None) -> str:
+    """Every shard with its counts, bytes, sha256 and licences; `buckets`: shards.buckets the clips were
+    packed under (a clip's shard bucket is sha256(source_id) mod buckets), null for one sequence."""
     rows = sorted(shards.to_pylist(), key=lambda r: r["shard"])
     doc = {
         "schema_version": SCHEMA_VERSION,
+        "buckets": buckets,
         "n_shards": len(rows),
         "n_samples": sum(r["n_samples"] for r in rows),
         "bytes": sum(r["bytes"] for r in rows),
@@ -284,7 +287,7 @@ def write_release(out: Output, job: dict, sources: pa.Table, clips: pa.Table, sh
     """Write index.json, LICENSES.md, ATTRIBUTION.csv and README.md; remove shard files no table row names."""
     policy = policy_of(job)
     takedowns = read_takedowns(out)
-    out.write_text("index.json", index_json(shards))
+    out.write_text("index.json", index_json(shards, (job.get("shards") or {}).get("buckets")))
     out.write_text("LICENSES.md", licenses_md(clips))
     out.write_text("ATTRIBUTION.csv", attribution_csv(clips, policy))
     out.write_text("README.md", data_card(job, sources, clips, shards, takedowns))

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import fsspec
 import pyarrow as pa
-import webdataset as wds
 
 from schemas import CLIPS, SAMPLE_FILES, SCHEMA_VERSION, SHARDS
 
@@ -236,6 +235,8 @@ def write_tar(fs, path: str, samples) -> tuple[int, str]:
     try:
         with fs.open(tmp, "wb") as f:
             sink = _HashingWriter(f)
+            import webdataset as wds  # here, not at import: it pulls in torch (1.5 s for every process)
+
             writer = wds.TarWriter(
                 sink, user=TAR_USER, group=TAR_USER, mode=TAR_MODE, mtime=TAR_MTIME, encoder=False, compress=False
             )

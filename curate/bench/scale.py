@@ -175,11 +175,16 @@ def one(rows: int, args) -> dict:
     last_split = splits[-1]
     first_start, last_end = calls[0][0], calls[-1][1]
     busy = sum(e - s for s, e, _ in calls)
+    # the steady state: from the caption actor's first batch to the end of the last split task (while
+    # the split still feeds it): how much of that time it spent captioning
+    w0, w1 = first_start, last_split
+    steady = sum(max(0.0, min(e, w1) - max(s, w0)) for s, e, _ in calls) / (w1 - w0) if w1 > w0 else None
     result = {
         "rows": rows, "sources": sources, "clips_kept": summary.clips_kept, "shards": summary.shards,
         "driver_peak_rss_stream_mb": round(marks["rss_stream_mb"], 1), "driver_peak_rss_end_mb": round(rss_end, 1),
         "stream_s": round(marks["t_stream"] - t0, 2), "finalize_s": round(t1 - marks["t_stream"], 2),
         "caption_busy_share": round(busy / max(1e-9, last_end - first_start), 3),
+        "caption_busy_share_steady": None if steady is None else round(steady, 3),
         "caption_batches": len(calls), "first_split_s": round(splits[0] - t0, 2), "last_split_s": round(splits[-1] - t0, 2),
         "first_score_s": round(scores[0] - t0, 2), "first_caption_s": round(calls[0][1] - t0, 2),
         "caption_batches_before_last_split": sum(1 for _, e, _ in calls if e <= last_split),

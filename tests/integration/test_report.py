@@ -44,7 +44,7 @@ def test_report_numbers_agree_with_the_catalog(demo_out):
     assert funnel["kept"]["count"] > 0
     per_licence = {r["license"]: r["n"] for r in q(demo_out, "select license, count(*) as n from clips where status = 'kept' group by 1")}
     assert {e["license"]: e["clips"] for e in data["licenses"]} == per_licence
-    assert set(data["stage_s"]) >= {"ingest", "split", "shards"}
+    assert set(data["stage_s"]) >= {"inputs", "stream", "shards", "tables"}
     # burned-in text and NSFW are drawn as scores; the demo's nsfw_score < 0.5 is a threshold with thumbnails near it
     assert {"text_area", "nsfw_score", "motion_score", "watermark_score"} <= set(data["score_columns"])
     page = (demo_out / "report.html").read_text()

@@ -138,6 +138,9 @@ def _kill_and_resume(when, inputs, uninterrupted, tmp_path):
     if not killed:
         pytest.skip(f"the run finished before '{when}' could be caught")  # never seen; keeps the test honest
     assert not (out / "summary.json").exists()
+    if (out / "commit").exists():  # a killed run's commits can be queried
+        seen = json.loads(query(str(out), "select count(*) as n from committed_sources", "json"))[0]["n"]
+        assert seen >= (3 if when == "first shard written" else 0)
     # what the killed run committed (each step's results) is reused, not made again
     committed = {p: p.stat().st_mtime_ns for p in (out / "commit").rglob("part-*.parquet")
                  if p.parts[-3] not in ("sources", "clips")} if (out / "commit").exists() else {}

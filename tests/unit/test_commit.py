@@ -1,0 +1,63 @@
+"""The commit log (curate/commit.py): parts named by their ids, whole or absent, later runs win, bounded."""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow as pa
+
+from curate.commit import RUN, CommitLog, latest_rows, part_name
+
+
+def block(ids, value, match=None):
+    return pa.table({"id": ids, "match": [match] * len(ids), "score": [value] * len(ids)})
+
+
+def test_a_retried_block_rewrites_the_same_part(tmp_path):
+    log = CommitLog(str(tmp_path), "score", "k1")
+    first = log.write(block(["b", "a"], 1.0), run=1)
+    assert first == part_name(["a", "b"], [None, None]) and log.write(block(["a", "b"], 1.0), run=1) == first
+    assert [os.path.basename(p) for p in log.parts()] == [first]
+    assert log.write(block([], 0.0)) is None
+
+
+def test_temporaries_are_never_read(tmp_path):
+    log = CommitLog(str(tmp_path), "score", "k1")
+    log.write(block(["a"], 1.0), run=1)
+    (tmp_path / "commit" / "score" / "k1" / ".part-x.parquet.tmp-abc").write_bytes(b"half a file")
+    assert len(log.parts()) == 1 and log.read()["id"].to_pylist() == ["a"]
+
+
+def test_the_latest_run_wins_and_matches_are_kept_apart(tmp_path):
+    log = CommitLog(str(tmp_path), "caption", "k1")
+    log.write(block(["a", "b"], 1.0, match="p1"), run=1)
+    log.write(block(["a"], 2.0, match="p1"), run=2)  # a later run's result for a
+    log.write(block(["a"], 3.0, match="p2"), run=3)  # another prompt for a
+    index = CommitLog(str(tmp_path), "caption", "k1").index()
+    assert set(index) == {("a", "p1"), ("b", "p1"), ("a", "p2")}
+    rows = log.rows({("a", "p1"): index[("a", "p1")], ("b", "p1"): index[("b", "p1")]})
+    assert rows["a"]["score"] == 2.0 and rows["b"]["score"] == 1.0
+    assert log.rows({("a", "p2"): index[("a", "p2")]})["a"]["score"] == 3.0
+    latest = log.read(keys=("id", "match"))
+    assert sorted(zip(latest["id"].to_pylist(), latest["match"].to_pylist(), latest["score"].to_pylist())) == [
+        ("a", "p1", 2.0), ("a", "p2", 3.0), ("b", "p1", 1.0)]
+    assert sorted(log.read()["score"].to_pylist()) == [1.0, 3.0]  # by id only: a's latest is the p2 row
+
+
+def test_compact_folds_parts_without_losing_a_result(tmp_path):
+    log = CommitLog(str(tmp_path), "score", "k1")
+    for i in range(10):
+        log.write(block([f"c{i}"], float(i)), run=i)
+    log.write(block(["c0"], 99.0), run=100)  # the same (id, match): the same part, rewritten
+    assert not log.compact(min_parts=20) and len(log.parts()) == 10
+    log.write(block(["c0", "c1"], 50.0), run=101)
+    assert log.compact(min_parts=5) and len(log.parts()) == 1
+    folded = log.read()
+    assert dict(zip(folded["id"].to_pylist(), folded["score"].to_pylist())) == {**{f"c{i}": float(i) for i in range(2, 10)}, "c0": 50.0, "c1": 50.0}
+
+
+def test_latest_rows_orders_by_run_then_position():
+    t = pa.table({"id": ["x", "y", "x", "x"], RUN: [5, 1, 5, 2], "v": [1, 2, 3, 4]})
+    got = latest_rows(t)
+    assert dict(zip(got["id"].to_pylist(), got["v"].to_pylist())) == {"x": 3, "y": 2}
+    assert RUN not in got.column_names
