@@ -487,8 +487,11 @@ def add_steps(ds, steps: list[Step], res: Resources, out_url: str, run: int):
                                     num_cpus=res.task_cpus(pool), **fmt)
             else:
                 lo, hi = res.actors(pool)
+                asks = res.ray_args(pool)
+                log.debug("plan: %s pool %d/%d (%s): %d-%d actors, %s each", step.name, i + 1, len(step.pools), getattr(pool.stage, "__name__", pool.stage),
+                          lo, hi, " + ".join(f"{v:g} {k[4:-1].upper()}" for k, v in sorted(asks.items(), reverse=True)))
                 ds = ds.map_batches(StepRunner, fn_constructor_args=args, batch_size=pool.batch_size,
-                                    compute=ActorPoolStrategy(min_size=lo, max_size=hi), **res.ray_args(pool), **fmt)
+                                    compute=ActorPoolStrategy(min_size=lo, max_size=hi), **asks, **fmt)
     return ds
 
 

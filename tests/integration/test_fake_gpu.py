@@ -34,10 +34,10 @@ def test_demo_with_a_declared_gpu(tmp_path):
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert run.returncode == 0, run.stderr[-3000:]
     # the pools asked Ray for the declared GPU
-    assert "1 GPU each" in run.stderr and "latents:" in run.stderr
-    caption_gpu = [line for line in run.stderr.splitlines() if line.startswith("curate: caption:") and "GPU each" in line]
-    latents_gpu = [line for line in run.stderr.splitlines() if line.startswith("curate: latents:") and "GPU each" in line]
-    assert caption_gpu and latents_gpu, run.stderr[-3000:]
+    pools = [line for line in run.stderr.splitlines() if line.startswith("curate: plan: ")]
+    for step in ("aesthetic", "caption", "latents"):  # a share of the GPU each, and no CPU (none would fit)
+        assert any(line.startswith(f"curate: plan: {step} pool") and "GPU + 0 CPU each" in line for line in pools), "\n".join(pools)
+    assert any("caption pool 1/2 (_Prepare)" in line and "GPU" not in line for line in pools), "\n".join(pools)  # preparation on CPU
     kept = json.loads(query(str(out), "select caption, caption_status, latent_uri, aesthetic_score from clips where status = 'kept'", "json"))
     assert len(kept) >= 2
     for c in kept:

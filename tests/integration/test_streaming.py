@@ -53,7 +53,7 @@ def _manifest(folder: Path, videos: list[Path], order: list[int]) -> Path:
 def _run(manifest: Path, out: Path, cpus: int) -> None:
     cmd = [sys.executable, "-m", "curate.cli", "run", JOB, "--set", f"input.manifest={manifest}", "--set", f"output={out}",
            "--set", "split.encode.preset=ultrafast", "--set", "shards.max_samples=2", "--set", "shards.buckets=4",
-           "--set", "select.where=null", "--set", f"ray.num_cpus={cpus}"]
+           "--set", "select.where=null", "--set", "text=null", "--set", "nsfw=null", "--set", "latents=null", "--set", f"ray.num_cpus={cpus}"]
     run = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-3000:]
 
