@@ -106,6 +106,6 @@ def _ort_has_cuda() -> bool:
 
 # Bumped when a scorer's code scores the same clip differently under the same settings, so a rerun does
 # not reuse scores the current code would not give (2: the watermark detector's votes and blank rule;
-# 4: CLIP passes of one shape, so an aesthetic score does not depend on the clips it was batched with).
+# 4: one clip per CLIP pass, so an aesthetic score does not depend on the clips it was batched with).
 # The watermark model's fitted constants are part of its key too, so a refit invalidates on its own.
 SCORE_RULES = 4

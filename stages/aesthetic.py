@@ -169,12 +169,7 @@ class AestheticModel:
         with torch.no_grad():
             for i in range(0, len(frames), self.batch_size):
                 x = torch.stack([self.preprocess(Image.fromarray(f)) for f in frames[i : i + self.batch_size]])
-                n = x.shape[0]
-                # Every pass has the same shape (the last one padded): a frame's embedding then does not
-                # depend on which frames share its batch, so scores are the same bytes however blocks form.
-                if n < self.batch_size:
-                    x = torch.cat([x, x[-1:].expand(self.batch_size - n, *x.shape[1:])])
-                out.append(self.clip.encode_image(x.to(self.device)).float().cpu()[:n])
+                out.append(self.clip.encode_image(x.to(self.device)).float().cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
     def head_scores(self, embeddings: np.ndarray) -> np.ndarray:
@@ -240,8 +235,8 @@ def sample_frames(path: str, n: int, n_frames: int | None = None, short_side: in
 
 
 class ScoreAesthetic:
-    """CLIPS rows -> the same rows with aesthetic_score and aesthetic_model. All frames of a batch go
-    through CLIP together (batch_size images per forward pass), on the GPU when there is one."""
+    """CLIPS rows -> the same rows with aesthetic_score and aesthetic_model. Each clip's frames go through
+    CLIP together (at most batch_size images per forward pass), on the GPU when there is one."""
 
     def __init__(self, cfg: AestheticConfig, model: AestheticModel | None = None):
         self.cfg = cfg
@@ -251,7 +246,8 @@ class ScoreAesthetic:
         if self.model is None:
             self.model = load_model(self.cfg)
         rows = batch.to_pylist()
-        frames, owner, errors = [], [], {}
+        per: dict[int, list[float]] = {}
+        errors = {}
         for i, row in enumerate(rows):
             if not scorable(row):
                 continue
@@ -262,12 +258,11 @@ class ScoreAesthetic:
             except (OSError, MediaError, ScoreError) as e:
                 errors[i] = f"cannot read {row['clip_uri']}: {e}"
                 continue
-            frames += got
-            owner += [i] * len(got)
-        scores = self.model(frames) if frames else np.zeros(0)
-        per: dict[int, list[float]] = {}
-        for i, s in zip(owner, scores.tolist()):
-            per.setdefault(i, []).append(s)
+            # One clip's frames per pass: its score depends on its own frames only, not on which clips
+            # share the block (batched CPU kernels round differently by batch shape and position), so
+            # scores are the same bytes however the stream forms blocks.
+            if got:
+                per[i] = self.model(got).tolist()
         agg = np.mean if self.cfg.aggregate == "mean" else np.min
         out = [
             {"aesthetic_score": float(agg(per[i])), "aesthetic_model": self.model.name} if i in per else {}

@@ -664,16 +664,17 @@ class ClipAlignment:
         from PIL import Image
 
         torch = self.torch
+        scores = []
+        # One clip per pass: a score then depends on its own frames and caption only, not on which clips
+        # share its batch (batched CPU kernels round differently by batch shape and position).
         with torch.inference_mode():
-            x = torch.stack([self.preprocess(Image.fromarray(f)) for fs in frames for f in fs]).to(self.device)
-            img = self.model.encode_image(x).float()
-            txt = self.model.encode_text(self.tokenizer(captions).to(self.device)).float()
-            img = img / img.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            txt = txt / txt.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        scores, start = [], 0
-        for i, fs in enumerate(frames):
-            scores.append(float((img[start : start + len(fs)] @ txt[i]).mean()))
-            start += len(fs)
+            for fs, caption in zip(frames, captions):
+                x = torch.stack([self.preprocess(Image.fromarray(f)) for f in fs]).to(self.device)
+                img = self.model.encode_image(x).float()
+                txt = self.model.encode_text(self.tokenizer([caption]).to(self.device)).float()
+                img = img / img.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                txt = txt / txt.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                scores.append(float((img @ txt[0]).mean()))
         return scores
 
 
