@@ -105,6 +105,11 @@ def init_ray(cfg: JobConfig, address: str | None = None) -> None:
     # per-operator reservation on top of that held the steps after the split to a sliver of the CPUs
     # until the split was done everywhere (5 of 125 caption batches before the last split, 120 without).
     ctx.op_resource_reservation_enabled = False
+    if not _VERBOSE:  # its per-operator memory advice (model actors use what they use) is for -v
+        try:
+            ctx.issue_detectors_config.high_memory_detector_config.detection_time_interval_s = -1
+        except AttributeError:  # another Ray version
+            pass
 
 
 # Lines Ray prints on every run that tell a curate user nothing they can act on.
@@ -264,13 +269,13 @@ class Progress:
             self.last = time.time()
             self.show()
 
-    def show(self) -> None:
+    def show(self, what: str = "stream") -> None:
         dt = max(1e-6, time.time() - self.t0)
-        log.info("stream: %d clips committed (%.1f/s), %d kept, %d captioned, %d encoded, %.0f s",
-                 self.n["clips"], self.n["clips"] / dt, self.n["kept"], self.n["captioned"], self.n["encoded"], dt)
+        log.info("%s: %d clips committed (%.1f/s), %d kept, %d captioned, %d encoded, %.0f s",
+                 what, self.n["clips"], self.n["clips"] / dt, self.n["kept"], self.n["captioned"], self.n["encoded"], dt)
 
     def done(self) -> None:
-        self.show()
+        self.show("stream done")
 
 
 def _write_shards(cfg: JobConfig, out: Output, clips: pa.Table) -> tuple[pa.Table, pa.Table]:
