@@ -3,13 +3,13 @@
     OUT/job.yaml             the resolved job
     OUT/samples/             generated demo inputs (demo job only)
     OUT/clips/<clip_id>.mp4  every clip, written once
-    OUT/shards/shard-NNNNNN.tar
+    OUT/shards/shard-BBBBB-NNNNNN.tar   per hash bucket of the source (shard-NNNNNN.tar with shards.buckets: null)
     OUT/tables/<table>.parquet                          one file per table (older outputs; takedowns)
     OUT/tables/<table>/bucket=NNNNN/part-<hash>.parquet  or hive-partitioned: several parts per bucket, the
                                                         `bucket` column (int32) only in the folder name
     OUT/summary.json
-    OUT/work/                what a rerun reuses: ingest rows, per-source split results, scores, captions,
-                             latents, shard plans
+    OUT/commit/<step>/<key>/part-<hash>.parquet   the commit log (curate/commit.py): what a rerun reuses
+    OUT/work/shards.json     shard plans: an unchanged shard is not written again
     OUT/.curate.lock         held by the one run writing here
 """
 
