@@ -188,7 +188,7 @@ class Output:
     def remove_temporaries(self) -> int:
         """Delete `*.tmp-*` files a killed run left behind (only while holding the lock)."""
         removed = 0
-        for sub in ("clips", "shards", "tables", "work", "latents"):
+        for sub in ("clips", "shards", "tables", "work", "latents", "commit"):
             if self.exists(sub):
                 for p in self.fs.find(self.path(sub)):
                     if ".tmp-" in os.path.basename(p):

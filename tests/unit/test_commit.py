@@ -61,3 +61,14 @@ def test_latest_rows_orders_by_run_then_position():
     got = latest_rows(t)
     assert dict(zip(got["id"].to_pylist(), got["v"].to_pylist())) == {"x": 3, "y": 2}
     assert RUN not in got.column_names
+
+
+def test_a_killed_runs_temporary_parts_are_removed_at_the_next_start(tmp_path):
+    from curate.storage import Output
+
+    log = CommitLog(str(tmp_path), "sources", "rows")
+    log.write(block(["a"], 1.0), run=1)
+    tmp = tmp_path / "commit" / "sources" / "rows" / ".part-x.parquet.tmp-abc"
+    tmp.write_bytes(b"half a file")
+    assert Output(str(tmp_path)).remove_temporaries() == 1
+    assert not tmp.exists() and len(log.parts()) == 1
