@@ -7,9 +7,7 @@ signature index every output keeps so later runs can dedup against it (`dedup.ag
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,11 +20,6 @@ from stages.dedup import DedupConfig, Signatures, mark_duplicates
 
 INDEX = "dedup/signatures.parquet"
 SIGNATURE_RULES = 3  # bumped when the signature of the same clip changes (views, hash, frame sampling; 2: reference frames only; 3: + mean colour)
-
-
-def _cache_rel(cfg: DedupConfig) -> str:
-    key = json.dumps({"fps": cfg.fps, "rules": SIGNATURE_RULES}, sort_keys=True)
-    return f"work/signatures-{hashlib.sha256(key.encode()).hexdigest()[:12]}.parquet"
 
 
 def _read(fs_url: str, rel: str) -> pa.Table:

@@ -69,7 +69,7 @@ def signatures(cfg: JobConfig, out_url: str, clip_ids: pa.Array) -> pa.Table:
     from schemas import SIGNATURE_ROWS
 
     step = signature_step(cfg.dedup)
-    table = CommitLog(out_url, step.name, step.key).read(columns=["id", SIGNATURE, "_signature_error", RUN])
+    table = CommitLog(out_url, step.name, step.key).read(columns=["id", SIGNATURE, "_signature_error"])
     if table is None:
         return SIGNATURE_ROWS.empty_table()
     table = table.filter(pc.is_in(table["id"], clip_ids))
