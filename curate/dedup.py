@@ -1,7 +1,9 @@
 """The dedup step of the plan: signatures of the kept clips (on Ray), near-duplicate groups, and the
 signature index every output keeps so later runs can dedup against it (`dedup.against`).
 
-    OUT/commit/signature/<settings>/         clip_id -> signature, committed by the plan, reused by reruns
+    OUT/commit/signature/<settings>/         clip_id -> signature, committed by the plan, reused by reruns:
+                                             made by the one-pass split from its analysis frames (committed
+                                             with the split), else by this step from the clip file
     OUT/dedup/signatures.parquet             the output's kept clips (SIGNATURE_INDEX), read by `against`
 """
 
@@ -19,7 +21,7 @@ from schemas import SIGNATURE_INDEX, ClipStatus
 from stages.dedup import DedupConfig, Signatures, mark_duplicates
 
 INDEX = "dedup/signatures.parquet"
-SIGNATURE_RULES = 3  # bumped when the signature of the same clip changes (views, hash, frame sampling; 2: reference frames only; 3: + mean colour)
+SIGNATURE_RULES = 4  # bumped when the signature of the same clip changes (views, hash, frame sampling; 2: reference frames only; 3: + mean colour; 4: the split's analysis frames, + where it came from)
 
 
 def _read(fs_url: str, rel: str) -> pa.Table:
@@ -41,29 +43,57 @@ def load_against(cfg: DedupConfig) -> pa.Table:
 
 
 SIGNATURE = "_signature"  # the signature step's column: in its commit log only, read by the finalize
+# ... and where each came from: "split" (the one-pass split's analysis frames), "file" (the clip file decoded again)
+SIGNATURE_COLUMNS = (SIGNATURE, "_signature_error", "_signature_from")
 
 
 class _SignatureStage:
-    """Signatures of a block's kept clips as a transient column (the commit log keeps them)."""
+    """Signatures of a block's kept clips as a transient column (the commit log keeps them): the one the
+    split made from its analysis frames where the row carries it, else the clip file decoded again."""
 
     def __init__(self, cfg: DedupConfig):
         self.stage = Signatures(cfg)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        sigs = self.stage(batch)
-        by_id = dict(zip(sigs["clip_id"].to_pylist(), sigs["signature"].to_pylist()))
-        errors = dict(zip(sigs["clip_id"].to_pylist(), sigs["error"].to_pylist()))
+        from curate.plan import SPLIT_SIGNATURE
+
         ids = batch["clip_id"].to_pylist()
+        by_id, errors, source = {}, {}, {}
+        if SPLIT_SIGNATURE in batch.column_names:
+            for i, sig in zip(ids, batch[SPLIT_SIGNATURE].to_pylist()):
+                if sig is not None:
+                    by_id[i], source[i] = sig, "split"
+        rest = batch.filter(pc.invert(pc.is_in(batch["clip_id"], pa.array(list(by_id), pa.string())))) if by_id else batch
+        if rest.num_rows:
+            sigs = self.stage(rest)
+            for i, sig, err in zip(sigs["clip_id"].to_pylist(), sigs["signature"].to_pylist(), sigs["error"].to_pylist()):
+                by_id[i], errors[i] = sig, err
+                if sig is not None:
+                    source[i] = "file"
         batch = batch.append_column(pa.field(SIGNATURE, pa.binary()), pa.array([by_id.get(i) for i in ids], pa.binary()))
-        return batch.append_column(pa.field("_signature_error", pa.string()), pa.array([errors.get(i) for i in ids], pa.string()))
+        batch = batch.append_column("_signature_error", pa.array([errors.get(i) for i in ids], pa.string()))
+        return batch.append_column("_signature_from", pa.array([source.get(i) for i in ids], pa.string()))
 
 
 def signature_step(cfg: DedupConfig):
-    """The plan's signature step: every kept clip's signature, committed (grouping runs in the finalize)."""
+    """The plan's signature step: every kept clip's signature, committed (grouping runs in the finalize).
+    Clips the one-pass split signed carry their signature here (`with_split_signatures`): nothing is decoded."""
     from curate.plan import Pool, Step, settings_key
 
-    return Step("signature", (Pool(_SignatureStage, (cfg,), batch_size=16),), (SIGNATURE, "_signature_error"),
+    return Step("signature", (Pool(_SignatureStage, (cfg,), batch_size=16),), SIGNATURE_COLUMNS,
                 settings_key(cfg.fps, SIGNATURE_RULES), keep=lambda r: r.get(SIGNATURE) is not None)
+
+
+def with_split_signatures(clips: pa.Table, split: pa.Table, key: str) -> pa.Table:
+    """Clip rows + the transient column of the signatures the split made with settings `key` (from its SPLIT rows)."""
+    from curate.plan import SPLIT_SIGNATURE
+
+    by_id = {}
+    for cs in split["clips"].to_pylist():
+        for c in cs or []:
+            if c.get("signature") is not None and c.get("signature_key") == key:
+                by_id[c["clip_id"]] = c["signature"]
+    return clips.append_column(pa.field(SPLIT_SIGNATURE, pa.binary()), pa.array([by_id.get(i) for i in clips["clip_id"].to_pylist()], pa.binary()))
 
 
 def mark_step(cfg: DedupConfig, clips: pa.Table, sigs: pa.Table) -> pa.Table:

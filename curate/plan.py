@@ -41,6 +41,8 @@ from stages.split import SPLIT, Split, flatten
 log = logging.getLogger("curate")
 
 TODO = "_todo"  # transient: the rows of a block a multi-pool step still has to compute
+SPLIT_SIGNATURE = "_split_signature"  # transient: a clip's dedup signature the one-pass split made (for the signature step)
+CARRY = (SPLIT_SIGNATURE,)  # transient columns that ride through every step to the one that uses them (the sink drops them)
 HIT = "_hit"  # transient: the committed row's match differs only in what `revisit` redoes
 SOURCE_ROWS = ("sources", "rows")  # commit/sources/rows: the source rows each run saw (with their scenes)
 CLIP_ROWS = ("clips", "rows")  # commit/clips/rows: each block's final clip rows
@@ -114,8 +116,12 @@ class StepRunner:
         self.log = CommitLog(out_url, step.name, step.key) if step.key else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        carry = [c for c in CARRY if c in batch.column_names]
+        carried = batch.select(["clip_id", *carry]) if carry else None
         if self.first:
             batch = self.lookup(batch)
+            if carried is not None:
+                batch = _reattach(batch, carried)
         todo = batch[TODO].to_pylist()
         if any(todo):
             mask = pa.array(todo, pa.bool_())
@@ -127,8 +133,8 @@ class StepRunner:
             if TODO not in batch.column_names:  # a stage that rebuilt its table
                 batch = batch.append_column(TODO, pa.array([True] * batch.num_rows))
         if self.last:
-            return conform(batch, CLIPS)
-        return batch
+            batch = conform(batch, CLIPS)
+        return _reattach(batch, carried) if carried is not None else batch
 
     def stage(self):
         """The stage, built on first use: a rerun with everything committed loads no model."""
@@ -183,6 +189,19 @@ class StepRunner:
                 data[k] = [st.get(k) for st in stamps]
                 fields.append(pa.field(k, pa.string()))
         self.log.write(pa.Table.from_pydict(data, schema=pa.schema(fields)), run=self.run)
+
+
+def _reattach(table: pa.Table, carried: pa.Table) -> pa.Table:
+    """`table` with the CARRY columns of `carried` (clip_id + those) put back by clip_id: a stage may
+    have dropped, reordered or rebuilt its rows."""
+    ids = table["clip_id"].to_pylist()
+    for c in carried.column_names[1:]:
+        if c in table.column_names:
+            table = table.drop_columns([c])
+        by_id = dict(zip(carried["clip_id"].to_pylist(), carried[c].to_pylist()))
+        field = carried.schema.field(c)
+        table = table.append_column(field, pa.array([by_id.get(i) for i in ids], field.type))
+    return table
 
 
 def _match(step: Step, row: dict) -> str | None:
@@ -248,11 +267,11 @@ class IngestSplit:
     committed before with the same settings, unchanged on disk, with every clip file still there, is read
     back from the log (what the input row says about it, licence and credits, taken from the input)."""
 
-    def __init__(self, split_cfg, out_url: str, motion=None):
+    def __init__(self, split_cfg, out_url: str, motion=None, signature: tuple[float, str] | None = None):
         from curate.storage import Output
 
         out = Output(out_url)
-        self.split = Split(split_cfg, out.uri("clips"), motion=motion)
+        self.split = Split(split_cfg, out.uri("clips"), motion=motion, signature=signature)
         self.log = CommitLog(out_url, "split", split_key(split_cfg))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -296,12 +315,13 @@ class CommitSplit:
     this run, then flattened into clip rows with their source's licence, credits and sha256, and the
     licence policy (allowed licences, opt-outs, takedowns) applied."""
 
-    def __init__(self, split_cfg, out_url: str, motion_key: str | None, policy_cfg, run: int):
+    def __init__(self, split_cfg, out_url: str, motion_key: str | None, policy_cfg, run: int, signature_key: str | None = None):
         from curate.release import blocked_sources, read_takedowns
         from curate.storage import Output
         from stages.policy import LicencePolicy
 
         self.split_log = CommitLog(out_url, "split", split_key(split_cfg))
+        self.signature_key = signature_key  # the signature step's settings: the split's signatures made with them ride along
         self.sources_log = CommitLog(out_url, *SOURCE_ROWS)
         self.motion_key, self.run = motion_key, run
         self.policy_cfg, self.takedowns = policy_cfg, read_takedowns(Output(out_url))
@@ -317,7 +337,12 @@ class CommitSplit:
         sources, _scenes, windows = flatten(split, self.motion_key)
         clips = clip_rows(windows, sources)
         policy = self._policy(self.policy_cfg, self._blocked(self.policy_cfg, conform(sources, SOURCES), self.takedowns))
-        return policy(clips)
+        clips = policy(clips)
+        if self.signature_key:
+            from curate.dedup import with_split_signatures
+
+            clips = with_split_signatures(clips, split, self.signature_key)
+        return clips
 
 
 def clip_rows(windows: pa.Table, sources: pa.Table) -> pa.Table:
@@ -462,13 +487,17 @@ def build(cfg: JobConfig, inputs: pa.Table, out_url: str, run: int, motion=None,
     fmt = {"batch_format": "pyarrow"}
     # one block per input row: a source is one task (a listing of millions is read in blocks by Ray)
     ds = ray.data.from_arrow([inputs.slice(i, 1) for i in range(inputs.num_rows)] or [inputs])
-    source = source or (IngestSplit, (cfg.split, out_url, motion))
+    # the dedup signature step's settings, when it is one of the steps: the one-pass split signs clips as it decodes
+    sig_step = next((s for s in steps if s.name == "signature"), None)
+    signature = (cfg.dedup.fps, sig_step.key) if sig_step is not None and cfg.dedup is not None else None
+    source = source or (IngestSplit, (cfg.split, out_url, motion, signature))
     # The split runs on all CPUs but a quarter (one of two): the steps after it run as it goes, instead of
     # waiting behind a queue of sources that would always win the free CPU (see Resources).
     ds = ds.map_batches(_task, fn_args=(*source, "ingest", run), batch_size=1, num_cpus=res.task_cpus(),
                         compute=TaskPoolStrategy(size=res.splitters), **fmt)
     motion_key = motion_settings_key(motion) if motion else None
-    ds = ds.map_batches(_task, fn_args=(CommitSplit, (cfg.split, out_url, motion_key, cfg.policy, run), "commit_split", run),
+    commit_args = (cfg.split, out_url, motion_key, cfg.policy, run, signature[1] if signature else None)
+    ds = ds.map_batches(_task, fn_args=(CommitSplit, commit_args, "commit_split", run),
                         batch_size=cfg.ray.sources_per_block, num_cpus=LIGHT_CPUS, **fmt)
     ds = add_steps(ds, steps, res, out_url, run)
     return ds.map_batches(_task, fn_args=(CommitRows, (out_url, run), "rows", run), batch_size=None, num_cpus=LIGHT_CPUS, **fmt)

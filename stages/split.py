@@ -53,7 +53,10 @@ SCENE_TYPE = pa.struct(SCENE_FIELDS)
 # settings it was measured with (`flatten` drops it when the job's settings have changed since).
 SPLIT_MOTION_FIELDS = [*MOTION_FIELDS, pa.field("motion_key", pa.string())]
 MOTION_NAMES = {f.name for f in MOTION_FIELDS}
-CLIP_WINDOW_TYPE = pa.struct([*CLIP_WINDOW_FIELDS, *SPLIT_MOTION_FIELDS])
+# A clip's near-duplicate signature (stages.dedup), when the one-pass split made it from its analysis
+# frames, and the dedup settings it was made with (the plan commits it as the signature step's result).
+SPLIT_SIGNATURE_FIELDS = [pa.field("signature", pa.binary()), pa.field("signature_key", pa.string())]
+CLIP_WINDOW_TYPE = pa.struct([*CLIP_WINDOW_FIELDS, *SPLIT_MOTION_FIELDS, *SPLIT_SIGNATURE_FIELDS])
 SPLIT = SOURCES.append(pa.field("scenes", pa.list_(SCENE_TYPE))).append(pa.field("clips", pa.list_(CLIP_WINDOW_TYPE)))
 # What the split decides of a source row (a cached split restores exactly these).
 SPLIT_DECIDES = ("n_frames", "duration_s", "fps", "timestamps", "timestamps_note", "status", "reason", "error", "scenes", "clips")
@@ -185,9 +188,11 @@ def scenes_from_cuts(cuts: list[int], times: np.ndarray, end_s: float) -> list[d
 class Split:
     """SOURCES rows -> SPLIT rows: scenes detected, clip windows made and written under `clips_root`."""
 
-    def __init__(self, cfg: SplitConfig, clips_root: str, model=None, motion: MotionConfig | None = None):
+    def __init__(self, cfg: SplitConfig, clips_root: str, model=None, motion: MotionConfig | None = None,
+                 signature: tuple[float, str] | None = None):
         self.cfg = cfg
         self.motion = motion  # method vectors + one pass: clips' motion from the source's own vectors
+        self.signature = signature  # (fps, settings key) + one pass: clips' dedup signatures from the analysis frames
         self.clips_root = clips_root.rstrip("/")
         self.tag = settings_tag(cfg.encode)
         self.model = model  # an injected TransNetV2 (tests); None loads the shipped weights when needed
@@ -275,7 +280,8 @@ class Split:
         decoded = Decoded()
         detector = make_detector(cfg, fps, self.model)
         labels = label_settings(cfg, fps) if cfg.transitions else None
-        cuts, times, pieces = stream_split(path, cfg, detector, labels, decoded, workdir, int(row.get("rotation") or 0), self.motion)
+        sig_fps, sig_key = self.signature or (None, None)
+        cuts, times, pieces = stream_split(path, cfg, detector, labels, decoded, workdir, int(row.get("rotation") or 0), self.motion, sig_fps)
         self._check_decoded(row, decoded)
         t = np.asarray(times, dtype=np.float64)
         end_s = decoded.end_s
@@ -292,6 +298,8 @@ class Split:
             self._store(p.path, clip)
             if p.motion and clip["status"] == ClipStatus.KEPT:
                 clip.update(p.motion)
+            if p.signature is not None and clip["status"] == ClipStatus.KEPT:
+                clip.update(signature=p.signature, signature_key=sig_key)
             clips.append(clip)
         row["clips"] = clips
 

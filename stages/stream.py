@@ -28,7 +28,9 @@ starts a new scene. The encoders get those times, so a clip's timestamps always 
 
 With `motion` given (method `vectors`), the decoder also exports the source's motion vectors and
 each content window's motion score is measured from them on the way (stages.motion), so scoring
-needs no second decode of the clip.
+needs no second decode of the clip. With `signature_fps` given, each content window's near-duplicate
+signature (stages.dedup) is made from its analysis frames, `signature_fps` a second, turned upright
+as the clip file is: dedup needs no second decode either.
 
 """
 
@@ -46,6 +48,7 @@ import av
 import numpy as np
 
 from schemas import Reason
+from stages.dedup import SignatureFrames
 from stages.media import Decoded, EncodeSettings, MediaError, _open, decode_video, nominal_fps, prefetch, small_bgr, video_stream
 from stages.motion import MotionConfig, VectorWindows, columns, export_vectors, frame_cycles_collected, frame_vectors, settings_key, summarize
 from stages.shots import Detector, FrameStats, LabelSettings, confirm_hard_cuts, label_frames
@@ -63,6 +66,7 @@ class Piece:
     b: int
     path: str | None = None
     motion: dict | None = None  # a clip's MOTION_FIELDS (+ motion_key) from the source's vectors
+    signature: bytes | None = None  # a clip's near-duplicate signature (stages.dedup) from the analysis frames
 
 
 class EncodeError(RuntimeError):
@@ -202,6 +206,7 @@ class _Open:
     a: int = 0
     enc: _Encoder | None = None
     motion: VectorWindows | None = None
+    sig: SignatureFrames | None = None
     split: int | None = None
 
 
@@ -213,21 +218,23 @@ class StreamSplit:
     `cfg` is the SplitConfig (analysis_width, min/max_clip_s, hard_cut_ratio, detector, encode);
     `detector` a stages.shots Detector; content windows are encoded under `workdir` as piece files.
     `labels` None: every frame is content. `motion` (method vectors): each clip piece gets its motion
-    from the source's vectors. Frame times come from the repaired timeline (stages.timeline); its
+    from the source's vectors. `signature_fps`: each clip piece gets its near-duplicate signature.
+    Frame times come from the repaired timeline (stages.timeline); its
     discontinuities start new scenes.
     """
 
     def __init__(self, path: str, cfg, detector: Detector, labels: LabelSettings | None, decoded: Decoded,
-                 workdir: str, rotation: int = 0, motion: MotionConfig | None = None):
+                 workdir: str, rotation: int = 0, motion: MotionConfig | None = None, signature_fps: float | None = None):
         self.path, self.cfg, self.detector, self.labels, self.decoded = path, cfg, detector, labels, decoded
-        self.workdir, self.rotation, self.motion = workdir, rotation, motion
+        self.workdir, self.rotation, self.motion, self.signature_fps = workdir, rotation, motion, signature_fps
+        self.turns = (round(rotation / 90) % 4) if rotation else 0  # as _Encoder: the clip file is stored upright
         self.vectors = motion is not None and motion.method == "vectors"
         self.pad = (labels.ramp_min_frames + labels.margin_frames + 4) if labels else 0
         self.confirm = cfg.detector not in ("stride", "threshold")
         self.stats = FrameStats()
         self.times: list[float] = []
         self.pts: list[int] = []  # repaired pts, in the source's time base (what the encoder gets)
-        self.pending: deque = deque()  # (frame, vector field or None) of frames not decided yet
+        self.pending: deque = deque()  # (frame, vector field or None, analysis frame or None) of frames not decided yet
         self.cuts: list[int] = []  # hard cuts, sorted
         self.cut_set: set[int] = set()
         self.seen: set[int] = set()  # detector cuts already looked at
@@ -290,7 +297,7 @@ class StreamSplit:
         self.stats.push(small)
         self.times.append(t)
         self.pts.append(pts)
-        self.pending.append((frame, field))
+        self.pending.append((frame, field, small if self.signature_fps else None))
 
     # ---------------------------------------------------------------------------------------- decisions
 
@@ -349,7 +356,7 @@ class StreamSplit:
         upto = self._decidable(horizon, final)
         cfg, times, op = self.cfg, self.times, self.open
         for j in range(self.done, upto):
-            frame, field = self.pending.popleft()
+            frame, field, small = self.pending.popleft()
             kind = ("clip", "transition", "blank")[self.labs[j]]
             new_scene = j in self.cut_set
             new_window = False
@@ -366,6 +373,8 @@ class StreamSplit:
                 op.enc.add(frame, self.pts[j])
                 if op.motion is not None:
                     op.motion.push(times[j], field, self.diag)
+                if op.sig is not None and op.sig.due(times[j]):
+                    op.sig.push(times[j], np.rot90(small, self.turns) if self.turns else small)
         self.done = max(self.done, upto)
 
     # ---------------------------------------------------------------------------------------- pieces
@@ -376,6 +385,8 @@ class StreamSplit:
             op.enc = _Encoder(os.path.join(self.workdir, f"{j:08d}.mp4"), self.cfg.encode, frame, self.rotation, self.tb, self.rate)
             if self.vectors:
                 op.motion = VectorWindows(self.motion.window_s, self.decoded.fps)
+            if self.signature_fps:
+                op.sig = SignatureFrames(self.signature_fps)
         return op
 
     def _close_piece(self, b: int) -> None:
@@ -391,14 +402,15 @@ class StreamSplit:
             self.pieces.append(Piece("too_short", op.a, b))
         else:
             self.finisher.submit(op.enc.close, duration)
-            self.pieces.append(Piece("clip", op.a, b, op.enc.path, _clip_motion(op.motion, self.motion)))
+            sig = op.sig.finish() if op.sig is not None else None
+            self.pieces.append(Piece("clip", op.a, b, op.enc.path, _clip_motion(op.motion, self.motion), None if sig is None else sig.tobytes()))
         self.open = _Open()
 
 
 def stream_split(path: str, cfg, detector: Detector, labels: LabelSettings | None, decoded: Decoded, workdir: str,
-                 rotation: int = 0, motion: MotionConfig | None = None) -> tuple[list[int], list[float], list[Piece]]:
+                 rotation: int = 0, motion: MotionConfig | None = None, signature_fps: float | None = None) -> tuple[list[int], list[float], list[Piece]]:
     """Decode `path` once; return (hard cuts, frame times from frame 0, pieces in frame order). See StreamSplit."""
-    return StreamSplit(path, cfg, detector, labels, decoded, workdir, rotation, motion).run()
+    return StreamSplit(path, cfg, detector, labels, decoded, workdir, rotation, motion, signature_fps).run()
 
 
 def early_split(times, a: int, e: int, end: float, min_clip_s: float, max_clip_s: float) -> int | None:

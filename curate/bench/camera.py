@@ -101,18 +101,18 @@ def segments(path: str, seconds: float, cfg: MotionConfig, max_s: float | None =
     """Camera labels of consecutive `seconds`-long pieces of `path` (its first `max_s` seconds), from the
     source's own vectors, as the one-pass split measures a clip (a VectorWindows per piece)."""
     c, s = open_with_vectors(path)
-    labels, win, t0 = [], None, None
+    labels, win, t0, start = [], None, None, None
     rate = float(s.average_rate or 0) or None
     with c, frame_cycles_collected() as collect:
         for frame in c.decode(s):
             t = float(frame.pts * s.time_base) if frame.pts is not None else None
-            if max_s is not None and t is not None and t0 is not None and t - start >= max_s - 1e-9:
+            if max_s is not None and t is not None and start is not None and t - start >= max_s - 1e-9:
                 break
             if win is None or (t is not None and t - t0 >= seconds):
                 if win is not None:
                     labels.append(_label(win, cfg))
                 win, t0 = VectorWindows(cfg.window_s, rate), t
-                start = t0 if not labels else start
+                start = t0 if start is None else start
             win.push(t, frame_vectors(frame), float(np.hypot(frame.width, frame.height)))
             del frame
             collect()

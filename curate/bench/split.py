@@ -10,9 +10,12 @@ about a third of `--seconds`; cached in `--corpus` when given. On the same input
                encoder settings (libx264, crf, preset, EncodeSettings.codec_options), into one file per input
   pyscenedetect  `scenedetect -i X detect-adaptive split-video` with the same encoder settings
   curate       the split stage (ingest + split, no Ray): detection, labels, every clip written
+  + signals    the same split measuring on the way what the job has it measure (motion from the
+               codec's vectors with the camera fit, and each clip's dedup signature from the analysis
+               frames); the time spent in the camera fit and the signatures is also counted apart
 
 It prints the wall time of each and the ratios curate/floor and curate/pyscenedetect, plus frames
-written and curate's peak memory (max RSS of this process).
+written and curate's peak memory (max RSS of this process), and what the signals add to the split.
 """
 
 from __future__ import annotations
@@ -62,10 +65,10 @@ def cpu_s(who: int) -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run_curate(inputs: list[Path], cfg: SplitConfig, out: Path) -> tuple[float, dict[str, list[tuple[int, int]]]]:
+def run_curate(inputs: list[Path], cfg: SplitConfig, out: Path, **signals) -> tuple[float, dict[str, list[tuple[int, int]]]]:
     t0 = time.perf_counter()
     sources = Ingest()(pa.table({"uri": [str(p) for p in inputs], "license": ["CC-BY-3.0"] * len(inputs)}))
-    split = Split(cfg, str(out))(sources)
+    split = Split(cfg, str(out), **signals)(sources)
     wall = time.perf_counter() - t0
     srcs, _, clips = flatten(split)
     bad = [r for r in srcs.to_pylist() if r["status"] != "ok"]
@@ -79,6 +82,47 @@ def run_curate(inputs: list[Path], cfg: SplitConfig, out: Path) -> tuple[float, 
         elif c["status"] == "error":
             raise SystemExit(f"curate clip error: {c['error']}")
     return wall, kept
+
+
+class Timed:
+    """Wraps functions of modules to add up the CPU time spent in them (this thread's)."""
+
+    def __init__(self, *targets: tuple[object, str]):
+        self.targets, self.s, self.saved = targets, 0.0, []
+
+    def __enter__(self) -> "Timed":
+        for mod, name in self.targets:
+            fn = getattr(mod, name)
+            self.saved.append((mod, name, fn))
+
+            def timed(*a, _fn=fn, **k):
+                c0 = time.thread_time()
+                try:
+                    return _fn(*a, **k)
+                finally:
+                    self.s += time.thread_time() - c0
+
+            setattr(mod, name, timed)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for mod, name, fn in self.saved:
+            setattr(mod, name, fn)
+
+
+def run_signals(inputs: list[Path], cfg: SplitConfig, out: Path) -> tuple[float, float, float, float]:
+    """The split with motion (vectors + camera fit) and dedup signatures: (wall s, cpu s, camera fit cpu s, signature cpu s)."""
+    import stages.dedup
+    import stages.motion
+    from stages.dedup import DedupConfig
+    from stages.motion import MotionConfig
+
+    fit = Timed((stages.motion, "fit_window"))
+    sig = Timed((stages.dedup.SignatureFrames, "push"), (stages.dedup.SignatureFrames, "finish"))
+    c0 = cpu_s(resource.RUSAGE_SELF)
+    with fit, sig:
+        wall, _ = run_curate(inputs, cfg, out, motion=MotionConfig(method="vectors"), signature=(DedupConfig().fps, "bench"))
+    return wall, cpu_s(resource.RUSAGE_SELF) - c0, fit.s, sig.s
 
 
 def run_floor(inputs: list[Path], kept: dict[str, list[tuple[int, int]]], enc: EncodeSettings, ffmpeg: str, out: Path) -> float:
@@ -132,6 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--corpus", help="folder to keep the generated corpus in (reused when present)")
     ap.add_argument("--keep", help="folder for the outputs (default: a temporary folder, removed)")
     ap.add_argument("--skip-pyscenedetect", action="store_true")
+    ap.add_argument("--skip-signals", action="store_true", help="do not run the split again with motion, camera and signatures")
     ap.add_argument("--crf", type=int, default=18)
     ap.add_argument("--preset", default="veryfast")
     args = ap.parse_args(argv)
@@ -150,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
                 seconds += float(c.duration / av.time_base)
         print(f"corpus: {len(inputs)} videos, {seconds:.1f} s of 1280x720 25 fps; encoder {enc.codec} crf {enc.crf} preset {enc.preset}; {os.cpu_count()} CPUs")
 
-        outs = {k: work / k for k in ("curate", "floor", "pyscenedetect")}
+        outs = {k: work / k for k in ("curate", "floor", "pyscenedetect", "signals")}
         for d in outs.values():
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir(parents=True)
@@ -167,6 +212,8 @@ def main(argv: list[str] | None = None) -> None:
             t_psd = run_pyscenedetect(inputs, enc, ffmpeg, outs["pyscenedetect"])
             c_psd = cpu_s(resource.RUSAGE_CHILDREN) - c0
 
+        signals = None if args.skip_signals else run_signals(inputs, cfg, outs["signals"])
+
         # CPU seconds (user + sys, all threads) are printed too: on a machine shared with other work
         # they are steadier than wall times.
         n_curate = count_frames(outs["curate"])
@@ -175,7 +222,15 @@ def main(argv: list[str] | None = None) -> None:
         if t_psd is not None:
             print(f"{'pyscenedetect':16}{t_psd:9.1f}{c_psd:9.1f}{count_frames(outs['pyscenedetect']):16d}")
         print(f"{'curate split':16}{t_curate:9.1f}{c_curate:9.1f}{n_curate:16d}   (peak RSS {rss_mb:.0f} MB)")
+        if signals is not None:
+            t_sig, c_sig, fit_s, sig_s = signals
+            print(f"{'+ signals':16}{t_sig:9.1f}{c_sig:9.1f}{'':16}   (motion vectors + camera fit + dedup signatures)")
         print(f"curate / floor         = {t_curate / t_floor:.2f} wall, {c_curate / c_floor:.2f} cpu")
+        if signals is not None:
+            print(f"+ signals / curate     = {t_sig / t_curate:.2f} wall, {c_sig / c_curate:.2f} cpu (reading vectors included)")
+            print(f"camera fit             = {fit_s:.2f} cpu s = {100 * fit_s / c_curate:.1f}% of the split's cpu")
+            print(f"dedup signatures       = {sig_s:.2f} cpu s = {100 * sig_s / c_curate:.1f}% of the split's cpu")
+            print(f"both (target < 5%)     = {100 * (fit_s + sig_s) / c_curate:.1f}%")
         if t_psd is not None:
             print(f"curate / pyscenedetect = {t_curate / t_psd:.2f} wall, {c_curate / c_psd:.2f} cpu")
     finally:

@@ -21,6 +21,9 @@ def q(out, sql):
 def test_a_new_run_drops_clips_an_earlier_output_has(demo_out, tmp_path):
     kept = q(demo_out, "select c.clip_id, c.start_s, c.end_s, s.uri from clips c join sources s using (source_id) where c.status = 'kept'")
     assert kept and (demo_out / "dedup" / "signatures.parquet").exists()
+    # the one-pass split signed every clip as it decoded its source: the signature step decoded no clip file
+    log = pq.ParquetDataset(sorted(str(p) for p in (demo_out / "commit" / "signature").glob("*/part-*.parquet"))).read()
+    assert set(log["_signature_from"].to_pylist()) == {"split"} and {r["clip_id"] for r in kept} <= set(log["id"].to_pylist())
     assert pq.read_table(demo_out / "dedup" / "signatures.parquet")["clip_id"].to_pylist() == sorted(r["clip_id"] for r in kept)
     first = kept[0]
     inp = tmp_path / "in"

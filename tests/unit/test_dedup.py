@@ -156,3 +156,28 @@ def test_signature_from_pushed_analysis_frames_matches_the_clip_file(media):
     a, b = pushed(media["original"]), signature(media["original"], DedupConfig().fps)
     assert hamming(a[0], b[0]) <= 20 < hamming(a[0], signature(media["other_shot"], DedupConfig().fps)[0])
     assert SignatureFrames(4.0).finish() is None
+
+
+@pytest.mark.parametrize("video", ["bikes.mp4", "issue-134-rotate.mp4"])
+def test_the_one_pass_split_signs_each_clip_like_its_file(videos, tmp_path, video):
+    """The split's signatures (from its analysis frames, turned upright like the clip file: issue-134-rotate
+    is stored turned by 90 degrees) match the clip files' own, and each is nearer its own clip than any other."""
+    from stages.dedup import hamming, signature
+    from stages.ingest import Ingest
+    from stages.media import EncodeSettings
+    from stages.split import Split, SplitConfig
+
+    fps = DedupConfig().fps
+    src = Ingest()(pa.table({"uri": [str(videos / video)], "license": ["CC0-1.0"]}))
+    cfg = SplitConfig(max_clip_s=3.0, encode=EncodeSettings(preset="ultrafast"))
+    row = Split(cfg, str(tmp_path / "clips"), signature=(fps, "k1"))(src).to_pylist()[0]
+    kept = [c for c in row["clips"] if c["status"] == "kept"]
+    assert len(kept) >= 2 and all(c["signature_key"] == "k1" for c in kept)
+    split = np.stack([np.frombuffer(c["signature"], np.uint8).reshape(ROWS, BITS // 8) for c in kept])
+    files = np.stack([signature(c["clip_uri"], fps) for c in kept])
+    d = hamming(split[:, None, 0], files[None, :, 0])  # [split clip, file clip], full views
+    assert np.all(np.diag(d) <= 20), np.diag(d)
+    assert np.all(d.argmin(axis=1) == np.arange(len(kept))), d
+    # without the turn the rotated video's signatures would not match its upright clip files
+    if video == "issue-134-rotate.mp4":
+        assert Split(cfg, str(tmp_path / "c2"))(src).to_pylist()[0]["clips"][0]["signature"] is None  # off unless asked
