@@ -127,11 +127,11 @@ class StepRunner:
             mask = pa.array(todo, pa.bool_())
             rest, work = batch.filter(pc.invert(mask)), batch.filter(mask)
             done = self.stage()(work)
+            if TODO not in done.column_names:  # a stage that rebuilt its table: its rows are still to do for the next pool
+                done = done.append_column(TODO, pa.array([True] * done.num_rows, pa.bool_()))
             if self.last and self.log is not None:
                 self.commit(done)
             batch = pa.concat_tables([rest, _like(done, rest)], promote_options="default") if rest.num_rows else done
-            if TODO not in batch.column_names:  # a stage that rebuilt its table
-                batch = batch.append_column(TODO, pa.array([True] * batch.num_rows))
         if self.last:
             batch = conform(batch, CLIPS)
         return _reattach(batch, carried) if carried is not None else batch

@@ -7,6 +7,7 @@ import os
 import pyarrow as pa
 
 from curate.commit import RUN, CommitLog, latest_rows, part_name
+from schemas import CLIPS
 
 
 def block(ids, value, match=None):
@@ -72,3 +73,33 @@ def test_a_killed_runs_temporary_parts_are_removed_at_the_next_start(tmp_path):
     tmp.write_bytes(b"half a file")
     assert Output(str(tmp_path)).remove_temporaries() == 1
     assert not tmp.exists() and len(log.parts()) == 1
+
+
+class _Reverse:
+    """A pool stage that rebuilds its rows in another order, keeping only clip columns."""
+
+    def __call__(self, batch):
+        from schemas import conform
+
+        return conform(batch, CLIPS).take(list(range(batch.num_rows))[::-1])
+
+
+class _Mark:
+    def __call__(self, batch):
+        return batch.set_column(batch.schema.get_field_index("reason"), "reason", pa.array(["seen"] * batch.num_rows, pa.string()))
+
+
+def test_carried_columns_ride_through_a_step_that_rebuilds_its_rows(tmp_path):
+    """The split's signature rides along every step to the one that uses it, matched by clip_id, even when a
+    stage reorders rows or drops unknown columns; rows the step skips keep it too."""
+    from curate.plan import SPLIT_SIGNATURE, Pool, Step, StepRunner
+
+    rows = [{**{f.name: None for f in CLIPS}, "clip_id": f"c{i}", "source_id": "s", "status": "kept" if i != 1 else "filtered",
+             "clip_uri": f"/x/c{i}.mp4"} for i in range(4)]
+    batch = pa.Table.from_pylist(rows, schema=CLIPS).append_column(pa.field(SPLIT_SIGNATURE, pa.binary()), pa.array([b"s0", b"s1", None, b"s3"]))
+    step = Step("two", (Pool(_Reverse), Pool(_Mark)), ("reason",))
+    mid = StepRunner(step, 0, str(tmp_path), 1)(batch)
+    out = StepRunner(step, 1, str(tmp_path), 1)(mid)
+    got = dict(zip(out["clip_id"].to_pylist(), out[SPLIT_SIGNATURE].to_pylist()))
+    assert got == {"c0": b"s0", "c1": b"s1", "c2": None, "c3": b"s3"}
+    assert dict(zip(out["clip_id"].to_pylist(), out["reason"].to_pylist())) == {"c0": "seen", "c1": None, "c2": "seen", "c3": "seen"}
