@@ -18,7 +18,9 @@ import decimal
 import io
 import json
 import math
+import os
 import posixpath
+import tempfile
 
 import duckdb
 
@@ -28,7 +30,7 @@ from schemas import TABLES
 FORMATS = ("table", "csv", "json")
 
 
-def connect(out: str) -> duckdb.DuckDBPyConnection:
+def connect(out: str, threads: int | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with one view per table: OUT/tables/<name>.parquet or the folder OUT/tables/<name>/.
 
     A partitioned table's view has the columns of its schema in `schemas.TABLES` plus `bucket`; a missing
@@ -38,13 +40,22 @@ def connect(out: str) -> duckdb.DuckDBPyConnection:
     The commit log shows what runs have committed, during a run and after one was killed, before any
     table exists: `committed_clips` (every run's final clip rows, `_run` the run's clock in ns: the
     latest run's are `where _run = (select max(_run) from committed_clips)`) and `committed_sources`.
-    Raises FileNotFoundError when OUT has neither tables/ nor commit/.
+    `threads`: DuckDB's threads (1: sums of floating-point columns come out the same every time, as
+    the release files and the report need). Raises FileNotFoundError when OUT has neither tables/ nor commit/.
     """
     output = Output(out)
     has_tables, has_commit = output.fs.isdir(output.path("tables")), output.fs.isdir(output.path("commit"))
     if not has_tables and not has_commit:
         raise FileNotFoundError(f"no tables/ folder in output {out!r} (looked for {output.path('tables')!r}); has the job run?")
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        # DuckDB needs a working directory. Under `ray job submit` the driver runs in Ray's copy of the
+        # checkout, which Ray may remove while the job runs (once no worker uses that runtime env).
+        os.chdir(tempfile.gettempdir())
     con = duckdb.connect(":memory:")
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
     for name, schema in TABLES.items():
         data = output.table_dataset(name) if has_tables else None
         con.register(name, schema.empty_table() if data is None else data)

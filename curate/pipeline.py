@@ -21,21 +21,18 @@ import yaml
 
 from curate.commit import run_stamp
 from curate.config import JobConfig, to_dict
-from curate.dedup import check_against, mark_step, write_index
-from curate.finalize import committed_clips, committed_sources, compact, prune_rows
-from curate.finalize import signatures as committed_signatures
+from curate.dedup import check_against
+from curate.finalize import compact, finalize_tables, prune_rows
 from curate.inputs import InputError, list_dir, read_manifest
 from curate.latents import check_latents
 from curate.plan import build, clip_steps
 from curate.release import write_release
 from curate.report import write_report
-from curate.resume import ShardPlans, shard_plan
 from curate.samples import generate_samples
 from curate.score import check_scorers
 from curate.storage import Output
 from curate.tiny import use_tiny_models
-from schemas import CLIPS, SCENES, SHARDS, SOURCES, ClipStatus, Reason, SourceStatus, conform
-from stages.shards import WriteShards, assign_shards
+from schemas import SHARDS, ClipStatus, SourceStatus, conform
 
 log = logging.getLogger("curate")
 
@@ -137,19 +134,6 @@ def quiet_ray() -> None:
         logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_NoNoise())
 
 
-def run_tasks(table: pa.Table | list[pa.Table], stage, schema: pa.Schema, batch_size: int | None = None) -> pa.Table:
-    """Run `stage` over small work (a list of tables, one block each) as Ray tasks and collect the
-    results; for the finalize's bounded work only (one row per shard), never for clip rows."""
-    import ray
-
-    blocks = [t for t in ([table] if isinstance(table, pa.Table) else table) if t.num_rows]
-    if not blocks:
-        return schema.empty_table()
-    ds = ray.data.from_arrow(blocks).map_batches(stage, batch_format="pyarrow", batch_size=batch_size)
-    parts = [t.cast(schema) for t in ds.iter_batches(batch_size=None, batch_format="pyarrow") if t.num_rows]
-    return pa.concat_tables(parts) if parts else schema.empty_table()
-
-
 # ------------------------------------------------------------------------------------------- the job
 
 
@@ -216,39 +200,35 @@ def _run(cfg: JobConfig, out: Output, address: str | None, inputs: pa.Table | No
     progress.done()
     clock.lap("stream")
 
-    # ---- finalize: this run's committed rows, dedup groups, hash-bucketed shards, tables, release
-    sources, scenes = committed_sources(out.url, run)
-    clips = committed_clips(out.url, run)
-    ok = pc.sum(pc.equal(sources["status"], SourceStatus.OK)).as_py() or 0 if sources.num_rows else 0
-    log.info("split: %d sources, %d ok; %d scenes, %d clips", sources.num_rows, ok, scenes.num_rows, clips.num_rows)
-    signatures = None
-    if cfg.dedup is not None and clips.num_rows:
-        kept = clips.filter(pc.equal(clips["status"], ClipStatus.KEPT))
-        signatures = committed_signatures(cfg, out.url, kept["clip_id"])
-        clips = mark_step(cfg.dedup, clips, signatures)
-        log.info("dedup: %d duplicates filtered", int(pc.sum(pc.equal(clips["reason"], Reason.DUPLICATE)).as_py() or 0))
-    clips, shards = _write_shards(cfg, out, clips)
-    clock.lap("shards")
-
-    # tables hive-partitioned by the bucket of the source (the shards' bucket): bucket=NNNNN/part-00000.parquet
-    buckets = cfg.shards.buckets
-    out.write_table("sources", conform(sources, SOURCES), buckets=buckets)
-    out.write_table("scenes", conform(scenes, SCENES), buckets=buckets)
-    out.write_table("clips", conform(clips, CLIPS), buckets=buckets)
+    # ---- finalize, on Ray: dedup groups, then per bucket of sources its tables' parts and its shards
+    shards, counts = finalize_tables(cfg, out, run)
+    if counts["duplicates"] is not None:
+        log.info("dedup: %d duplicates filtered", counts["duplicates"])
+    remove_stale_shards(out, shards)
     out.write_table("shards", conform(shards, SHARDS))
-    if signatures is not None:
-        write_index(out, clips, signatures)  # what later runs' dedup.against reads
+    log.info("shards: %d (%d unchanged)", shards.num_rows, counts["reused_shards"])
+    clock.lap("shards")
     prune_rows(out.url, run)
     compact(out.url, steps)
     clock.lap("tables")
-    # ---- release: index.json, LICENSES.md, ATTRIBUTION.csv, the data card
-    write_release(out, to_dict(cfg), sources, conform(clips, CLIPS), conform(shards, SHARDS))
-
-    summary = summarize(cfg, sources, scenes, clips, shards, time.time() - t0, len(skipped))
+    # ---- release: index.json, LICENSES.md, ATTRIBUTION.csv, the data card, the summary: DuckDB over the tables
+    write_release(out, to_dict(cfg))
+    summary = summarize(cfg, out, time.time() - t0, len(skipped))
+    log.info("split: %d sources, %d ok; %d scenes, %d clips", summary.sources_ok + summary.sources_error, summary.sources_ok,
+             summary.scenes, summary.clips_kept + summary.clips_filtered + summary.clips_error)
     summary.stage_s = clock.stages
     out.write_text("summary.json", json.dumps(dataclasses.asdict(summary), indent=2) + "\n")
     write_report(out.url)
     return summary
+
+
+def remove_stale_shards(out: Output, shards: pa.Table) -> None:
+    """Shard files of an earlier run that this run's shards table does not name."""
+    if out.exists("shards"):
+        current = set(shards["shard"].to_pylist())
+        for p in out.fs.find(out.path("shards")):
+            if p.rsplit("/", 2)[-2] == "shards" and f"shards/{p.rsplit('/', 1)[1]}" not in current:
+                out.fs.rm(p)
 
 
 class Progress:
@@ -278,57 +258,24 @@ class Progress:
         self.show("stream done")
 
 
-def _write_shards(cfg: JobConfig, out: Output, clips: pa.Table) -> tuple[pa.Table, pa.Table]:
-    kept = clips.filter(pc.equal(clips["status"], ClipStatus.KEPT))
-    plans_store = ShardPlans(out)
-    rows, plans, todo = [], {}, []
-    if kept.num_rows:
-        kept = assign_shards(kept, cfg.shards)
-        for name in pc.unique(kept["shard"]).to_pylist():
-            group = kept.filter(pc.equal(kept["shard"], name))
-            plans[name] = shard_plan(group)
-            row = plans_store.reusable(name, plans[name])
-            rows.append(row) if row else todo.append(group)
-        shard_of = dict(zip(kept["clip_id"].to_pylist(), kept["shard"].to_pylist()))
-        clips = clips.set_column(
-            clips.schema.get_field_index("shard"), "shard", pa.array([shard_of.get(c) for c in clips["clip_id"].to_pylist()], pa.string())
-        )
-    written = run_tasks(todo, WriteShards(cfg.shards, out.url), SHARDS)
-    shards = pa.concat_tables([pa.Table.from_pylist(rows, schema=SHARDS), written]).sort_by("shard")
-    # shards of an earlier run that the current plan no longer has
-    if out.exists("shards"):
-        current = set(plans)
-        for p in out.fs.find(out.path("shards")):
-            if p.rsplit("/", 2)[-2] == "shards" and f"shards/{p.rsplit('/', 1)[1]}" not in current:
-                out.fs.rm(p)
-    plans_store.save(plans, shards)
-    log.info("shards: %d (%d unchanged)", shards.num_rows, len(rows))
-    return clips, shards
+def summarize(cfg, out: Output, wall_s: float, skipped: int) -> Summary:
+    """The run's counts, from the tables (DuckDB aggregates)."""
+    from curate.release import connect_tables
 
-
-def summarize(cfg, sources, scenes, clips, shards, wall_s, skipped) -> Summary:
-    def count(table, status):
-        return int(pc.sum(pc.equal(table["status"], status)).as_py() or 0) if table.num_rows else 0
-
-    def hours(table, column, mask):
-        if not table.num_rows:
-            return 0.0
-        return float(pc.sum(pc.filter(table[column], mask)).as_py() or 0.0) / 3600
-
-    return Summary(
-        output=cfg.output,
-        sources_ok=count(sources, SourceStatus.OK),
-        sources_error=count(sources, SourceStatus.ERROR),
-        scenes=scenes.num_rows,
-        clips_kept=count(clips, ClipStatus.KEPT),
-        clips_filtered=count(clips, ClipStatus.FILTERED),
-        clips_error=count(clips, ClipStatus.ERROR),
-        hours_in=hours(sources, "duration_s", pc.equal(sources["status"], SourceStatus.OK)) if sources.num_rows else 0.0,
-        hours_out=hours(clips, "duration_s", pc.equal(clips["status"], ClipStatus.KEPT)) if clips.num_rows else 0.0,
-        shards=shards.num_rows,
-        wall_s=round(wall_s, 2),
-        skipped_files=skipped,
-    )
+    con = connect_tables(out)
+    try:
+        one = lambda sql: con.execute(sql).fetchone()  # noqa: E731
+        ok, err, s_in = one(f"select count(*) filter (where status = '{SourceStatus.OK}'), count(*) filter (where status = '{SourceStatus.ERROR}'), "
+                            f"coalesce(sum(duration_s) filter (where status = '{SourceStatus.OK}'), 0) from sources")
+        kept, filtered, errors, s_out = one(f"select count(*) filter (where status = '{ClipStatus.KEPT}'), count(*) filter (where status = '{ClipStatus.FILTERED}'), "
+                                            f"count(*) filter (where status = '{ClipStatus.ERROR}'), "
+                                            f"coalesce(sum(duration_s) filter (where status = '{ClipStatus.KEPT}'), 0) from clips")
+        scenes, shards = one("select (select count(*) from scenes), (select count(*) from shards)")
+    finally:
+        con.close()
+    return Summary(output=cfg.output, sources_ok=ok, sources_error=err, scenes=scenes, clips_kept=kept, clips_filtered=filtered,
+                   clips_error=errors, hours_in=float(s_in) / 3600, hours_out=float(s_out) / 3600, shards=shards,
+                   wall_s=round(wall_s, 2), skipped_files=skipped)
 
 
 def configure_logging(verbose: bool = False) -> None:

@@ -17,14 +17,12 @@ import importlib.metadata
 import io
 import json
 import posixpath
-from collections import defaultdict
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import yaml
 
 from curate.storage import Output
-from schemas import SCHEMA_VERSION, TAKEDOWNS, ClipStatus, Reason, SourceStatus
+from schemas import SCHEMA_VERSION, TAKEDOWNS, ClipStatus, Reason
 from stages.policy import LicencePolicy, PolicyConfig, alternatives
 
 # Names of the licences people meet most; any other SPDX id is shown by its id, linked to spdx.org.
@@ -120,11 +118,16 @@ def read_job(out: Output) -> dict:
 # ------------------------------------------------------------------------------------------ files
 
 
-def _in_shards(clips: pa.Table) -> list[dict]:
-    if not clips.num_rows:
-        return []
-    mask = pc.and_(pc.equal(clips["status"], ClipStatus.KEPT), pc.is_valid(clips["shard"]))
-    return clips.filter(mask).to_pylist()
+IN_SHARDS = "status = 'kept' and shard is not null"  # a clip in the shards (SQL over the clips view)
+
+
+def connect_tables(out: Output):
+    """DuckDB over the output's tables (curate.catalog), one thread: sums of durations come out the same
+    every time. The release files and the summary are aggregates of these views: no row reaches Python
+    but one per licence, per source owed credit, per shard."""
+    from curate.catalog import connect
+
+    return connect(out.url, threads=1)
 
 
 def license_link(key: str) -> str | None:
@@ -148,42 +151,39 @@ def index_json(shards: pa.Table, buckets: int | None = None) -> str:
     return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
 
-def licenses_md(clips: pa.Table) -> str:
-    per = defaultdict(lambda: [0, 0.0])
-    for row in _in_shards(clips):
-        per[row["license"] or "NOASSERTION"][0] += 1
-        per[row["license"] or "NOASSERTION"][1] += row.get("duration_s") or 0.0
+def licenses_md(con) -> str:
+    """LICENSES.md: clips and hours in the shards per licence, with the licences' names and links."""
+    per = con.execute(f"select coalesce(license, 'NOASSERTION'), count(*), coalesce(sum(coalesce(duration_s, 0)), 0) "
+                      f"from clips where {IN_SHARDS} group by 1 order by 1").fetchall()
     lines = ["# Licences", "", "Clips in the shards, per licence (SPDX expression). Every clip carries its licence in its `json`.", "",
              "| licence | clips | hours | licences in it |", "| --- | ---: | ---: | --- |"]
-    for lic in sorted(per):
+    for lic, n, seconds in per:
         keys = sorted({k for alt in alternatives(lic) for k in alt})
         names = "; ".join(f"[{LICENSE_NAMES.get(k, k)}]({license_link(k)})" if license_link(k) else LICENSE_NAMES.get(k, k) for k in keys)
-        lines.append(f"| `{lic}` | {per[lic][0]} | {per[lic][1] / 3600:.4f} | {names} |")
-    total = sum(v[0] for v in per.values())
-    lines += ["", f"Total: {total} clips, {sum(v[1] for v in per.values()) / 3600:.4f} hours.", ""]
+        lines.append(f"| `{lic}` | {n} | {seconds / 3600:.4f} | {names} |")
+    lines += ["", f"Total: {sum(n for _, n, _ in per)} clips, {sum(s for _, _, s in per) / 3600:.4f} hours.", ""]
     return "\n".join(lines)
 
 
-def attribution_rows(clips: pa.Table, policy: PolicyConfig) -> list[dict]:
-    """One row per source in the shards whose licence asks for attribution, sorted by source_id."""
-    lp, rows = LicencePolicy(policy), {}
-    for clip in _in_shards(clips):
-        if not lp.decide(clip["license"], clip.get("author"), clip.get("attribution")).needs_attribution:
-            continue
-        row = rows.setdefault(clip["source_id"], {
-            "source_id": clip["source_id"], "title": clip.get("title"), "author": clip.get("author"),
-            "source_url": clip.get("source_url") or clip.get("source_uri"), "license": clip["license"],
-            "attribution": clip.get("attribution"), "clips": 0,
-        })  # fmt: skip
-        row["clips"] += 1
-    return [rows[k] for k in sorted(rows)]
+def attribution_rows(con, policy: PolicyConfig, batch: int = 10_000):
+    """One row per source in the shards whose licence asks for attribution, sorted by source_id (the credits
+    of its first clip; they are its source's), streamed from DuckDB."""
+    lp = LicencePolicy(policy)
+    first = lambda c: f"first({c} order by start_frame, clip_id)"  # noqa: E731
+    cur = con.execute(f"select source_id, {first('title')}, {first('author')}, {first('coalesce(source_url, source_uri)')}, "
+                      f"{first('license')}, {first('attribution')}, count(*) from clips where {IN_SHARDS} group by source_id order by source_id")
+    while rows := cur.fetchmany(batch):
+        for sid, title, author, url, lic, attribution, n in rows:
+            if lp.decide(lic, author, attribution).needs_attribution:
+                yield {"source_id": sid, "title": title, "author": author, "source_url": url, "license": lic,
+                       "attribution": attribution, "clips": n}
 
 
-def attribution_csv(clips: pa.Table, policy: PolicyConfig) -> str:
+def attribution_csv(con, policy: PolicyConfig) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, ATTRIBUTION_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    for row in attribution_rows(clips, policy):
+    for row in attribution_rows(con, policy):
         writer.writerow({k: "" if row[k] is None else row[k] for k in ATTRIBUTION_COLUMNS})
     return buf.getvalue()
 
@@ -215,16 +215,14 @@ def _image_models(job: dict) -> list[tuple[str, str]]:
     return rows
 
 
-def data_card(job: dict, sources: pa.Table, clips: pa.Table, shards: pa.Table, takedowns: pa.Table) -> str:
+def data_card(job: dict, con) -> str:
     """The dataset's README.md: what went in, what was kept and why, with which models, under which licences."""
-    src = sources.to_pylist()
-    clip_rows = clips.to_pylist()
-    in_shards = _in_shards(clips)
-    ok = [s for s in src if s["status"] == SourceStatus.OK]
-    by_reason = defaultdict(int)
-    for c in clip_rows:
-        by_reason[(c["status"], c.get("reason") or "")] += 1
-    hours = lambda rows: sum(r.get("duration_s") or 0.0 for r in rows) / 3600  # noqa: E731
+    one = lambda sql: con.execute(sql).fetchone()  # noqa: E731
+    n_src, n_ok, ok_s = one("select count(*), count(*) filter (where status = 'ok'), coalesce(sum(duration_s) filter (where status = 'ok'), 0) from sources")
+    n_clips, n_in, in_s, in_sources = one(f"select count(*), count(*) filter (where {IN_SHARDS}), "
+                                          f"coalesce(sum(coalesce(duration_s, 0)) filter (where {IN_SHARDS}), 0), "
+                                          f"count(distinct source_id) filter (where {IN_SHARDS}) from clips")
+    n_shards = one("select count(*) from shards")[0]
 
     out = [f"# {job.get('name') or 'curate'}: a video clip dataset", "",
            "Made by curate. WebDataset shards under `shards/` (listed in `index.json` with sha256); each sample is "
@@ -232,25 +230,22 @@ def data_card(job: dict, sources: pa.Table, clips: pa.Table, shards: pa.Table, t
            "`txt` (the caption, when made) and `latent.npy` (+ `latent_logvar.npy`) and `text_emb.npy` / `text_mask.npy` when made. "
            "Licences: `LICENSES.md`; credits owed: `ATTRIBUTION.csv`. Check with `curate verify OUT`.", "",
            "## Sources", "",
-           f"{len(src)} input files, {len(ok)} readable ({hours([{'duration_s': s.get('duration_s')} for s in ok]):.4f} hours); "
-           f"{len({c['source_id'] for c in in_shards})} sources have clips in the shards.", ""]
-    errors = defaultdict(int)
-    for s in src:
-        if s["status"] != SourceStatus.OK:
-            errors[s.get("reason") or ""] += 1
+           f"{n_src} input files, {n_ok} readable ({ok_s / 3600:.4f} hours); {in_sources} sources have clips in the shards.", ""]
+    errors = con.execute("select coalesce(reason, ''), count(*) from sources where status != 'ok' group by 1 order by 1").fetchall()
     if errors:
-        out += ["Unreadable inputs: " + ", ".join(f"{r} {n}" for r, n in sorted(errors.items())) + ".", ""]
+        out += ["Unreadable inputs: " + ", ".join(f"{r} {n}" for r, n in errors) + ".", ""]
 
     out += ["## Counts surviving each step", "", "| step | count |", "| --- | ---: |",
-            f"| input files | {len(src)} |", f"| sources ok | {len(ok)} |", f"| clip windows | {len(clip_rows)} |"]
-    kept = len(clip_rows)
+            f"| input files | {n_src} |", f"| sources ok | {n_ok} |", f"| clip windows | {n_clips} |"]
+    by_reason = {(st, r): n for st, r, n in con.execute("select status, coalesce(reason, ''), count(*) from clips group by 1, 2").fetchall()}
+    kept = n_clips
     # in the order the steps run: the split's reasons first, the policy's last, score filters between
     step = {Reason.ENCODE_ERROR: 0, Reason.TOO_SHORT: 1, Reason.DUPLICATE: 6, Reason.LICENCE: 8, Reason.TAKEDOWN: 9}
     for (status, reason), n in sorted(by_reason.items(), key=lambda kv: (kv[0][0] == ClipStatus.KEPT, step.get(kv[0][1], 5), kv[0])):
         if status != ClipStatus.KEPT:
             kept -= n
             out.append(f"| after removing {status} `{reason}` ({n}) | {kept} |")
-    out += [f"| in shards | {len(in_shards)} clips, {hours(in_shards):.4f} hours, {shards.num_rows} shards |", ""]
+    out += [f"| in shards | {n_in} clips, {in_s / 3600:.4f} hours, {n_shards} shards |", ""]
     dups = by_reason.get((ClipStatus.FILTERED, Reason.DUPLICATE), 0)
     out += [f"Near-duplicates: dedup removed {dups} clips (each a copy of a better clip of this run or of an earlier "
             "output, named in `duplicate_of`).", ""]
@@ -262,48 +257,48 @@ def data_card(job: dict, sources: pa.Table, clips: pa.Table, shards: pa.Table, t
     models = [("shot detection", f"PySceneDetect {_version('scenedetect')} ({(job.get('split') or {}).get('detector', '?')} detector)"),
               ("clip encoding", f"ffmpeg via PyAV {_version('av')} / ffmpeg-python; codec {((job.get('split') or {}).get('encode') or {}).get('codec', '?')}"),
               ("shards", f"webdataset {_version('webdataset')}")]
-    for column in sorted(c for c in clips.column_names if c.endswith("_model") or c in ("vae_id", "model_id")):
-        for value in sorted({v for v in clips[column].to_pylist() if v}):
+    columns = [r[0] for r in con.execute("select column_name from (describe clips)").fetchall()]
+    for column in sorted(c for c in columns if c.endswith("_model") or c in ("vae_id", "model_id")):
+        for (value,) in con.execute(f'select distinct "{column}" from clips where "{column}" is not null and "{column}" != \'\' order by 1').fetchall():
             models.append((column, value))
     models += _image_models(job)
     out += ["## Models and tools", "", "| role | model / version |", "| --- | --- |", *(f"| {r} | {m} |" for r, m in models), ""]
 
     out += ["## Licences", "", "| licence | clips | hours |", "| --- | ---: | ---: |"]
-    per = defaultdict(list)
-    for c in in_shards:
-        per[c["license"] or "NOASSERTION"].append(c)
-    out += [f"| `{lic}` | {len(rows)} | {hours(rows):.4f} |" for lic, rows in sorted(per.items())]
+    per = con.execute(f"select coalesce(license, 'NOASSERTION'), count(*), coalesce(sum(coalesce(duration_s, 0)), 0) "
+                      f"from clips where {IN_SHARDS} group by 1 order by 1").fetchall()
+    out += [f"| `{lic}` | {n} | {seconds / 3600:.4f} |" for lic, n, seconds in per]
     out += ["", "Details and links in `LICENSES.md`; attribution rows in `ATTRIBUTION.csv`.", ""]
 
-    if takedowns.num_rows:
+    takedowns = con.execute("select time, source_id, reason, clips_removed from takedowns order by time, source_id").fetchall()
+    if takedowns:
         out += ["## Takedowns", "", "| time (UTC) | source | reason | clips removed |", "| --- | --- | --- | ---: |"]
-        for t in takedowns.to_pylist():
-            out.append(f"| {t['time']:%Y-%m-%d %H:%M:%S} | `{t['source_id']}` | {t.get('reason') or ''} | {t['clips_removed']} |")
+        for time, sid, reason, removed in takedowns:
+            out.append(f"| {time:%Y-%m-%d %H:%M:%S} | `{sid}` | {reason or ''} | {removed} |")
         out.append("")
     return "\n".join(out)
 
 
-RELEASE_COLUMNS = {"clip_id", "source_id", "status", "reason", "duration_s", "license", "shard", "clip_uri", "title", "author",
-                   "source_url", "attribution", "source_uri"}
-
-
-def write_release(out: Output, job: dict, sources: pa.Table, clips: pa.Table, shards: pa.Table) -> None:
-    """Write index.json, LICENSES.md, ATTRIBUTION.csv and README.md; remove shard files no table row names."""
+def write_release(out: Output, job: dict) -> None:
+    """Write index.json, LICENSES.md, ATTRIBUTION.csv and README.md from the output's tables (DuckDB
+    aggregates: no clip row is held in Python); remove shard files no table row names, and the clip
+    files of taken-down sources."""
     policy = policy_of(job)
-    takedowns = read_takedowns(out)
-    # Only the columns these files read: whole 76-column rows as Python dicts were the finalize's largest
-    # cost on the driver (84 MB at 20k clips).
-    clips = clips.select([c for c in clips.column_names if c in RELEASE_COLUMNS or c.endswith("_model") or c in ("vae_id", "model_id")])
-    out.write_text("index.json", index_json(shards, (job.get("shards") or {}).get("buckets")))
-    out.write_text("LICENSES.md", licenses_md(clips))
-    out.write_text("ATTRIBUTION.csv", attribution_csv(clips, policy))
-    out.write_text("README.md", data_card(job, sources, clips, shards, takedowns))
-    remove_stray_shards(out, shards)
-    # The clip files of a taken-down source go too: no byte of it stays in the output.
-    gone = set(takedowns["source_id"].to_pylist())
-    for row in clips.select(["source_id", "clip_uri"]).to_pylist():
-        if row["source_id"] in gone and row["clip_uri"]:
-            _remove_uri(row["clip_uri"])
+    con = connect_tables(out)
+    try:
+        shards = con.sql("select * from shards order by shard").to_arrow_table()
+        out.write_text("index.json", index_json(shards, (job.get("shards") or {}).get("buckets")))
+        out.write_text("LICENSES.md", licenses_md(con))
+        out.write_text("ATTRIBUTION.csv", attribution_csv(con, policy))
+        out.write_text("README.md", data_card(job, con))
+        remove_stray_shards(out, shards)
+        # The clip files of a taken-down source go too: no byte of it stays in the output.
+        cur = con.execute("select clip_uri from clips where clip_uri is not null and source_id in (select source_id from takedowns) order by 1")
+        while rows := cur.fetchmany(10_000):
+            for (uri,) in rows:
+                _remove_uri(uri)
+    finally:
+        con.close()
 
 
 def shard_files(out: Output) -> list[str]:

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import av
 import cv2
 import numpy as np
-import pyarrow as pa
 import yaml
 
 from curate.storage import Output
@@ -55,58 +54,68 @@ def thresholds(job: dict) -> list[Threshold]:
 # ------------------------------------------------------------------------------------------ numbers
 
 
-def _hours(values) -> float:
-    return float(np.nansum(np.asarray([v for v in values if v is not None], dtype=np.float64))) / 3600 if values else 0.0
+DUPLICATE_GROUPS = 200  # groups listed in the report's data (the largest first); the count is of all
 
 
-def gather(out: Output) -> dict:
-    """Every number the report shows, from the tables (read with pyarrow, not through the catalog)."""
-    sources, scenes, clips = (out.read_table(n) for n in ("sources", "scenes", "clips"))
-    src, cl = sources.to_pylist(), clips.to_pylist()
-    ok = [s for s in src if s["status"] == SourceStatus.OK]
-    kept = [c for c in cl if c["status"] == ClipStatus.KEPT]
-    captioned = [c for c in kept if c.get("caption")]
-    sharded = [c for c in cl if c.get("shard")]
-    scene_hours = _hours([e - s for s, e in zip(scenes["start_s"].to_pylist(), scenes["end_s"].to_pylist())])
+def _connect(out: Output):
+    from curate.release import connect_tables
+
+    return connect_tables(out)
+
+
+def _columns(con) -> dict[str, str]:
+    return {name: kind for name, kind, *_ in con.execute("select column_name, column_type from (describe clips)").fetchall()}
+
+
+def gather(out: Output, con=None) -> dict:
+    """Every number the report shows: DuckDB aggregates over the tables (no row is held in Python but
+    one per group shown)."""
+    con = con or _connect(out)
+    one = lambda sql: con.execute(sql).fetchone()  # noqa: E731
+    h = lambda s: float(s or 0.0) / 3600  # noqa: E731
+    ok_n, ok_s = one(f"select count(*), sum(duration_s) from sources where status = '{SourceStatus.OK}'")
+    sc_n, sc_s = one("select count(*), sum(end_s - start_s) from scenes")
+    kept = f"status = '{ClipStatus.KEPT}'"
+    counts = one(f"select count(*), sum(duration_s), count(*) filter (where {kept}), sum(duration_s) filter (where {kept}), "
+                 f"count(*) filter (where {kept} and caption is not null and caption != ''), "
+                 f"sum(duration_s) filter (where {kept} and caption is not null and caption != ''), "
+                 f"count(*) filter (where shard is not null and shard != ''), sum(duration_s) filter (where shard is not null and shard != '') from clips")
     funnel = [
-        {"step": "sources", "count": len(ok), "hours": _hours([s["duration_s"] for s in ok])},
-        {"step": "scenes", "count": scenes.num_rows, "hours": scene_hours},
-        {"step": "clips", "count": len(cl), "hours": _hours([c["duration_s"] for c in cl])},
-        {"step": "kept", "count": len(kept), "hours": _hours([c["duration_s"] for c in kept])},
-        {"step": "captioned", "count": len(captioned), "hours": _hours([c["duration_s"] for c in captioned])},
-        {"step": "sharded", "count": len(sharded), "hours": _hours([c["duration_s"] for c in sharded])},
+        {"step": "sources", "count": ok_n, "hours": h(ok_s)},
+        {"step": "scenes", "count": sc_n, "hours": h(sc_s)},
+        {"step": "clips", "count": counts[0], "hours": h(counts[1])},
+        {"step": "kept", "count": counts[2], "hours": h(counts[3])},
+        {"step": "captioned", "count": counts[4], "hours": h(counts[5])},
+        {"step": "sharded", "count": counts[6], "hours": h(counts[7])},
     ]
-    errors = {}
-    for table, rows in (("sources", src), ("clips", cl)):
-        for r in rows:
-            if r["status"] not in (SourceStatus.OK, ClipStatus.KEPT):
-                e = errors.setdefault(f"{table}:{r['status']}:{r['reason']}", {
-                    "table": table, "status": r["status"], "reason": r["reason"], "count": 0, "example": r.get("error") or "",
-                    "uri": r.get("uri") or r.get("source_uri")})
-                e["count"] += 1
-    licences = {}
-    for c in kept:
-        entry = licences.setdefault(c["license"] or "NOASSERTION", {"license": c["license"] or "NOASSERTION", "clips": 0, "hours": 0.0})
-        entry["clips"] += 1
-        entry["hours"] += (c["duration_s"] or 0.0) / 3600
+    errors = []
+    for table, uri, good in (("sources", "uri", SourceStatus.OK), ("clips", "source_uri", ClipStatus.KEPT)):
+        order = "source_id" if table == "sources" else "source_id, start_frame, clip_id"
+        for status, reason, n, example, where in con.execute(
+                f"select status, reason, count(*), first(error order by {order}), first({uri} order by {order}) from {table} "
+                f"where status != '{good}' group by status, reason").fetchall():
+            errors.append({"table": table, "status": status, "reason": reason, "count": n, "example": example or "", "uri": where})
+    licences = [{"license": lic, "clips": n, "hours": h(sec)} for lic, n, sec in con.execute(
+        f"select coalesce(license, 'NOASSERTION'), count(*), sum(coalesce(duration_s, 0)) from clips where {kept} group by 1").fetchall()]
     summary = json.loads(out.fs.cat(out.path("summary.json"))) if out.exists("summary.json") else {}
-    camera = {}
-    for c in kept:
-        if c.get("camera_motion"):
-            camera[c["camera_motion"]] = camera.get(c["camera_motion"], 0) + 1
-    groups = {}
-    for c in cl:
-        if c.get("duplicate_of"):
-            groups.setdefault(c["duplicate_of"], []).append(c["clip_id"])
+    camera = dict(con.execute(f"select camera_motion, count(*) from clips where {kept} and camera_motion is not null and camera_motion != '' "
+                              "group by 1 order by 1").fetchall())
+    n_groups = one("select count(distinct duplicate_of) from clips where duplicate_of is not null and duplicate_of != ''")[0]
+    groups = {rep: list(members) for rep, members in con.execute(
+        "select duplicate_of, list(clip_id order by clip_id) from clips where duplicate_of is not null and duplicate_of != '' "
+        f"group by 1 order by count(*) desc, 1 limit {DUPLICATE_GROUPS}").fetchall()}
+    columns = _columns(con)
     return {
-        "camera_motion": dict(sorted(camera.items())),  # kept clips per camera_motion label
-        # representative -> its duplicates filtered in this run (the representative may be of an earlier output)
-        "duplicate_groups": {k: sorted(v) for k, v in sorted(groups.items())},
+        "camera_motion": camera,  # kept clips per camera_motion label
+        # representative -> its duplicates filtered in this run (the representative may be of an earlier output):
+        # the largest DUPLICATE_GROUPS groups; duplicate_group_count counts them all
+        "duplicate_groups": dict(sorted(groups.items())),
+        "duplicate_group_count": n_groups,
         "funnel": funnel,
-        "errors": sorted(errors.values(), key=lambda e: (-e["count"], e["table"], str(e["reason"]))),
-        "licenses": sorted(licences.values(), key=lambda e: -e["clips"]),
+        "errors": sorted(errors, key=lambda e: (-e["count"], e["table"], str(e["reason"]))),
+        "licenses": sorted(licences, key=lambda e: (-e["clips"], e["license"])),
         "stage_s": summary.get("stage_s", {}),
-        "score_columns": [f.name for f in clips.schema if pa.types.is_floating(f.type) and (f.name.endswith("_score") or f.name in SCORES_TOO)],
+        "score_columns": [c for c, kind in columns.items() if kind in ("FLOAT", "DOUBLE") and (c.endswith("_score") or c in SCORES_TOO)],
     }
 
 
@@ -143,13 +152,36 @@ def histogram_svg(values: list[float], marks: list[Threshold], width: int = 420,
     vals = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
     if vals.size == 0:
         return "<p class=muted>no values</p>"
-    lo, hi = float(vals.min()), float(vals.max())
+    lo, hi = _range(float(vals.min()), float(vals.max()), marks)
+    counts, _ = np.histogram(vals, bins=bins, range=(lo, hi))
+    return _histogram(counts.tolist(), lo, hi, int(vals.size), marks, width, height)
+
+
+def _range(lo: float, hi: float, marks: list[Threshold]) -> tuple[float, float]:
     for m in marks:
         lo, hi = min(lo, m.value), max(hi, m.value)
-    if hi <= lo:
-        hi = lo + 1.0
-    counts, edges = np.histogram(vals, bins=bins, range=(lo, hi))
-    top = max(1, int(counts.max()))
+    return (lo, lo + 1.0) if hi <= lo else (lo, hi)
+
+
+def histogram_sql(con, column: str, marks: list[Threshold], bins: int = 20, **size) -> str:
+    """histogram_svg of a clips column, binned by DuckDB (the values never leave it)."""
+    col = f'"{column}"'
+    finite = f"{col} is not null and isfinite({col})"
+    n, lo, hi = con.execute(f"select count(*), min({col}), max({col}) from clips where {finite}").fetchone()
+    if not n:
+        return "<p class=muted>no values</p>"
+    lo, hi = _range(float(lo), float(hi), marks)
+    counts = [0] * bins
+    for k, c in con.execute(f"select least({bins - 1}, floor(({col} - {lo!r}) / ({hi!r} - {lo!r}) * {bins}))::int, count(*) "
+                            f"from clips where {finite} group by 1").fetchall():
+        counts[max(0, k)] += c
+    return _histogram(counts, lo, hi, int(n), marks, **size)
+
+
+def _histogram(counts: list[int], lo: float, hi: float, n: int, marks: list[Threshold], width: int = 420, height: int = 140) -> str:
+    bins = len(counts)
+    edges = np.linspace(lo, hi, bins + 1)
+    top = max(1, max(counts))
     pad, bw = 24, (width - 2 * 24) / bins
     parts = [f'<svg class=hist width="{width}" height="{height + 30}" viewBox="0 0 {width} {height + 30}" role="img">']
     for i, cnt in enumerate(counts):
@@ -161,7 +193,7 @@ def histogram_svg(values: list[float], marks: list[Threshold], width: int = 420,
         parts.append(f'<text x="{x + 3:.1f}" y="12" font-size="11" fill="#d03030">{html.escape(str(m))}</text>')
     parts.append(f'<text x="{pad}" y="{height + 16}" font-size="11">{lo:.3g}</text>')
     parts.append(f'<text x="{width - pad}" y="{height + 16}" font-size="11" text-anchor="end">{hi:.3g}</text>')
-    parts.append(f'<text x="{width / 2}" y="{height + 28}" font-size="11" text-anchor="middle">n = {vals.size}</text></svg>')
+    parts.append(f'<text x="{width / 2}" y="{height + 28}" font-size="11" text-anchor="middle">n = {n}</text></svg>')
     return "".join(parts)
 
 
@@ -214,11 +246,33 @@ window.addEventListener('load', function () {
 """
 
 
+GALLERY_COLUMNS = ("clip_id", "clip_uri", "status", "reason", "duration_s", "caption")
+ORDER = "source_id, start_frame, clip_id"
+
+
+def _rows(con, where: str, order: str, scores: list[str], limit: int = GALLERY_SIZE) -> list[dict]:
+    cols = ", ".join(f'"{c}"' for c in (*GALLERY_COLUMNS, *scores))
+    cur = con.execute(f"select {cols} from clips where {where} order by {order} limit {int(limit)}")
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+def _quote(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
 def render(out: Output) -> str:
-    data = gather(out)
+    con = _connect(out)
+    try:
+        return _render(out, con)
+    finally:
+        con.close()
+
+
+def _render(out: Output, con) -> str:
+    data = gather(out, con)
     job = yaml.safe_load(out.fs.cat(out.path("job.yaml"))) if out.exists("job.yaml") else {}
     marks = thresholds(job)
-    clips = out.read_table("clips")
     scores = data["score_columns"]
     parts = [f"<h1>curate report — {html.escape(str((job or {}).get('name', '')))}</h1>",
              f"<p class=muted>{html.escape(out.url)}</p>", "<h2>Funnel</h2>"]
@@ -235,21 +289,25 @@ def render(out: Output) -> str:
         hists = []
         for col in scores:
             mine = [m for m in marks if m.column == col]
-            hists.append(f"<div><h3>{col}</h3>{histogram_svg(clips[col].to_pylist(), mine)}</div>")
+            hists.append(f"<div><h3>{col}</h3>{histogram_sql(con, col, mine)}</div>")
         parts.append(f"<div class=hists>{''.join(hists)}</div>")
     else:
         parts.append("<p class=muted>No score columns in this run.</p>")
 
     parts.append("<h2>Clips</h2>")
-    rows = clips.to_pylist()
-    kept = [r for r in rows if r["status"] == ClipStatus.KEPT]
-    step = max(1, len(kept) // GALLERY_SIZE)
-    parts.append(_gallery(f"Kept ({len(kept)})", kept[::step][:GALLERY_SIZE], scores))
+    kept_where = f"status = '{ClipStatus.KEPT}'"
+    n_kept = next(f["count"] for f in data["funnel"] if f["step"] == "kept")
+    step = max(1, n_kept // GALLERY_SIZE)  # every step-th kept clip, in table order
+    sample = _rows(con, f"clip_id in (select clip_id from (select clip_id, row_number() over (order by {ORDER}) - 1 as i from clips "
+                        f"where {kept_where}) where i % {step} = 0)", ORDER, scores)
+    parts.append(_gallery(f"Kept ({n_kept})", sample, scores))
+    columns = _columns(con)
     for m in marks:
-        scored = [r for r in rows if r.get(m.column) is not None]
-        near = sorted(scored, key=lambda r: abs(r[m.column] - m.value))
-        below = [r for r in near if not m.passes(r[m.column])][:GALLERY_SIZE]
-        above = [r for r in near if m.passes(r[m.column])][:GALLERY_SIZE]
+        col, passes = f'"{m.column}"', f'"{m.column}" {m.op} {m.value!r}'
+        near = f"abs({col} - {m.value!r}), {ORDER}"
+        known = m.column in columns  # a predicate may name a column this run does not have: empty galleries
+        below = _rows(con, f"{col} is not null and not ({passes})", near, scores) if known else []
+        above = _rows(con, f"{col} is not null and {passes}", near, scores) if known else []
         parts.append(_gallery(f"Rejected just past {m}", below, scores))
         parts.append(_gallery(f"Passing just inside {m} (each card shows its status)", above, scores))
 
@@ -258,10 +316,12 @@ def render(out: Output) -> str:
         parts.append(_table(["camera_motion", "clips"], [[k, v] for k, v in data["camera_motion"].items()]))
     if data["duplicate_groups"]:
         groups = data["duplicate_groups"]
-        parts.append(f"<h2>Near-duplicates ({len(groups)} groups, {sum(map(len, groups.values()))} clips filtered)</h2>")
-        by_id = {r["clip_id"]: r for r in rows}
+        n_dups = con.execute("select count(*) from clips where duplicate_of is not null and duplicate_of != ''").fetchone()[0]
+        parts.append(f"<h2>Near-duplicates ({data['duplicate_group_count']} groups, {n_dups} clips filtered)</h2>")
         for rep_id, dups in list(groups.items())[:GALLERY_SIZE]:
-            members = [by_id[c] for c in [rep_id, *dups] if c in by_id]  # the representative is absent when it is of an earlier output
+            ids = [rep_id, *dups]
+            found = {r["clip_id"]: r for r in _rows(con, f"clip_id in ({', '.join(_quote(i) for i in ids)})", "clip_id", scores, len(ids))}
+            members = [found[c] for c in ids if c in found]  # the representative is absent when it is of an earlier output
             parts.append(_gallery(f"Group of {rep_id}", members, scores))
 
     parts.append("<h2>Errors and filters by reason</h2>")

@@ -1,6 +1,7 @@
 """Shard plans: what the finalize reuses, so an unchanged shard is not written again.
 
-    OUT/work/shards.json   each shard's content plan and row
+    OUT/work/shards/bucket=NNNNN.json   each shard's content plan and row, per bucket of sources
+    OUT/work/shards.json                the same for an output without buckets (shards.buckets: null)
 
 (Everything else a rerun reuses is in the commit log: curate/commit.py, curate/plan.py.)
 """
@@ -26,12 +27,18 @@ def shard_plan(rows: pa.Table) -> str:
     return h.hexdigest()
 
 
+def plans_file(bucket: int | None) -> str:
+    return "work/shards.json" if bucket is None else f"work/shards/bucket={bucket:05d}.json"
+
+
 class ShardPlans:
-    def __init__(self, out: Output):
-        self.out = out
+    """The plans of one bucket's shards (all shards' without buckets)."""
+
+    def __init__(self, out: Output, bucket: int | None = None):
+        self.out, self.rel = out, plans_file(bucket)
         self.plans: dict[str, dict] = {}
-        if out.exists("work/shards.json"):
-            with out.fs.open(out.path("work/shards.json"), "r") as f:
+        if out.exists(self.rel):
+            with out.fs.open(out.path(self.rel), "r") as f:
                 self.plans = json.load(f)
 
     def reusable(self, shard: str, plan: str) -> dict | None:
@@ -42,4 +49,4 @@ class ShardPlans:
 
     def save(self, plans: dict[str, str], rows: pa.Table) -> None:
         self.plans = {r["shard"]: {"plan": plans[r["shard"]], "row": r} for r in rows.to_pylist()}
-        self.out.write_text("work/shards.json", json.dumps(self.plans, indent=1, sort_keys=True))
+        self.out.write_text(self.rel, json.dumps(self.plans, indent=1, sort_keys=True))

@@ -9,7 +9,9 @@
                                                         `bucket` column (int32) only in the folder name
     OUT/summary.json
     OUT/commit/<step>/<key>/part-<hash>.parquet   the commit log (curate/commit.py): what a rerun reuses
-    OUT/work/shards.json     shard plans: an unchanged shard is not written again
+    OUT/work/shards/bucket=NNNNN.json   shard plans per bucket (work/shards.json without buckets): an
+                                        unchanged shard is not written again
+    OUT/work/dedup/bucket=NNNNN.parquet  the finalize's dedup decisions for the clips of each bucket
     OUT/.curate.lock         held by the one run writing here
 """
 
@@ -115,6 +117,29 @@ class Output:
                 self.fs.rm(d, recursive=True)
         if not written:  # an empty table is an empty folder
             self.fs.makedirs(folder, exist_ok=True)
+        if self.fs.exists(single):
+            self.fs.rm(single)
+
+    def write_bucket(self, name: str, bucket: int | None, table: pa.Table) -> None:
+        """One bucket's part of a partitioned table (tables/<name>/bucket=NNNNN/part-00000.parquet), or with
+        `bucket` None the whole table as one file: what one finalize task writes (see `keep_buckets`)."""
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        self.write_bytes(f"tables/{name}.parquet" if bucket is None else f"tables/{name}/bucket={bucket:05d}/part-00000.parquet", buf.getvalue())
+
+    def keep_buckets(self, name: str, buckets: set[int] | None) -> None:
+        """After every bucket of a table was written (`write_bucket`): remove the buckets not in `buckets`
+        and the table's other form (`buckets` None: the single file was written, the folder goes)."""
+        single, folder = self.path(f"tables/{name}.parquet"), self.path(f"tables/{name}")
+        if buckets is None:
+            if self.fs.isdir(folder):
+                self.fs.rm(folder, recursive=True)
+            return
+        wanted = {self.path(f"tables/{name}/bucket={b:05d}").rstrip("/") for b in buckets}
+        for d in self.fs.ls(folder, detail=False) if self.fs.isdir(folder) else []:
+            if d.rstrip("/") not in wanted:
+                self.fs.rm(d, recursive=True)
+        self.fs.makedirs(folder, exist_ok=True)  # an empty table is an empty folder
         if self.fs.exists(single):
             self.fs.rm(single)
 

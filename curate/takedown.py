@@ -98,6 +98,6 @@ def _takedown(out: Output, out_url: str, source: str, reason: str | None, now: d
     out.write_table("clips", clips, buckets=buckets)
     out.write_table("shards", shards)
     drop_from_index(out, ids)  # a later run's dedup.against must not treat its clips as part of this dataset
-    write_release(out, job, sources, clips, shards)
+    write_release(out, job)
     return {"request": source, "source_ids": sorted(ids), "reason": reason, "time": time,
             "clips_removed": sum(removed.values()), "shards_rewritten": touched}

@@ -154,14 +154,14 @@ def one(rows: int, args) -> dict:
              logging_level="ERROR")
     pipeline.configure_logging(bool(os.environ.get("CURATE_BENCH_VERBOSE")))
     marks = {}
-    real_sources = pipeline.committed_sources
+    real_finalize = pipeline.finalize_tables
 
     def after_stream(*a, **k):
         marks.setdefault("rss_stream_mb", _rss_mb())
         marks.setdefault("t_stream", time.time())
-        return real_sources(*a, **k)
+        return real_finalize(*a, **k)
 
-    pipeline.committed_sources = after_stream
+    pipeline.finalize_tables = after_stream
     source = (FakeSplit, (args.clips_per_source, args.split_ms / 1000, logs))
     out = Output(cfg.output)
     t0 = time.time()

@@ -85,7 +85,7 @@ def build(root: Path, policy: PolicyConfig, sources: list[dict], clips_per_sourc
         clips = clips.set_column(clips.schema.get_field_index("shard"), "shard", pa.array([shard_of.get(c) for c in clips["clip_id"].to_pylist()], pa.string()))
     for name, table in (("sources", sources_t), ("clips", clips), ("shards", shards)):
         out.write_table(name, table)
-    write_release(out, job, sources_t, clips, shards)
+    write_release(out, job)
     return clips
 
 
@@ -259,18 +259,20 @@ def test_opt_out_file_and_source_url_match(tmp_path):
         assert (status, reason) == ("filtered", "licence") and entry in error
 
 
-def test_data_card_lists_the_ocr_and_nsfw_models_with_versions():
+def test_data_card_lists_the_ocr_and_nsfw_models_with_versions(tmp_path):
     from importlib.metadata import version
 
     from curate.config import JobConfig, InputConfig
-    from curate.release import data_card
-    from schemas import TAKEDOWNS
+    from curate.release import connect_tables, data_card
 
+    out = Output(str(tmp_path))
+    for name, schema in (("sources", SOURCES), ("clips", CLIPS), ("shards", SHARDS)):
+        out.write_table(name, schema.empty_table())
     job = to_dict(JobConfig(output="out", input=InputConfig(dir="in")))
-    card = data_card(job, SOURCES.empty_table(), CLIPS.empty_table(), SHARDS.empty_table(), TAKEDOWNS.empty_table())
+    card = data_card(job, connect_tables(out))
     assert f"PP-OCRv6 small detection + recognition from rapidocr {version('rapidocr')} on onnxruntime {version('onnxruntime')}" in card
     assert "`PP-OCRv6_det_small.onnx` (sha256 " in card and "`PP-OCRv6_rec_small.onnx` (sha256 " in card
     assert f"NudeNet detector from nudenet {version('nudenet')}" in card and "`320n.onnx` (sha256 " in card
     assert "nsfw_score counts FEMALE_BREAST_EXPOSED" in card
-    off = data_card({**job, "text": None, "nsfw": None}, SOURCES.empty_table(), CLIPS.empty_table(), SHARDS.empty_table(), TAKEDOWNS.empty_table())
+    off = data_card({**job, "text": None, "nsfw": None}, connect_tables(out))
     assert "PP-OCR" not in off and "NudeNet" not in off
