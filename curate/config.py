@@ -66,6 +66,13 @@ class RayConfig:
     num_gpus: int | None = None  # GPUs of the local instance (default: those found); tests declare 1 on a CPU machine
     sources_per_block: int = 8  # sources whose split is committed (and whose clips travel on) together
     clips_per_block: int = 64  # clip rows per block through the scorers
+    # sources per execution of the plan: a larger input runs as several in turn (Ray Data keeps a few KB
+    # of bookkeeping per task on the driver until an execution ends; the model pools start again each)
+    sources_per_wave: int = 20000
+
+    def __post_init__(self):
+        if self.sources_per_block < 1 or self.clips_per_block < 1 or self.sources_per_wave < 1:
+            raise ValueError("ray.sources_per_block, ray.clips_per_block and ray.sources_per_wave must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -195,8 +195,11 @@ def _run(cfg: JobConfig, out: Output, address: str | None, inputs: pa.Table | No
     # With motion from codec vectors, the one-pass split measures it from the source's own vectors as it decodes.
     motion = cfg.motion if cfg.motion is not None and cfg.motion.method == "vectors" else None
     progress = Progress(inputs.num_rows, [s.name for s in steps])
-    for counts in build(cfg, inputs, out.url, run, motion, steps, source).iter_batches(batch_size=None, batch_format="pyarrow"):
-        progress.add(counts)
+    wave = cfg.ray.sources_per_wave
+    for start in range(0, max(1, inputs.num_rows), wave):  # a very large input: several executions in turn
+        plan = build(cfg, inputs.slice(start, wave), out.url, run, motion, steps, source)
+        for counts in plan.iter_batches(batch_size=None, batch_format="pyarrow"):
+            progress.add(counts)
     progress.done()
     clock.lap("stream")
 

@@ -474,6 +474,15 @@ def resources_for(steps: list[Step]) -> Resources:
                      total_cpus=float(cluster.get("CPU", 1)))
 
 
+def _input_rows(batch: pa.Table, rows) -> pa.Table:
+    """Row indices -> those input rows (the table is fetched once per worker process)."""
+    import ray
+
+    if _WORKERS.get("inputs_ref") != rows:
+        _WORKERS["inputs_ref"], _WORKERS["inputs"] = rows, ray.get(rows)
+    return _WORKERS["inputs"].take(batch["id"])
+
+
 def build(cfg: JobConfig, inputs: pa.Table, out_url: str, run: int, motion=None, steps: list[Step] | None = None, source=None):
     """The lazy dataset of the whole plan (nothing runs until it is iterated). `source` (a class and its
     arguments) replaces IngestSplit as the per-source task (the scale benchmark's synthetic sources)."""
@@ -485,8 +494,16 @@ def build(cfg: JobConfig, inputs: pa.Table, out_url: str, run: int, motion=None,
     steps = clip_steps(cfg) if steps is None else steps
     res = resources_for(steps)
     fmt = {"batch_format": "pyarrow"}
-    # one block per input row: a source is one task (a listing of millions is read in blocks by Ray)
-    ds = ray.data.from_arrow([inputs.slice(i, 1) for i in range(inputs.num_rows)] or [inputs])
+    # a source is one task: the input rows go to the object store once, and each task takes its row by
+    # index (one driver-made block per source cost the driver ~25 KB each, for the whole run)
+    # (ray.data.range's datasource, read with a bookkeeping share of a CPU: a read task asking for a
+    # whole CPU would never start beside the actors on a one-CPU node)
+    from ray.data._internal.datasource.range_datasource import RangeDatasource
+
+    rows = ray.put(inputs)
+    ds = ray.data.read_datasource(RangeDatasource(n=inputs.num_rows, block_format="arrow", column_name="id"),
+                                  override_num_blocks=max(1, inputs.num_rows), num_cpus=LIGHT_CPUS)
+    ds = ds.map_batches(_input_rows, fn_args=(rows,), batch_size=1, num_cpus=LIGHT_CPUS, **fmt)
     # the dedup signature step's settings, when it is one of the steps: the one-pass split signs clips as it decodes
     sig_step = next((s for s in steps if s.name == "signature"), None)
     signature = (cfg.dedup.fps, sig_step.key) if sig_step is not None and cfg.dedup is not None else None

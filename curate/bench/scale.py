@@ -141,7 +141,8 @@ def one(rows: int, args) -> dict:
         f.write(b"\0" * 1000)
     job = os.path.join(os.path.dirname(__file__), "..", "..", "jobs", "demo.yaml")
     cfg = load_job(job, [f"output={work}/out", "motion=null", "aesthetic=null", "watermark=null", "text=null", "nsfw=null",
-                         "dedup=null", "caption=null", "latents=null", "select.where=null", "shards.max_samples=1000"])
+                         "dedup=null", "caption=null", "latents=null", "select.where=null", "shards.max_samples=1000",
+                         f"ray.sources_per_wave={args.sources_per_wave}"])
     inputs = pa.table({"uri": [f"bench://video-{i:07d}.mp4" for i in range(sources)], "license": ["CC0-1.0"] * sources,
                        "title": [None] * sources, "author": [None] * sources, "source_url": [None] * sources,
                        "attribution": [None] * sources})
@@ -235,6 +236,7 @@ def main(argv=None) -> int:
     p.add_argument("--caption-batch", type=int, default=16)
     p.add_argument("--cpus", type=int, default=2)
     p.add_argument("--shard-rows", type=int, default=2_000_000)
+    p.add_argument("--sources-per-wave", type=int, default=20000, help="ray.sources_per_wave: sources per execution of the plan")
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
@@ -263,7 +265,7 @@ def main(argv=None) -> int:
 def _pass(args) -> list[str]:
     return ["--clips-per-source", str(args.clips_per_source), "--split-ms", str(args.split_ms), "--score-ms", str(args.score_ms),
             "--caption-ms", str(args.caption_ms), "--caption-batch", str(args.caption_batch), "--cpus", str(args.cpus),
-            "--shard-rows", "0"]
+            "--shard-rows", "0", "--sources-per-wave", str(args.sources_per_wave)]
 
 
 if __name__ == "__main__":
