@@ -474,13 +474,17 @@ def resources_for(steps: list[Step]) -> Resources:
                      total_cpus=float(cluster.get("CPU", 1)))
 
 
-def _input_rows(batch: pa.Table, rows) -> pa.Table:
-    """Row indices -> those input rows (the table is fetched once per worker process)."""
+def _ingest(batch: pa.Table, rows, cls, args: tuple, name: str, run: int) -> pa.Table:
+    """The per-source task: input row indices -> those input rows (the table fetched once per worker
+    process and wave) -> the source step (`cls`: IngestSplit unless replaced)."""
     import ray
 
+    if _WORKERS.get("run") != run:  # a new run in a long-lived worker: nothing of the last one is reused
+        _WORKERS.clear()
+        _WORKERS["run"] = run
     if _WORKERS.get("inputs_ref") != rows:
         _WORKERS["inputs_ref"], _WORKERS["inputs"] = rows, ray.get(rows)
-    return _WORKERS["inputs"].take(batch["id"])
+    return _task(_WORKERS["inputs"].take(batch["id"]), cls, args, name, run)
 
 
 def build(cfg: JobConfig, inputs: pa.Table, out_url: str, run: int, motion=None, steps: list[Step] | None = None, source=None):
@@ -496,21 +500,21 @@ def build(cfg: JobConfig, inputs: pa.Table, out_url: str, run: int, motion=None,
     fmt = {"batch_format": "pyarrow"}
     # a source is one task: the input rows go to the object store once, and each task takes its row by
     # index (one driver-made block per source cost the driver ~25 KB each, for the whole run)
-    # (ray.data.range's datasource, read with a bookkeeping share of a CPU: a read task asking for a
-    # whole CPU would never start beside the actors on a one-CPU node)
+    # (ray.data.range's datasource, read with a bookkeeping share of a CPU, a few tasks at a time: a read
+    # task asking for a whole CPU would never start beside the actors on a one-CPU node, and many tiny
+    # tasks at a share of a CPU each start as many worker processes)
     from ray.data._internal.datasource.range_datasource import RangeDatasource
 
     rows = ray.put(inputs)
     ds = ray.data.read_datasource(RangeDatasource(n=inputs.num_rows, block_format="arrow", column_name="id"),
-                                  override_num_blocks=max(1, inputs.num_rows), num_cpus=LIGHT_CPUS)
-    ds = ds.map_batches(_input_rows, fn_args=(rows,), batch_size=1, num_cpus=LIGHT_CPUS, **fmt)
+                                  override_num_blocks=max(1, inputs.num_rows), num_cpus=LIGHT_CPUS, concurrency=res.splitters)
     # the dedup signature step's settings, when it is one of the steps: the one-pass split signs clips as it decodes
     sig_step = next((s for s in steps if s.name == "signature"), None)
     signature = (cfg.dedup.fps, sig_step.key) if sig_step is not None and cfg.dedup is not None else None
     source = source or (IngestSplit, (cfg.split, out_url, motion, signature))
     # The split runs on all CPUs but a quarter (one of two): the steps after it run as it goes, instead of
     # waiting behind a queue of sources that would always win the free CPU (see Resources).
-    ds = ds.map_batches(_task, fn_args=(*source, "ingest", run), batch_size=1, num_cpus=res.task_cpus(),
+    ds = ds.map_batches(_ingest, fn_args=(rows, *source, "ingest", run), batch_size=1, num_cpus=res.task_cpus(),
                         compute=TaskPoolStrategy(size=res.splitters), **fmt)
     motion_key = motion_settings_key(motion) if motion else None
     commit_args = (cfg.split, out_url, motion_key, cfg.policy, run, signature[1] if signature else None)
