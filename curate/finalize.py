@@ -1,7 +1,8 @@
 """The finalize: after the stream, the output made deterministic from what this run committed.
 
-    commit/sources/rows (this run) ──► sources (duplicates by content folded), scenes
-    commit/clips/rows (this run)   ──► clips (one row per clip_id) ──► dedup groups (signature log)
+    commit/clips/rows + signature log ──► dedup groups (one task), decisions per bucket
+    commit/sources/rows (this run) ──► sources (duplicates by content folded), scenes, per bucket
+    commit/clips/rows (this run)   ──► clips (one row per clip_id), per bucket, with the dedup decisions
                                    ──► shards: bucket = hash(source_id) mod `shards.buckets`, each bucket
                                        packed on its own in (source_id, start_frame) order, so adding a
                                        source rewrites only its bucket's shards
@@ -34,35 +35,6 @@ def _this_run(table: pa.Table | None, run: int) -> pa.Table | None:
         return None
     table = table.filter(pc.equal(table[RUN], run))
     return latest_rows(table)
-
-
-def committed_sources(out_url: str, run: int) -> tuple[pa.Table, pa.Table]:
-    """(sources, scenes) of this run, sorted by source_id (and scene)."""
-    seen = _this_run(CommitLog(out_url, *SOURCE_ROWS).read(latest=False), run)
-    if seen is None or seen.num_rows == 0:
-        return SOURCES.empty_table(), SCENES.empty_table()
-    sources = fold_duplicates(conform(seen, SOURCES))
-    first = {}
-    for i, sid in enumerate(seen["source_id"].to_pylist()):
-        if sid is not None:
-            first.setdefault(sid, i)
-    rows = []
-    for sid, scenes in zip(seen["source_id"].to_pylist(), seen["scenes"].to_pylist()):
-        if sid is not None and first.get(sid) is not None:
-            rows += [{"source_id": sid, **s} for s in scenes or []]
-            first[sid] = None  # one copy per source
-    scenes = conform(pa.Table.from_pylist(rows, schema=SCENES) if rows else SCENES.empty_table(), SCENES)
-    if scenes.num_rows:
-        scenes = scenes.sort_by([("source_id", "ascending"), (SCENES.names[1], "ascending")])
-    return sources, scenes
-
-
-def committed_clips(out_url: str, run: int) -> pa.Table:
-    """This run's clip rows, one per clip_id, sorted by (source_id, start_frame)."""
-    rows = _this_run(CommitLog(out_url, *CLIP_ROWS).read(latest=False), run)
-    if rows is None or rows.num_rows == 0:
-        return CLIPS.empty_table()
-    return conform(rows, CLIPS).sort_by([("source_id", "ascending"), ("start_frame", "ascending"), ("clip_id", "ascending")])
 
 
 def signatures(cfg: JobConfig, out_url: str, clip_ids: pa.Array) -> pa.Table:
@@ -203,7 +175,8 @@ def _source_log_schema() -> pa.Schema:
 
 
 def _source_bucket(group: pa.Table, out_url: str, buckets: int | None) -> pa.Table:
-    """One bucket's sources and scenes of this run, written as that bucket's table parts."""
+    """One bucket's sources and scenes of this run, written as that bucket's table parts (sorted by
+    source_id, and scene)."""
     from curate.storage import Output
 
     b = group[BUCKET][0].as_py() if buckets else None
@@ -231,11 +204,11 @@ def _clip_bucket(group: pa.Table, out_url: str, shard_cfg, dedup: bool) -> pa.Ta
     written as that bucket's part of `clips`. Returns one row: the bucket, its clips and its shards' rows."""
     from curate.resume import ShardPlans, shard_plan
     from curate.storage import Output
-    from stages.shards import WriteShards, assign_shards
+    from stages.shards import SORT_KEYS, WriteShards, assign_shards
 
     out = Output(out_url)
     b = group[BUCKET][0].as_py() if shard_cfg.buckets else None
-    clips = conform(_latest(group), CLIPS).sort_by([("source_id", "ascending"), ("start_frame", "ascending"), ("clip_id", "ascending")])
+    clips = conform(_latest(group), CLIPS).sort_by(SORT_KEYS)
     if dedup and out.exists(marks_file(b)):
         clips = _apply_marks(clips, pq.read_table(out.fs.open(out.path(marks_file(b)), "rb")))
     kept = clips.filter(pc.equal(clips["status"], ClipStatus.KEPT))
@@ -290,8 +263,9 @@ def dedup_task(cfg: JobConfig, out_url: str, run: int) -> int:
     sigs = signatures(cfg, out_url, kept["clip_id"])
     marked = mark_step(cfg.dedup, clips, sigs)
     write_index(out, marked, sigs)
-    changed = marked.filter(pc.is_valid(marked["dup_group"])).select(MARKS.names).cast(MARKS)
-    buckets = _bucket(marked.filter(pc.is_valid(marked["dup_group"]))["source_id"].to_pylist(), cfg.shards.buckets)
+    grouped = marked.filter(pc.is_valid(marked["dup_group"]))
+    changed = grouped.select(MARKS.names).cast(MARKS)
+    buckets = _bucket(grouped["source_id"].to_pylist(), cfg.shards.buckets)
     for b in sorted(set(buckets.to_pylist())):
         buf = io.BytesIO()
         pq.write_table(changed.filter(pc.equal(buckets, b)), buf, compression="zstd")
@@ -309,14 +283,12 @@ def finalize_tables(cfg: JobConfig, out, run: int) -> tuple[pa.Table, dict]:
         dups = ray.get(ray.remote(num_cpus=1)(dedup_task).remote(cfg, out.url, run))
     done_sources = _per_bucket(out.url, SOURCE_ROWS, run, buckets, _source_log_schema(), _source_bucket, (out.url, buckets))
     done_clips = _per_bucket(out.url, CLIP_ROWS, run, buckets, CLIP_LOG_SCHEMA, _clip_bucket, (out.url, cfg.shards, cfg.dedup is not None))
-    # a table with no row this run: an empty file (an empty folder with buckets: keep_buckets)
     for names, done in ((("sources", "scenes"), done_sources), (("clips",), done_clips)):
-        for name in names if done is None and not buckets else ():
-            out.write_bucket(name, None, TABLES[name].empty_table())
-    for names, done in ((("sources", "scenes"), done_sources), (("clips",), done_clips)):
-        written = None if not buckets else set(done[BUCKET].to_pylist() if done is not None else [])
+        written = set(done[BUCKET].to_pylist()) if done is not None else set()
         for name in names:
-            out.keep_buckets(name, written)
+            if not buckets and not written:  # no row this run: an empty file (with buckets: an empty folder)
+                out.write_bucket(name, None, TABLES[name].empty_table())
+            out.keep_buckets(name, written if buckets else None)
     shard_rows = [r for rs in (done_clips["shards"].to_pylist() if done_clips is not None else []) for r in rs]
     shards = pa.Table.from_pylist(shard_rows, schema=SHARDS).sort_by("shard") if shard_rows else SHARDS.empty_table()
     _remove_stale_plans(out, buckets, set(done_clips[BUCKET].to_pylist()) if done_clips is not None else set())
@@ -329,9 +301,8 @@ def _remove_stale_plans(out, buckets: int | None, written: set[int]) -> None:
     from curate.resume import plans_file
 
     keep = {plans_file(b if buckets else None) for b in written}
-    for rel in ("work/shards.json",):
-        if rel not in keep and out.exists(rel):
-            out.fs.rm(out.path(rel))
+    if plans_file(None) not in keep and out.exists(plans_file(None)):
+        out.fs.rm(out.path(plans_file(None)))
     if out.exists("work/shards"):
         for p in out.fs.ls(out.path("work/shards"), detail=False):
             if f"work/shards/{p.rsplit('/', 1)[-1]}" not in keep:

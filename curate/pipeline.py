@@ -207,7 +207,6 @@ def _run(cfg: JobConfig, out: Output, address: str | None, inputs: pa.Table | No
     shards, counts = finalize_tables(cfg, out, run)
     if counts["duplicates"] is not None:
         log.info("dedup: %d duplicates filtered", counts["duplicates"])
-    remove_stale_shards(out, shards)
     out.write_table("shards", conform(shards, SHARDS))
     log.info("shards: %d (%d unchanged)", shards.num_rows, counts["reused_shards"])
     clock.lap("shards")
@@ -223,15 +222,6 @@ def _run(cfg: JobConfig, out: Output, address: str | None, inputs: pa.Table | No
     out.write_text("summary.json", json.dumps(dataclasses.asdict(summary), indent=2) + "\n")
     write_report(out.url)
     return summary
-
-
-def remove_stale_shards(out: Output, shards: pa.Table) -> None:
-    """Shard files of an earlier run that this run's shards table does not name."""
-    if out.exists("shards"):
-        current = set(shards["shard"].to_pylist())
-        for p in out.fs.find(out.path("shards")):
-            if p.rsplit("/", 2)[-2] == "shards" and f"shards/{p.rsplit('/', 1)[1]}" not in current:
-                out.fs.rm(p)
 
 
 class Progress:

@@ -386,11 +386,17 @@ class CommitRows:
 _WORKERS: dict = {}  # per worker process: the stage objects tasks built (models, indexes load once)
 
 
-def _task(batch: pa.Table, cls, args: tuple, name: str, run: int) -> pa.Table:
-    """A CPU step as a Ray task: its object is built once per worker process and run, and kept."""
-    if _WORKERS.get("run") != run:  # a new run in a long-lived worker: nothing of the last one is reused
+def _for_run(run: int) -> dict:
+    """This worker's cache for `run`: a new run in a long-lived worker reuses nothing of the last one."""
+    if _WORKERS.get("run") != run:
         _WORKERS.clear()
         _WORKERS["run"] = run
+    return _WORKERS
+
+
+def _task(batch: pa.Table, cls, args: tuple, name: str, run: int) -> pa.Table:
+    """A CPU step as a Ray task: its object is built once per worker process and run, and kept."""
+    _for_run(run)
     if name not in _WORKERS:
         _WORKERS[name] = cls(*args)
     return _WORKERS[name](batch)
@@ -479,12 +485,10 @@ def _ingest(batch: pa.Table, rows, cls, args: tuple, name: str, run: int) -> pa.
     process and wave) -> the source step (`cls`: IngestSplit unless replaced)."""
     import ray
 
-    if _WORKERS.get("run") != run:  # a new run in a long-lived worker: nothing of the last one is reused
-        _WORKERS.clear()
-        _WORKERS["run"] = run
-    if _WORKERS.get("inputs_ref") != rows:
-        _WORKERS["inputs_ref"], _WORKERS["inputs"] = rows, ray.get(rows)
-    return _task(_WORKERS["inputs"].take(batch["id"]), cls, args, name, run)
+    cache = _for_run(run)
+    if cache.get("inputs_ref") != rows:
+        cache["inputs_ref"], cache["inputs"] = rows, ray.get(rows)
+    return _task(cache["inputs"].take(batch["id"]), cls, args, name, run)
 
 
 def build(cfg: JobConfig, inputs: pa.Table, out_url: str, run: int, motion=None, steps: list[Step] | None = None, source=None):

@@ -151,10 +151,15 @@ def index_json(shards: pa.Table, buckets: int | None = None) -> str:
     return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
 
+def per_licence(con) -> list[tuple[str, int, float]]:
+    """(licence, clips, seconds) of the clips in the shards, by licence."""
+    return con.execute(f"select coalesce(license, 'NOASSERTION'), count(*), coalesce(sum(coalesce(duration_s, 0)), 0) "
+                       f"from clips where {IN_SHARDS} group by 1 order by 1").fetchall()
+
+
 def licenses_md(con) -> str:
     """LICENSES.md: clips and hours in the shards per licence, with the licences' names and links."""
-    per = con.execute(f"select coalesce(license, 'NOASSERTION'), count(*), coalesce(sum(coalesce(duration_s, 0)), 0) "
-                      f"from clips where {IN_SHARDS} group by 1 order by 1").fetchall()
+    per = per_licence(con)
     lines = ["# Licences", "", "Clips in the shards, per licence (SPDX expression). Every clip carries its licence in its `json`.", "",
              "| licence | clips | hours | licences in it |", "| --- | ---: | ---: | --- |"]
     for lic, n, seconds in per:
@@ -265,9 +270,7 @@ def data_card(job: dict, con) -> str:
     out += ["## Models and tools", "", "| role | model / version |", "| --- | --- |", *(f"| {r} | {m} |" for r, m in models), ""]
 
     out += ["## Licences", "", "| licence | clips | hours |", "| --- | ---: | ---: |"]
-    per = con.execute(f"select coalesce(license, 'NOASSERTION'), count(*), coalesce(sum(coalesce(duration_s, 0)), 0) "
-                      f"from clips where {IN_SHARDS} group by 1 order by 1").fetchall()
-    out += [f"| `{lic}` | {n} | {seconds / 3600:.4f} |" for lic, n, seconds in per]
+    out += [f"| `{lic}` | {n} | {seconds / 3600:.4f} |" for lic, n, seconds in per_licence(con)]
     out += ["", "Details and links in `LICENSES.md`; attribution rows in `ATTRIBUTION.csv`.", ""]
 
     takedowns = con.execute("select time, source_id, reason, clips_removed from takedowns order by time, source_id").fetchall()

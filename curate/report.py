@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 import yaml
 
+from curate.release import connect_tables
 from curate.storage import Output
 from schemas import ClipStatus, SourceStatus
 
@@ -57,12 +58,6 @@ def thresholds(job: dict) -> list[Threshold]:
 DUPLICATE_GROUPS = 200  # groups listed in the report's data (the largest first); the count is of all
 
 
-def _connect(out: Output):
-    from curate.release import connect_tables
-
-    return connect_tables(out)
-
-
 def _columns(con) -> dict[str, str]:
     return {name: kind for name, kind, *_ in con.execute("select column_name, column_type from (describe clips)").fetchall()}
 
@@ -70,7 +65,7 @@ def _columns(con) -> dict[str, str]:
 def gather(out: Output, con=None) -> dict:
     """Every number the report shows: DuckDB aggregates over the tables (no row is held in Python but
     one per group shown)."""
-    con = con or _connect(out)
+    con = con or connect_tables(out)
     one = lambda sql: con.execute(sql).fetchone()  # noqa: E731
     h = lambda s: float(s or 0.0) / 3600  # noqa: E731
     ok_n, ok_s = one(f"select count(*), sum(duration_s) from sources where status = '{SourceStatus.OK}'")
@@ -262,7 +257,7 @@ def _quote(s: str) -> str:
 
 
 def render(out: Output) -> str:
-    con = _connect(out)
+    con = connect_tables(out)
     try:
         return _render(out, con)
     finally:

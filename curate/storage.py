@@ -96,29 +96,15 @@ class Output:
         other form, and buckets the table no longer has, are removed after the new ones are in place."""
         from stages.shards import bucket_of
 
-        single, folder = self.path(f"tables/{name}.parquet"), self.path(f"tables/{name}")
         if not buckets:
-            buf = io.BytesIO()
-            pq.write_table(table, buf, compression="zstd")
-            self.write_bytes(f"tables/{name}.parquet", buf.getvalue())
-            if self.fs.isdir(folder):
-                self.fs.rm(folder, recursive=True)
+            self.write_bucket(name, None, table)
+            self.keep_buckets(name, None)
             return
         of = pa.array([bucket_of(s, buckets) for s in table["source_id"].to_pylist()], pa.int32())
-        written = set()
-        for b in sorted(set(of.to_pylist())):
-            buf = io.BytesIO()
-            pq.write_table(table.filter(pc.equal(of, b)), buf, compression="zstd")
-            rel = f"tables/{name}/bucket={b:05d}/part-00000.parquet"
-            self.write_bytes(rel, buf.getvalue())
-            written.add(self.path(f"tables/{name}/bucket={b:05d}").rstrip("/"))
-        for d in self.fs.ls(folder, detail=False) if self.fs.isdir(folder) else []:
-            if d.rstrip("/") not in written:
-                self.fs.rm(d, recursive=True)
-        if not written:  # an empty table is an empty folder
-            self.fs.makedirs(folder, exist_ok=True)
-        if self.fs.exists(single):
-            self.fs.rm(single)
+        written = set(of.to_pylist())
+        for b in sorted(written):
+            self.write_bucket(name, b, table.filter(pc.equal(of, b)))
+        self.keep_buckets(name, written)
 
     def write_bucket(self, name: str, bucket: int | None, table: pa.Table) -> None:
         """One bucket's part of a partitioned table (tables/<name>/bucket=NNNNN/part-00000.parquet), or with
