@@ -95,6 +95,11 @@ class JobConfig:
     caption: CaptionConfig | None = None  # caption kept clips with a vision-language model; off when absent
     latents: LatentsConfig | None = None  # VAE latents (+ caption embeddings) of kept clips; off when unset
 
+    def __post_init__(self):
+        if self.dedup is not None and self.dedup.embedding_similarity is not None and self.aesthetic is None:
+            raise ValueError("dedup.embedding_similarity compares the aesthetic scorer's CLIP embeddings: "
+                             "it needs an aesthetic section (with CLIP weights)")
+
 
 # ----------------------------------------------------------------------------------------- loading
 

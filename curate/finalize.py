@@ -50,6 +50,20 @@ def signatures(cfg: JobConfig, out_url: str, clip_ids: pa.Array) -> pa.Table:
     return pa.table({"clip_id": table["id"], "signature": table[SIGNATURE], "error": table["_signature_error"]}, schema=SIGNATURE_ROWS)
 
 
+def embeddings(cfg: JobConfig, out_url: str, clip_ids: pa.Array) -> pa.Table:
+    """clip_id -> CLIP embedding of the given clips, from the aesthetic step's log (dedup.embedding_similarity)."""
+    from curate.plan import clip_steps
+    from stages.aesthetic import EMBEDDING_COLUMN
+    from stages.dedup import EMBEDDING
+
+    step = next(s for s in clip_steps(cfg) if s.name == "aesthetic")
+    table = CommitLog(out_url, step.name, step.key).read(columns=["id", EMBEDDING_COLUMN])
+    if table is None:
+        return pa.table({"clip_id": pa.array([], pa.string()), EMBEDDING: pa.array([], pa.binary())})
+    table = table.filter(pc.is_in(table["id"], clip_ids))
+    return pa.table({"clip_id": table["id"], EMBEDDING: table[EMBEDDING_COLUMN].cast(pa.binary())})
+
+
 def compact(out_url: str, steps) -> int:
     """Fold each committed step's parts into one where they have grown many; returns the folders folded."""
     folded = 0
@@ -261,6 +275,8 @@ def dedup_task(cfg: JobConfig, out_url: str, run: int) -> int:
     clips = conform(rows, CLIPS)
     kept = clips.filter(pc.equal(clips["status"], ClipStatus.KEPT))
     sigs = signatures(cfg, out_url, kept["clip_id"])
+    if cfg.dedup.embedding_similarity is not None:
+        sigs = sigs.join(embeddings(cfg, out_url, kept["clip_id"]), "clip_id", join_type="left outer")
     marked = mark_step(cfg.dedup, clips, sigs)
     write_index(out, marked, sigs)
     grouped = marked.filter(pc.is_valid(marked["dup_group"]))

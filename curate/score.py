@@ -13,7 +13,7 @@ from __future__ import annotations
 import pyarrow as pa
 from curate.config import ConfigError, JobConfig, to_dict
 from schemas import AESTHETIC_FIELDS, MOTION_FIELDS, NSFW_FIELDS, TEXT_FIELDS, WATERMARK_FIELDS
-from stages.aesthetic import ScoreAesthetic, WeightsError
+from stages.aesthetic import EMBEDDING_COLUMN, ScoreAesthetic, WeightsError
 from stages.frames import read_frames
 from stages.motion import ScoreMotion
 from stages.nsfw import ScoreNsfw
@@ -41,8 +41,8 @@ def check_scorers(cfg: JobConfig) -> None:
 class _AestheticActor:
     """One CLIP per actor, loaded on first use and kept for every batch the actor gets."""
 
-    def __init__(self, cfg):
-        self.stage = ScoreAesthetic(cfg)
+    def __init__(self, cfg, embeddings: bool = False):
+        self.stage = ScoreAesthetic(cfg, embeddings=embeddings)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.stage(batch)
@@ -92,10 +92,14 @@ def score_pools(cfg: JobConfig) -> list[tuple]:
                       ([*TEXT_FIELDS] if cfg.text else []) + ([*NSFW_FIELDS] if cfg.nsfw else []),
                       settings_key(to_dict(cfg.text), to_dict(cfg.nsfw), SCORE_RULES, info)))
     if cfg.aesthetic is not None:
-        pools.append(("aesthetic", Pool(_AestheticActor, (cfg.aesthetic,), actors=(1, 1 << 10), gpu=True,
+        # With dedup by embedding, the step keeps each clip's CLIP embedding in its log (a key of its own:
+        # scores committed without embeddings are computed again once).
+        emb = cfg.dedup is not None and cfg.dedup.embedding_similarity is not None
+        pools.append(("aesthetic", Pool(_AestheticActor, (cfg.aesthetic, emb), actors=(1, 1 << 10), gpu=True,
                                         batch_size=max(1, cfg.aesthetic.batch_size // cfg.aesthetic.frames)),
-                      AESTHETIC_FIELDS, settings_key(to_dict(cfg.aesthetic), SCORE_RULES)))
-    return [(name, pool, [f.name for f in fields], key) for name, pool, fields, key in pools]
+                      [*AESTHETIC_FIELDS, EMBEDDING_COLUMN] if emb else AESTHETIC_FIELDS,
+                      settings_key(to_dict(cfg.aesthetic), SCORE_RULES, *(["embedding"] if emb else []))))
+    return [(name, pool, [f if isinstance(f, str) else f.name for f in fields], key) for name, pool, fields, key in pools]
 
 
 def _ort_has_cuda() -> bool:

@@ -188,6 +188,7 @@ SIGNATURE_INDEX = pa.schema(
         pa.field("duration_s", pa.float64()),
         pa.field("aesthetic_score", pa.float64()),
         pa.field("signature", pa.binary()),  # stages.dedup.ROWS x 32 bytes: a 256-bit hash per view, the mean colour
+        pa.field("embedding", pa.binary()),  # the clip's CLIP image embedding (float16, L2-normalised) with dedup.embedding_similarity, else null
     ],
     metadata={"curate.schema_version": str(SCHEMA_VERSION), "curate.table": "signatures"},
 )

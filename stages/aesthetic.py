@@ -234,19 +234,28 @@ def sample_frames(path: str, n: int, n_frames: int | None = None, short_side: in
         raise ScoreError(str(e)) from e
 
 
+EMBEDDING_COLUMN = "_clip_embedding"  # the aesthetic step's log only: each clip's CLIP embedding (stages.dedup.embedding_bytes)
+
+
 class ScoreAesthetic:
     """CLIPS rows -> the same rows with aesthetic_score and aesthetic_model. Each clip's frames go through
-    CLIP together (at most batch_size images per forward pass), on the GPU when there is one."""
+    CLIP together (at most batch_size images per forward pass), on the GPU when there is one. With
+    `embeddings`, also EMBEDDING_COLUMN: the clip's mean CLIP image embedding, for dedup (computed once,
+    here, and committed with the score)."""
 
-    def __init__(self, cfg: AestheticConfig, model: AestheticModel | None = None):
+    def __init__(self, cfg: AestheticConfig, model: AestheticModel | None = None, embeddings: bool = False):
         self.cfg = cfg
         self.model = model
+        self.embeddings = embeddings
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.model is None:
             self.model = load_model(self.cfg)
+        from stages.dedup import embedding_bytes
+
         rows = batch.to_pylist()
         per: dict[int, list[float]] = {}
+        emb: dict[int, bytes] = {}
         errors = {}
         for i, row in enumerate(rows):
             if not scorable(row):
@@ -262,10 +271,15 @@ class ScoreAesthetic:
             # share the block (batched CPU kernels round differently by batch shape and position), so
             # scores are the same bytes however the stream forms blocks.
             if got:
-                per[i] = self.model(got).tolist()
+                e = self.model.embed(got)
+                per[i] = self.model.head_scores(e).tolist()
+                emb[i] = embedding_bytes(e)
         agg = np.mean if self.cfg.aggregate == "mean" else np.min
         out = [
             {"aesthetic_score": float(agg(per[i])), "aesthetic_model": self.model.name} if i in per else {}
             for i in range(len(rows))
         ]
-        return mark_errors(set_columns(batch, AESTHETIC_FIELDS, out), errors, "aesthetic")
+        scored = mark_errors(set_columns(batch, AESTHETIC_FIELDS, out), errors, "aesthetic")
+        if self.embeddings:
+            scored = scored.append_column(pa.field(EMBEDDING_COLUMN, pa.binary()), pa.array([emb.get(i) for i in range(len(rows))], pa.binary()))
+        return scored

@@ -58,6 +58,10 @@ class DedupConfig:
     bands: int = 64  # LSH: keys per signature
     band_bits: int | None = None  # LSH: bits per key; None: log2(clips) + 7, within [12, 32] (see band_bits_for)
     against: tuple[str, ...] = field(default_factory=tuple)  # earlier outputs (local or fsspec) whose kept clips count as originals
+    # Also duplicates: clips whose CLIP image embeddings (the aesthetic scorer's, computed once) have at
+    # least this cosine similarity; None: signatures only. Needs the aesthetic section with real CLIP
+    # weights (a random CLIP maps every picture to nearly the same embedding). See EMBEDDINGS below.
+    embedding_similarity: float | None = None
 
     def __post_init__(self):
         if not self.fps > 0:
@@ -66,6 +70,8 @@ class DedupConfig:
             raise ValueError(f"max_distance must be in [0, {BITS // 2}), got {self.max_distance}")
         if self.bands < 1 or (self.band_bits is not None and not 1 <= self.band_bits <= 63):
             raise ValueError(f"bands must be >= 1 and band_bits in [1, 63], got {self.bands}, {self.band_bits}")
+        if self.embedding_similarity is not None and not 0 < self.embedding_similarity <= 1:
+            raise ValueError(f"embedding_similarity must be in (0, 1], got {self.embedding_similarity}")
         object.__setattr__(self, "against", tuple(self.against))
 
 
@@ -204,15 +210,16 @@ def _keys(packed: np.ndarray, pos: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return k
 
 
-def candidates(sigs: np.ndarray, bands: int, band_bits: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def candidates(sigs: np.ndarray, bands: int, band_bits: int, seed: int = 0, views: int = len(VIEWS)) -> tuple[np.ndarray, np.ndarray]:
     """Candidate pairs (i < j) by LSH banding: a view of one clip shares a band key with the other's full view.
 
     A key samples `band_bits` bits of the 256: whole bytes at random places, the last one masked to the
     bits still needed (random ones). Drawn with `seed`: every run and every output uses the same keys.
+    `sigs` is [n, >= views, 32]; `views` = 1: full views only (embedding codes).
     """
-    n, v = len(sigs), len(VIEWS)
+    n, v = len(sigs), views
     rng = np.random.default_rng(seed)
-    flat = sigs[:, 1:v].reshape(n * (v - 1), -1)  # the crop views (a full view would meet itself in every band)
+    flat = sigs[:, 1:v].reshape(n * (v - 1), sigs.shape[-1])  # the crop views (a full view would meet itself in every band)
     owner = np.repeat(np.arange(n), v - 1)
     nbytes = -(-band_bits // 8)
     low = np.uint64((1 << min(band_bits, 24)) - 1)
@@ -265,27 +272,96 @@ def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     return label
 
 
+# ------------------------------------------------------------------------------------------ embeddings
+#
+# EMBEDDINGS: with `embedding_similarity`, two clips are also duplicates when their CLIP image embeddings
+# (mean of the aesthetic scorer's frame embeddings, L2-normalised, float16) have at least that cosine
+# similarity: the same footage recut, reframed or regraded past what a DCT hash survives. Up to
+# EXACT_PAIRS clips every pair is compared (a matrix product, blockwise). Beyond, candidates come from
+# the same LSH banding over a 256-bit SimHash of each embedding, centred on the clips' mean first (CLIP
+# embeddings of unrelated pictures are ~0.5 alike; centred, ~0: a random pair meets in a band of b bits
+# with chance 2^-b) with b = log2(clips) + 3 bits a band: at 1M clips ~4M random candidates, and a
+# pair 0.95 alike (0.9 centred) is found with chance ~0.85 over 64 bands (0.97-alike: ~0.997). Each
+# candidate's cosine is then computed exactly pair by pair (no matrix kernel whose rounding depends on
+# shapes or threads), so the decision is the same bytes everywhere. The SimHash planes are drawn from a
+# fixed seed and projections made in float64 in blocks of one fixed size.
+
+EXACT_PAIRS = 5000
+_BLOCK = 4096
+
+
+def embedding_codes(emb: np.ndarray, seed: int = 0) -> np.ndarray:
+    """SimHash of embeddings [n, d] (float): [n, 1, 32] uint8, the sign of each of 256 projections."""
+    n, d = emb.shape
+    planes = np.random.default_rng([seed, d]).standard_normal((d, BITS))
+    out = np.zeros((n, 1, BITS // 8), np.uint8)
+    for s in range(0, n, _BLOCK):
+        block = np.zeros((_BLOCK, d))
+        block[: min(_BLOCK, n - s)] = emb[s : s + _BLOCK]
+        out[s : s + _BLOCK, 0] = np.packbits(block @ planes > 0, axis=1)[: min(_BLOCK, n - s)]
+    return out
+
+
+def _cosines(e: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Cosine of pairs (i, j) of unit rows, each summed on its own (the same bytes on any machine)."""
+    if not len(i):
+        return np.zeros(0)
+    return np.concatenate([np.einsum("ij,ij->i", e[i[s : s + (1 << 18)]], e[j[s : s + (1 << 18)]]) for s in range(0, len(i), 1 << 18)])
+
+
+def embedding_pairs(emb: np.ndarray, similarity: float, cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i < j) of rows of `emb` [n, d] (L2-normalised; a row of NaN: none) with cosine >= `similarity`."""
+    have = np.flatnonzero(np.isfinite(emb).all(axis=1))
+    n = len(have)
+    if n < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    e = emb[have].astype(np.float64)
+    if n <= EXACT_PAIRS:  # all pairs: a blockwise product finds them (with a margin for its rounding)
+        found = []
+        for s in range(0, n, _BLOCK):
+            sim = e[s : s + _BLOCK] @ e.T
+            a, b = np.nonzero(sim >= similarity - 1e-6)
+            a = a + s
+            found.append(np.stack([a[a < b], b[a < b]]))
+        i, j = np.concatenate(found, axis=1)
+    else:
+        centred = e - e.mean(axis=0)
+        bits = int(np.clip(np.ceil(np.log2(n)) + 3, 8, 32))
+        i, j = candidates(embedding_codes(centred), cfg.bands, bits, seed=1, views=1)
+    keep = _cosines(e, i, j) >= similarity
+    return have[i[keep]], have[j[keep]]
+
+
 def duplicate_groups(sigs: np.ndarray, cfg: DedupConfig, pair_ok: np.ndarray | None = None,
-                     scene: np.ndarray | None = None) -> np.ndarray:
+                     scene: np.ndarray | None = None, emb: np.ndarray | None = None) -> np.ndarray:
     """Component label of every signature (the smallest index in its group of duplicates).
 
     `pair_ok` (bool per signature): pairs where both are False are not compared (clips of earlier outputs,
     deduplicated when they were made). `scene` (int per signature, -1: none): two windows of one scene
-    (a long shot cut at split.max_clip_s) are its continuation, not copies of each other, and are not paired."""
+    (a long shot cut at split.max_clip_s) are its continuation, not copies of each other, and are not paired.
+    `emb` ([n, d] CLIP embeddings, NaN rows for none): with `cfg.embedding_similarity`, pairs that similar
+    are duplicates too."""
     n = len(sigs)
     if n < 2:
         return np.arange(n)
-    i, j = candidates(sigs, cfg.bands, band_bits_for(n, cfg))
-    if pair_ok is not None:
-        keep = pair_ok[i] | pair_ok[j]
-        i, j = i[keep], j[keep]
-    if scene is not None:
-        keep = (scene[i] != scene[j]) | (scene[i] < 0)
-        i, j = i[keep], j[keep]
+
+    def allowed(i, j):
+        keep = np.ones(len(i), bool)
+        if pair_ok is not None:
+            keep &= pair_ok[i] | pair_ok[j]
+        if scene is not None:
+            keep &= (scene[i] != scene[j]) | (scene[i] < 0)
+        return i[keep], j[keep]
+
+    i, j = allowed(*candidates(sigs, cfg.bands, band_bits_for(n, cfg)))
     dup = np.zeros(len(i), bool)
     for s in range(0, len(i), 1 << 20):  # verify in chunks: [chunk, views, 32] at a time
         dup[s : s + (1 << 20)] = distance(sigs, i[s : s + (1 << 20)], j[s : s + (1 << 20)]) <= cfg.max_distance
-    return components(n, i[dup], j[dup])
+    i, j = i[dup], j[dup]
+    if emb is not None and cfg.embedding_similarity is not None:
+        ei, ej = allowed(*embedding_pairs(emb, cfg.embedding_similarity, cfg))
+        i, j = np.concatenate([i, ei]), np.concatenate([j, ej])
+    return components(n, i, j)
 
 
 # ------------------------------------------------------------------------------------------- the stages
@@ -311,6 +387,30 @@ class Signatures:
         return pa.Table.from_pylist(rows, schema=SIGNATURE_ROWS)
 
 
+EMBEDDING = "embedding"  # (sigs, the signature index) a clip's CLIP image embedding: float16 bytes, L2-normalised
+
+
+def embedding_bytes(frame_embeddings: np.ndarray) -> bytes:
+    """A clip's embedding from its frames' CLIP embeddings [frames, d]: each L2-normalised, averaged,
+    normalised again, as float16 bytes."""
+    e = np.asarray(frame_embeddings, np.float64)
+    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    m = e.mean(axis=0)
+    return (m / max(float(np.linalg.norm(m)), 1e-12)).astype(np.float16).tobytes()
+
+
+def embeddings_array(column) -> np.ndarray:
+    """float16 embedding bytes (or nulls) -> [n, d] float64, re-normalised; NaN rows for nulls (d from the first)."""
+    values = column.to_pylist()
+    d = next((len(v) // 2 for v in values if v), 1)
+    out = np.full((len(values), d), np.nan)
+    for k, v in enumerate(values):
+        if v and len(v) == 2 * d:
+            e = np.frombuffer(v, np.float16).astype(np.float64)
+            out[k] = e / max(float(np.linalg.norm(e)), 1e-12)
+    return out
+
+
 def representative_order(clips: pa.Table) -> pa.Table:
     """`clips` (clip_id, duration_s, aesthetic_score, earlier) sorted best first: clips of an earlier
     output, then the longest, then the highest aesthetic score (none last), then the smallest clip_id."""
@@ -333,12 +433,16 @@ def mark_duplicates(clips: pa.Table, sigs: pa.Table, earlier: pa.Table | None, c
     (their clips are originals: a group holding one is represented by it).
     """
     have = sigs.filter(pc.is_valid(sigs["signature"]))
-    mine = clips.select(["clip_id", "duration_s", "aesthetic_score"]).join(have.select(["clip_id", "signature"]), "clip_id", join_type="inner")
+    if EMBEDDING not in have.column_names:
+        have = have.append_column(EMBEDDING, pa.nulls(have.num_rows, pa.binary()))
+    mine = clips.select(["clip_id", "duration_s", "aesthetic_score"]).join(have.select(["clip_id", "signature", EMBEDDING]), "clip_id", join_type="inner")
     mine = mine.append_column("earlier", pa.array(np.zeros(mine.num_rows, bool)))
     scene_of = clips.select(["clip_id", "source_id", "scene_index"])
     pool = mine
     if earlier is not None and earlier.num_rows:
-        old = earlier.select(["clip_id", "duration_s", "aesthetic_score", "signature"])
+        if EMBEDDING not in earlier.column_names:  # an index written before embeddings were kept
+            earlier = earlier.append_column(EMBEDDING, pa.nulls(earlier.num_rows, pa.binary()))
+        old = earlier.select(["clip_id", "duration_s", "aesthetic_score", "signature", EMBEDDING])
         old = old.filter(pc.invert(pc.is_in(old["clip_id"], clips["clip_id"])))  # the same clip (a rerun against itself) is no copy
         old = old.append_column("earlier", pa.array(np.ones(old.num_rows, bool)))
         pool = pa.concat_tables([mine, old.cast(mine.schema)])
@@ -353,7 +457,8 @@ def mark_duplicates(clips: pa.Table, sigs: pa.Table, earlier: pa.Table | None, c
         keyed = pool.select(["clip_id"]).append_column("_k", pa.array(np.arange(n))).join(scene_of, "clip_id", join_type="left outer").sort_by("_k")
         key = pc.binary_join_element_wise(keyed["source_id"], pc.cast(keyed["scene_index"], pa.string()), "/")
         scene = pc.fill_null(pc.dictionary_encode(key).combine_chunks().indices, -1).to_numpy(zero_copy_only=False)
-        label = duplicate_groups(arr, cfg, pair_ok=is_new, scene=scene)  # smallest index of the group = its best clip
+        emb = embeddings_array(pool[EMBEDDING]) if cfg.embedding_similarity is not None else None
+        label = duplicate_groups(arr, cfg, pair_ok=is_new, scene=scene, emb=emb)  # smallest index of the group = its best clip
         rep = pool["clip_id"].take(pa.array(label))
         is_dup = pa.array(label != np.arange(n))
         mapping = pa.table({"clip_id": pool["clip_id"], "dup_group": rep,

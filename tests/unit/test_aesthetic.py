@@ -96,3 +96,31 @@ def test_clip_runs_on_the_gpu(weights, clip_file):
     model = load_model(AestheticConfig(weights=str(folder), head=str(head), device="cuda"))
     assert next(model.clip.parameters()).is_cuda
     assert np.isfinite(model([np.zeros((64, 64, 3), np.uint8)] * 4)).all()
+
+
+def test_embeddings_for_dedup_come_from_the_same_clip_pass(weights, clip_file):
+    """With embeddings on, the stage also gives each scored clip its mean CLIP image embedding (float16,
+    unit length: what dedup.embedding_similarity compares), from the very frames it scored; the score
+    is the same bytes as without."""
+    from stages.aesthetic import EMBEDDING_COLUMN
+    from stages.dedup import embeddings_array
+    from stages.aesthetic import sample_frames
+
+    folder, head = weights
+    cfg = AestheticConfig(weights=str(folder), head=str(head), frames=3)
+    model = load_model(cfg)
+    rows = [
+        {"clip_id": "a", "source_id": "s", "status": "kept", "clip_uri": clip_file, "start_frame": 0, "end_frame": 20},
+        {"clip_id": "b", "source_id": "s", "status": "filtered", "reason": "too_short"},
+    ]
+    plain = ScoreAesthetic(cfg, model)(_table(rows))
+    assert EMBEDDING_COLUMN not in plain.column_names
+    out = ScoreAesthetic(cfg, model, embeddings=True)(_table(rows))
+    assert out["aesthetic_score"].to_pylist() == plain["aesthetic_score"].to_pylist()
+    emb = out[EMBEDDING_COLUMN].to_pylist()
+    assert emb[1] is None and len(emb[0]) == 2 * 768  # float16, the tiny CLIP's 768 wide
+    got = embeddings_array(out[EMBEDDING_COLUMN])[0]
+    frames = model.embed(sample_frames(clip_file, 3, 20))
+    frames = frames / np.linalg.norm(frames, axis=1, keepdims=True)
+    want = frames.mean(axis=0) / np.linalg.norm(frames.mean(axis=0))
+    assert np.linalg.norm(got) == pytest.approx(1.0, abs=1e-6) and float(got @ want) > 0.9999

@@ -44,6 +44,8 @@ def test_unknown_key_names_the_key_and_what_is_allowed(tmp_path):
         ("split.max_clip_s=0.5", r"min_clip_s <= max_clip_s"),
         ("shards.max_samples=0", r"max_samples"),
         ("input.extensions=.mp4", r"input\.extensions: expected a list"),
+        ("dedup.embedding_similarity=1.5", r"embedding_similarity must be in \(0, 1\]"),
+        ("dedup.embedding_similarity=0.95", r"needs an aesthetic section"),  # no CLIP: nothing to compare
     ],
 )
 def test_bad_values_name_the_key(tmp_path, override, message):

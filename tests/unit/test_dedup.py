@@ -87,7 +87,7 @@ def test_clips_of_an_earlier_output_are_the_originals(signed):
     table, sigs = signed
     keep = ["half_resolution", "other_video"]
     earlier = pa.table({"clip_id": ["A/half"], "source_id": ["x"], "duration_s": [1.0], "aesthetic_score": [None],
-                        "signature": [sigs.filter(pa.compute.equal(sigs["clip_id"], "half_resolution"))["signature"][0].as_py()]},
+                        "signature": [sigs.filter(pa.compute.equal(sigs["clip_id"], "half_resolution"))["signature"][0].as_py()], "embedding": [None]},
                        schema=SIGNATURE_INDEX)
     sub = table.filter(pa.compute.is_in(table["clip_id"], pa.array(keep)))
     out = {r["clip_id"]: r for r in mark_duplicates(sub, sigs, earlier, DedupConfig()).to_pylist()}
@@ -95,7 +95,8 @@ def test_clips_of_an_earlier_output_are_the_originals(signed):
     assert out["other_video"]["duplicate_of"] is None and out["other_video"]["dup_group"] == "other_video"
     # an output deduplicated against itself (its own index) keeps its clips
     own = pa.table({"clip_id": ["other_video"], "source_id": ["x"], "duration_s": [9.0], "aesthetic_score": [None],
-                    "signature": [sigs.filter(pa.compute.equal(sigs["clip_id"], "other_video"))["signature"][0].as_py()]}, schema=SIGNATURE_INDEX)
+                    "signature": [sigs.filter(pa.compute.equal(sigs["clip_id"], "other_video"))["signature"][0].as_py()], "embedding": [None]},
+                   schema=SIGNATURE_INDEX)
     again = {r["clip_id"]: r for r in mark_duplicates(sub, sigs, own, DedupConfig()).to_pylist()}
     assert again["other_video"]["status"] == "kept" and again["other_video"]["duplicate_of"] is None
 
@@ -181,3 +182,83 @@ def test_the_one_pass_split_signs_each_clip_like_its_file(videos, tmp_path, vide
     # without the turn the rotated video's signatures would not match its upright clip files
     if video == "issue-134-rotate.mp4":
         assert Split(cfg, str(tmp_path / "c2"))(src).to_pylist()[0]["clips"][0]["signature"] is None  # off unless asked
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_embedding_similarity_groups_what_the_signatures_do_not():
+    """dedup.embedding_similarity: clips whose CLIP embeddings are that close are duplicates though their
+    signatures are unrelated (a recut, a regrade); unrelated embeddings that share a strong common
+    direction (as CLIP's do, about 0.5 apart) are not; the same groups whatever the row order."""
+    from stages.dedup import embedding_bytes, embeddings_array
+
+    rng = np.random.default_rng(3)
+    n, planted, d = 6000, 100, 512
+    common = _unit(rng.standard_normal(d))
+    emb = _unit(0.7 * common + _unit(rng.standard_normal((n, d))) * 0.7)  # pairwise cosine about 0.5
+    emb[planted : 2 * planted] = _unit(emb[:planted] + 0.2 * _unit(rng.standard_normal((planted, d))))  # cosine about 0.98
+    emb = embeddings_array(pa.array([embedding_bytes(e[None]) for e in emb]))  # through float16, as stored
+    sigs = rng.integers(0, 256, (n, ROWS, BITS // 8), dtype=np.uint8)  # no two alike
+    off = duplicate_groups(sigs, DedupConfig(), emb=emb)
+    assert len(np.unique(off)) == n  # without the setting, embeddings are not looked at
+    cfg = DedupConfig(embedding_similarity=0.95)
+    label = duplicate_groups(sigs, cfg, emb=emb)
+    assert (label[:planted] == label[planted : 2 * planted]).mean() >= 0.99
+    assert len(np.unique(label[2 * planted :])) == n - 2 * planted
+    # a clip without an embedding (NaN row) is compared by signature only
+    emb[0] = np.nan
+    assert duplicate_groups(sigs, cfg, emb=emb)[planted] != 0
+    # shuffled: the same pairs (labels are smallest indexes, so compare the partition)
+    perm = rng.permutation(n)
+    shuffled = duplicate_groups(sigs[perm], cfg, emb=emb[perm])
+    same = lambda lab: {frozenset(np.flatnonzero(lab == g)) for g in np.unique(lab) if (lab == g).sum() > 1}  # noqa: E731
+    assert {frozenset(perm[list(s)]) for s in same(shuffled)} == same(duplicate_groups(sigs, cfg, emb=emb))
+
+
+def test_embedding_codes_do_not_depend_on_how_many_clips():
+    from stages.dedup import embedding_codes
+
+    e = _unit(np.random.default_rng(0).standard_normal((5000, 64)))
+    assert np.array_equal(embedding_codes(e[:7]), embedding_codes(e)[:7])
+    assert np.array_equal(embedding_codes(e[4090:4100]), embedding_codes(e)[4090:4100])
+
+
+def test_an_earlier_outputs_clip_is_the_original_by_embedding(signed):
+    """Across runs: a clip of this run whose embedding matches a clip in an earlier output's index (its
+    signature does not) is that clip's duplicate; an index written before embeddings (no column) still loads."""
+    from curate.dedup import _with_embedding
+    from stages.dedup import EMBEDDING, embedding_bytes
+
+    table, sigs = signed
+    sub = table.filter(pa.compute.is_in(table["clip_id"], pa.array(["other_video", "other_shot"])))
+    rng = np.random.default_rng(0)
+    vecs = {k: _unit(rng.standard_normal(32)) for k in ("other_video", "other_shot")}
+    mine = sigs.append_column(EMBEDDING, pa.array([embedding_bytes(vecs[c][None]) if c in vecs else None for c in sigs["clip_id"].to_pylist()], pa.binary()))
+    near = _unit(vecs["other_video"] + 0.1 * _unit(rng.standard_normal(32)))
+    orig = sigs.filter(pa.compute.equal(sigs["clip_id"], "original"))["signature"][0].as_py()  # another shot's signature
+    earlier = pa.table({"clip_id": ["A/x"], "source_id": ["x"], "duration_s": [1.0], "aesthetic_score": [None], "signature": [orig],
+                        "embedding": [embedding_bytes(near[None])]}, schema=SIGNATURE_INDEX)
+    out = {r["clip_id"]: r for r in mark_duplicates(sub, mine, earlier, DedupConfig(embedding_similarity=0.95)).to_pylist()}
+    assert (out["other_video"]["duplicate_of"], out["other_video"]["reason"]) == ("A/x", "duplicate")
+    assert out["other_shot"]["duplicate_of"] is None
+    off = {r["clip_id"]: r for r in mark_duplicates(sub, mine, earlier, DedupConfig()).to_pylist()}
+    assert off["other_video"]["duplicate_of"] is None
+    old = _with_embedding(earlier.drop_columns([EMBEDDING]))
+    assert old.column_names == SIGNATURE_INDEX.names and old[EMBEDDING].null_count == 1
+
+
+def test_embedding_pairs_are_the_same_by_all_pairs_and_by_lsh(monkeypatch):
+    """Up to EXACT_PAIRS clips every pair is compared; the LSH path beyond finds the same pairs here."""
+    import stages.dedup as dd
+
+    rng = np.random.default_rng(5)
+    common = _unit(rng.standard_normal(256))
+    emb = _unit(0.7 * common + 0.7 * _unit(rng.standard_normal((1200, 256))))
+    emb[600:700] = _unit(emb[:100] + 0.15 * _unit(rng.standard_normal((100, 256))))
+    cfg = DedupConfig(embedding_similarity=0.95)
+    exact = set(zip(*map(list, dd.embedding_pairs(emb, 0.95, cfg))))
+    assert len(exact) >= 100 and all(a < b for a, b in exact)
+    monkeypatch.setattr(dd, "EXACT_PAIRS", 10)
+    assert set(zip(*map(list, dd.embedding_pairs(emb, 0.95, cfg)))) == exact
