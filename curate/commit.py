@@ -11,12 +11,14 @@ retried task writes a part of the same name with the same rows. The number of fi
 (thousands of rows each), not with sources or clips, and `compact` folds a folder's parts into one.
 
 A worker looks results up by (id, match) through `CommitLog.index()`, read once per worker (ids, matches
-and which part holds the row; the rows themselves are read from their part when asked for). Rows of one
+and which part holds the row; the rows themselves are read from their part when asked for: of a
+compacted part, sorted by id in row groups of ROW_GROUP rows, only the groups whose id range holds them). Rows of one
 id under other matches stay: going back to an earlier prompt finds its captions again.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import posixpath
 import time
@@ -29,6 +31,7 @@ import pyarrow.parquet as pq
 
 PART = "part-"
 RUN = "_run"  # the wall clock (ns) of the run that wrote a row: of two rows for one id, the later one wins
+ROW_GROUP = 4096  # rows per row group of a compacted part (sorted by id): a lookup reads only the groups holding its ids
 
 
 def part_name(ids: list[str], matches: list | None = None) -> str:
@@ -49,10 +52,11 @@ class CommitLog:
         self.url = f"{root_url.rstrip('/')}/commit/{step}/{key}"
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
         self._index: dict | None = None
+        self._groups: dict[str, list] = {}  # part -> [(min id, max id)] of its row groups, read once
 
     # ------------------------------------------------------------------ writing
 
-    def write(self, table: pa.Table, run: int | None = None) -> str | None:
+    def write(self, table: pa.Table, run: int | None = None, row_group_size: int | None = None) -> str | None:
         """Commit one block's rows (must have `id`); returns the part's name, or None for no rows."""
         if table.num_rows == 0:
             return None
@@ -64,7 +68,7 @@ class CommitLog:
         final = f"{self.root}/{name}"
         tmp = f"{self.root}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
         with self.fs.open(tmp, "wb") as f:
-            pq.write_table(table, f, compression="zstd")
+            pq.write_table(table, f, compression="zstd", row_group_size=row_group_size)
         self.fs.mv(tmp, final)
         return name
 
@@ -112,14 +116,38 @@ class CommitLog:
             by_part.setdefault(p, set()).add(key)
         out = {}
         for p, keys in by_part.items():
+            ids = sorted({i for i, _ in keys})
             with self.fs.open(p, "rb") as f:
-                t = pq.read_table(f)
-            t = t.filter(pc.is_in(t["id"], pa.array(sorted({i for i, _ in keys}), pa.string())))
+                t = self._read_ids(pq.ParquetFile(f), p, ids)
+            t = t.filter(pc.is_in(t["id"], pa.array(ids, pa.string())))
             for r in t.to_pylist():
                 if (r["id"], r.get("match")) in keys:
                     r.pop(RUN, None)
                     out[r["id"]] = r
         return out
+
+    def _read_ids(self, pf: pq.ParquetFile, part: str, ids: list[str]) -> pa.Table:
+        """The row groups of a part that may hold any of `ids` (sorted), by the groups' id statistics: a
+        compacted part (millions of rows) costs a lookup one group, not the whole file."""
+        groups = self._groups.get(part)
+        if groups is None:
+            md, col = pf.metadata, pf.schema_arrow.get_field_index("id")
+            groups = []
+            for g in range(md.num_row_groups):
+                st = md.row_group(g).column(col).statistics
+                groups.append((st.min, st.max) if st is not None and st.has_min_max else (None, None))
+            self._groups[part] = groups
+        if len(groups) <= 1:
+            return pf.read()
+        need = []
+        for g, (lo, hi) in enumerate(groups):
+            if lo is None:
+                need.append(g)
+                continue
+            k = bisect.bisect_left(ids, lo)
+            if k < len(ids) and ids[k] <= hi:
+                need.append(g)
+        return pf.read_row_groups(need) if need else pf.schema_arrow.empty_table()
 
     def compact(self, min_parts: int = 64) -> bool:
         """Fold the folder's parts into one when there are more than `min_parts` (latest row per id).
@@ -127,8 +155,8 @@ class CommitLog:
         parts = self.parts()
         if len(parts) <= min_parts:
             return False
-        table = self.read(keys=("id", "match"))
-        self.write(table.drop_columns([RUN]) if RUN in table.column_names else table, run=time.time_ns())
+        table = self.read(keys=("id", "match")).sort_by([("id", "ascending")])
+        self.write(table.drop_columns([RUN]) if RUN in table.column_names else table, run=time.time_ns(), row_group_size=ROW_GROUP)
         keep = f"{self.root}/{part_name(table['id'].to_pylist(), table['match'].to_pylist() if 'match' in table.column_names else None)}"
         for p in parts:
             if p != keep:

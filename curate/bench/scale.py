@@ -2,7 +2,7 @@
 
     python -m curate.bench.scale [--rows 5000 20000 100000] [--clips-per-source 10] [--split-ms 20]
                                  [--score-ms 0.2] [--caption-ms 20] [--caption-batch 16] [--cpus 2]
-                                 [--shard-rows 2000000]
+                                 [--shard-rows 2000000] [--lookup-rows 1000000]
 
 Each size runs in a fresh process: a local Ray instance with `--cpus` CPUs that declares one GPU, the
 job's real driver (`curate.pipeline._run`: the stream, the commit log, the finalize: tables, shards,
@@ -15,7 +15,9 @@ Printed per size: driver peak RSS after the stream and at the end (and the growt
 sizes), wall seconds of the stream and the finalize, the share of time the caption actor was busy from its
 first batch to its last, when the first caption batch finished relative to the end of the last split task
 and how many caption batches finished before it, and the driver's filesystem calls on the rerun. Last, the
-time to plan shards (hash buckets, packing) for `--shard-rows` clips.
+time to plan shards (hash buckets, packing) for `--shard-rows` clips, and the time a block's lookup of its
+committed rows takes in a compacted commit log of `--lookup-rows` rows (by row groups, and reading the
+whole part as before).
 """
 
 from __future__ import annotations
@@ -227,6 +229,43 @@ def shard_planning(rows: int) -> float:
     return time.time() - t
 
 
+def committed_lookup(rows: int, block: int = 64, tries: int = 50) -> tuple[float, float]:
+    """ms to look one block's clips up in a step's compacted log of `rows` rows (what every block of a
+    rerun does per step), through CommitLog.rows (the row groups holding them), and reading the whole
+    part as before row groups."""
+    import random
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from curate.commit import CommitLog
+
+    with tempfile.TemporaryDirectory(prefix="curate-bench-lookup-") as tmp:
+        log = CommitLog(tmp, "caption", "k")
+        ids = [f"{hashlib.sha256(str(s).encode()).hexdigest()[:16]}/{c:04d}" for s in range(-(-rows // 50)) for c in range(50)][:rows]
+        step = max(1, rows // 65)
+        for i in range(0, rows, step):  # more than 64 parts, so compact folds them
+            part = ids[i : i + step]
+            log.write(pa.table({"id": part, "match": [None] * len(part), "caption": [f"a caption of clip {x}, " * 4 for x in part]}), run=1)
+        log.compact()
+        index = log.index(refresh=True)
+        rng = random.Random(0)
+        t = time.time()
+        for _ in range(tries):
+            start = rng.randrange(0, rows - block)
+            got = log.rows({(i, None): index[(i, None)] for i in ids[start : start + block]})
+        by_groups = (time.time() - t) / tries * 1000
+        assert len(got) == block
+        (part,) = log.parts()
+        t = time.time()
+        for _ in range(tries):
+            start = rng.randrange(0, rows - block)
+            with log.fs.open(part, "rb") as f:
+                whole = pq.read_table(f)
+            whole.filter(pc.is_in(whole["id"], pa.array(ids[start : start + block])))
+        return by_groups, (time.time() - t) / tries * 1000
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, nargs="+", default=[5000, 20000, 100000])
@@ -238,6 +277,7 @@ def main(argv=None) -> int:
     p.add_argument("--cpus", type=int, default=2)
     p.add_argument("--shard-rows", type=int, default=2_000_000)
     p.add_argument("--sources-per-wave", type=int, default=20000, help="ray.sources_per_wave: sources per execution of the plan")
+    p.add_argument("--lookup-rows", type=int, default=1_000_000, help="rows of the compacted log a block's lookup is timed in (0: skip)")
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
@@ -260,6 +300,10 @@ def main(argv=None) -> int:
               f"{a['rerun_driver_fs_calls']} -> {b['rerun_driver_fs_calls']}")
     if args.shard_rows:
         print(f"shard planning for {args.shard_rows} clips: {shard_planning(args.shard_rows):.1f} s")
+    if args.lookup_rows:
+        groups, whole = committed_lookup(args.lookup_rows)
+        print(f"a block's lookup in a compacted log of {args.lookup_rows} rows: {groups:.1f} ms by row groups, "
+              f"{whole:.1f} ms reading the whole part ({whole / groups:.0f}x)")
     return 0
 
 

@@ -103,3 +103,29 @@ def test_carried_columns_ride_through_a_step_that_rebuilds_its_rows(tmp_path):
     got = dict(zip(out["clip_id"].to_pylist(), out[SPLIT_SIGNATURE].to_pylist()))
     assert got == {"c0": b"s0", "c1": b"s1", "c2": None, "c3": b"s3"}
     assert dict(zip(out["clip_id"].to_pylist(), out["reason"].to_pylist())) == {"c0": "seen", "c1": None, "c2": "seen", "c3": "seen"}
+
+
+def test_a_lookup_in_a_compacted_part_reads_only_the_row_groups_of_its_ids(tmp_path, monkeypatch):
+    """A compacted part is sorted by id in row groups of ROW_GROUP rows: looking a few ids up reads the
+    groups whose id range holds them, not the whole part (at scale a fold holds millions of rows and
+    every block of a rerun looks its rows up)."""
+    import pyarrow.parquet as pq
+
+    import curate.commit as commit
+
+    monkeypatch.setattr(commit, "ROW_GROUP", 50)
+    log = CommitLog(str(tmp_path), "score", "k")
+    for b in range(70):
+        ids = [f"c{k * 70 + b:04d}" for k in range(10)]  # blocks not in id order
+        log.write(pa.table({"id": ids, "match": [None] * 10, "motion_score": [float(int(i[1:])) for i in ids]}), run=1)
+    assert log.compact() and len(log.parts()) == 1
+    read = []
+    real = pq.ParquetFile.read_row_groups
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", lambda self, groups, *a, **k: read.append(list(groups)) or real(self, groups, *a, **k))
+    want = ["c0003", "c0004", "c0420", "c9999"]
+    index = log.index(refresh=True)
+    got = log.rows({(i, None): index[(i, None)] for i in want if (i, None) in index})
+    assert {i: r["motion_score"] for i, r in got.items()} == {"c0003": 3.0, "c0004": 4.0, "c0420": 420.0}
+    assert read == [[0, 8]]  # of 14 groups of 50 rows: the two holding those ids
+    everything = log.rows(index)
+    assert len(everything) == 700 and all(r["motion_score"] == float(int(i[1:])) for i, r in everything.items())
