@@ -185,25 +185,11 @@ class AestheticModel:
 
 def load_model(cfg: AestheticConfig) -> AestheticModel:
     """The configured CLIP + head; raises WeightsError naming what is missing."""
-    import open_clip
     import torch
 
     cfg.check()
+    clip, preprocess, clip_name = load_clip(cfg.clip_model, cfg.weights)
     device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
-    if cfg.weights == RANDOM:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)  # the same random weights every run: reruns give the same tables
-            clip, _, preprocess = open_clip.create_model_and_transforms(cfg.clip_model, pretrained=None)
-        clip_name = f"{cfg.clip_model}/random"
-    elif os.path.isdir(cfg.weights):
-        # open_clip's local folder layout: open_clip_config.json + open_clip_pytorch_model.bin
-        clip, _, preprocess = open_clip.create_model_and_transforms("local-dir:" + os.path.abspath(cfg.weights))
-        with open(os.path.join(cfg.weights, "open_clip_config.json")) as f:
-            arch = json.load(f).get("model_name") or cfg.clip_model
-        clip_name = f"{arch}/{os.path.basename(os.path.normpath(cfg.weights))}"
-    else:
-        clip, _, preprocess = open_clip.create_model_and_transforms(cfg.clip_model, pretrained=cfg.weights)
-        clip_name = f"{cfg.clip_model}/{os.path.basename(cfg.weights)}"
     dim = int(clip.visual.output_dim)
     if cfg.head == RANDOM:
         head, head_name = random_head(dim), "random-head"
@@ -214,6 +200,29 @@ def load_model(cfg: AestheticConfig) -> AestheticModel:
         if first.in_features != dim:
             raise WeightsError(f"aesthetic.head {cfg.head} takes {first.in_features}-wide embeddings; {clip_name} gives {dim}")
     return AestheticModel(clip, preprocess, head, f"{clip_name}+{head_name}", device, cfg.batch_size)
+
+
+def load_clip(clip_model: str, weights: str):
+    """(open_clip model, its preprocess, a name) from `weights`: a local folder, a file, or `random`
+    (seeded: the same random weights every run)."""
+    import open_clip
+    import torch
+
+    if weights == RANDOM:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # the same random weights every run: reruns give the same tables
+            clip, _, preprocess = open_clip.create_model_and_transforms(clip_model, pretrained=None)
+        clip_name = f"{clip_model}/random"
+    elif os.path.isdir(weights):
+        # open_clip's local folder layout: open_clip_config.json + open_clip_pytorch_model.bin
+        clip, _, preprocess = open_clip.create_model_and_transforms("local-dir:" + os.path.abspath(weights))
+        with open(os.path.join(weights, "open_clip_config.json")) as f:
+            arch = json.load(f).get("model_name") or clip_model
+        clip_name = f"{arch}/{os.path.basename(os.path.normpath(weights))}"
+    else:
+        clip, _, preprocess = open_clip.create_model_and_transforms(clip_model, pretrained=weights)
+        clip_name = f"{clip_model}/{os.path.basename(weights)}"
+    return clip, preprocess, clip_name
 
 
 # ------------------------------------------------------------------------------------------- frames

@@ -11,7 +11,14 @@ frames as it decodes each file (one window per file: no cut, no transition label
 the clip file decoded again (the signature step's fallback), with signatures per second. Also printed:
 the candidate search over `--index` random signatures (default 1M).
 
+With `--clip-weights` (a local open_clip folder or file, as `aesthetic.weights`; `random` only runs the
+path) each clip is also embedded as the aesthetic scorer embeds it (`--clip-frames` frames, the mean of
+their unit embeddings) and the same pairwise precision and recall are printed for duplicates by embedding
+alone (cosine >= each of `--similarity`) and for signatures or embeddings together, as
+`dedup.embedding_similarity` groups them: the way to pick that threshold for a CLIP model.
+
     python -m curate.bench.dedup [--from split|file] [--index 1000000] [--skip-index]
+    python -m curate.bench.dedup --skip-index --clip-weights /models/ViT-L-14 [--clip-model ViT-L-14] [--similarity 0.9 0.95 0.97]
 """
 
 from __future__ import annotations
@@ -93,10 +100,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--index-only", action="store_true", help="only the candidate-search timing")
     ap.add_argument("--from", dest="source", choices=("split", "file"), default="split",
                     help="signatures from the one-pass split's analysis frames (as a job) or from the files decoded again")
+    ap.add_argument("--clip-weights", help="also embed the clips with this CLIP (an aesthetic.weights value) and measure dedup by embedding")
+    ap.add_argument("--clip-model", default="ViT-L-14")
+    ap.add_argument("--clip-frames", type=int, default=4)
+    ap.add_argument("--similarity", type=float, nargs="+", default=[0.9, 0.95, 0.97])
     args = ap.parse_args(argv)
     cfg = DedupConfig()
     if not args.index_only:
-        groups_bench(cfg, args.source)
+        clip = (args.clip_model, args.clip_weights, args.clip_frames, args.similarity) if args.clip_weights else None
+        groups_bench(cfg, args.source, clip)
     if not args.skip_index:
         index_bench(cfg, args.index)
 
@@ -121,7 +133,23 @@ def split_signatures(files: list[str], fps: float, workdir: str) -> np.ndarray:
     return np.stack(out)
 
 
-def groups_bench(cfg: DedupConfig, source: str = "split") -> None:
+def clip_embeddings(files: list[str], clip_model: str, weights: str, frames: int) -> tuple[np.ndarray, str]:
+    """Each file's embedding as the aesthetic step keeps it for dedup ([n, d], unit rows), and the model's name."""
+    import pyarrow as pa
+
+    from stages.aesthetic import AestheticModel, load_clip, sample_frames
+    from stages.dedup import embedding_bytes, embeddings_array
+
+    import torch
+
+    clip, preprocess, name = load_clip(clip_model, weights)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AestheticModel(clip, preprocess, head=torch.nn.Identity(), name=name, device=device)  # embed() only: no head
+    out = [embedding_bytes(model.embed(sample_frames(f, frames))) for f in files]
+    return embeddings_array(pa.array(out, pa.binary())), name
+
+
+def groups_bench(cfg: DedupConfig, source: str = "split", clip=None) -> None:
     with tempfile.TemporaryDirectory(prefix="curate-bench-dedup-") as tmp:
         groups = make_groups(tmp)
         files = [f for g in groups for f in g]
@@ -133,6 +161,7 @@ def groups_bench(cfg: DedupConfig, source: str = "split") -> None:
             sigs = np.stack([signature_of_frames(clip_frames(f, cfg.fps)) for f in files])
         sig_s = time.perf_counter() - t0
         seconds = sum(s for _, _, s in SEGMENTS) * len(groups[0])
+        emb = clip_embeddings(files, *clip[:3]) if clip else None
     label = duplicate_groups(sigs, cfg)
     p, r, n_true, n_found = pairwise(truth, label)
     print(f"near-duplicates: {len(SEGMENTS)} originals x (1 + {len(EDITS)} edits) = {len(files)} clips, {n_true} duplicate pairs, "
@@ -147,6 +176,18 @@ def groups_bench(cfg: DedupConfig, source: str = "split") -> None:
     merged = {(truth[a], truth[b]) for a, b in itertools.combinations(range(len(files)), 2) if label[a] == label[b] and truth[a] != truth[b]}
     for a, b in sorted(merged):
         print(f"    false merge: {SEGMENTS[a]} ~ {SEGMENTS[b]}")
+    if emb is not None:
+        from stages.dedup import components, embedding_pairs
+
+        arr, name = emb
+        print(f"  CLIP embeddings ({name}, {clip[2]} frames a clip){': random weights, the numbers mean nothing' if clip[1] == 'random' else ''}:")
+        for sim in clip[3]:
+            i, j = embedding_pairs(arr, sim, DedupConfig(embedding_similarity=sim))
+            pe, re_, _, fe = pairwise(truth, components(len(files), i, j))
+            both = duplicate_groups(sigs, DedupConfig(embedding_similarity=sim), emb=arr)
+            pb, rb, _, fb = pairwise(truth, both)
+            print(f"    cosine >= {sim:g}: by embedding alone precision {pe:.3f} recall {re_:.3f} ({fe} pairs); "
+                  f"with the signatures precision {pb:.3f} recall {rb:.3f} ({fb} pairs)")
     if source == "file":
         print(f"  signatures: {len(files) / sig_s:.1f} clips/s, {seconds / sig_s:.1f} video-seconds/s (decode + {cfg.fps:g} fps sampled, one process)")
     else:
