@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from curate.config import ConfigError
 from curate.storage import Output
 from schemas import SIGNATURE_INDEX, ClipStatus
-from stages.dedup import EMBEDDING, DedupConfig, Signatures, mark_duplicates
+from stages.dedup import EMBEDDING, DedupConfig, Signatures, mark_duplicates, with_embedding
 
 INDEX = "dedup/signatures.parquet"
 SIGNATURE_RULES = 4  # bumped when the signature of the same clip changes (views, hash, frame sampling; 2: reference frames only; 3: + mean colour; 4: the split's analysis frames, + where it came from)
@@ -37,13 +37,8 @@ def check_against(cfg: DedupConfig) -> None:
             raise ConfigError(f"dedup.against: {url} has no {INDEX} (not a curate output, or made before dedup)")
 
 
-def _with_embedding(table: pa.Table) -> pa.Table:
-    """An index or signature table with the embedding column (nulls where an older one has none)."""
-    return table if EMBEDDING in table.column_names else table.append_column(EMBEDDING, pa.nulls(table.num_rows, pa.binary()))
-
-
 def load_against(cfg: DedupConfig) -> pa.Table:
-    tables = [_with_embedding(_read(url, INDEX)).select(SIGNATURE_INDEX.names).cast(SIGNATURE_INDEX) for url in cfg.against]
+    tables = [with_embedding(_read(url, INDEX)).select(SIGNATURE_INDEX.names).cast(SIGNATURE_INDEX) for url in cfg.against]
     return pa.concat_tables(tables) if tables else SIGNATURE_INDEX.empty_table()
 
 
@@ -109,7 +104,7 @@ def mark_step(cfg: DedupConfig, clips: pa.Table, sigs: pa.Table) -> pa.Table:
 def write_index(out: Output, clips: pa.Table, sigs: pa.Table) -> int:
     """OUT/dedup/signatures.parquet: signatures of the output's kept clips (what `against` reads). Returns rows."""
     kept = clips.filter(pc.equal(clips["status"], ClipStatus.KEPT)).select(["clip_id", "source_id", "duration_s", "aesthetic_score"])
-    index = kept.join(_with_embedding(sigs).select(["clip_id", "signature", EMBEDDING]), "clip_id", join_type="inner")
+    index = kept.join(with_embedding(sigs).select(["clip_id", "signature", EMBEDDING]), "clip_id", join_type="inner")
     index = index.filter(pc.is_valid(index["signature"])).sort_by("clip_id")
     buf = io.BytesIO()
     pq.write_table(index.select(SIGNATURE_INDEX.names).cast(SIGNATURE_INDEX), buf, compression="zstd")

@@ -52,12 +52,11 @@ def signatures(cfg: JobConfig, out_url: str, clip_ids: pa.Array) -> pa.Table:
 
 def embeddings(cfg: JobConfig, out_url: str, clip_ids: pa.Array) -> pa.Table:
     """clip_id -> CLIP embedding of the given clips, from the aesthetic step's log (dedup.embedding_similarity)."""
-    from curate.plan import clip_steps
+    from curate.score import aesthetic_key
     from stages.aesthetic import EMBEDDING_COLUMN
     from stages.dedup import EMBEDDING
 
-    step = next(s for s in clip_steps(cfg) if s.name == "aesthetic")
-    table = CommitLog(out_url, step.name, step.key).read(columns=["id", EMBEDDING_COLUMN])
+    table = CommitLog(out_url, "aesthetic", aesthetic_key(cfg)).read(columns=["id", EMBEDDING_COLUMN])
     if table is None:
         return pa.table({"clip_id": pa.array([], pa.string()), EMBEDDING: pa.array([], pa.binary())})
     table = table.filter(pc.is_in(table["id"], clip_ids))

@@ -92,14 +92,24 @@ def score_pools(cfg: JobConfig) -> list[tuple]:
                       ([*TEXT_FIELDS] if cfg.text else []) + ([*NSFW_FIELDS] if cfg.nsfw else []),
                       settings_key(to_dict(cfg.text), to_dict(cfg.nsfw), SCORE_RULES, info)))
     if cfg.aesthetic is not None:
-        # With dedup by embedding, the step keeps each clip's CLIP embedding in its log (a key of its own:
-        # scores committed without embeddings are computed again once).
-        emb = cfg.dedup is not None and cfg.dedup.embedding_similarity is not None
+        emb = keeps_embeddings(cfg)
         pools.append(("aesthetic", Pool(_AestheticActor, (cfg.aesthetic, emb), actors=(1, 1 << 10), gpu=True,
                                         batch_size=max(1, cfg.aesthetic.batch_size // cfg.aesthetic.frames)),
-                      [*AESTHETIC_FIELDS, EMBEDDING_COLUMN] if emb else AESTHETIC_FIELDS,
-                      settings_key(to_dict(cfg.aesthetic), SCORE_RULES, *(["embedding"] if emb else []))))
-    return [(name, pool, [f if isinstance(f, str) else f.name for f in fields], key) for name, pool, fields, key in pools]
+                      [*AESTHETIC_FIELDS, pa.field(EMBEDDING_COLUMN, pa.binary())] if emb else AESTHETIC_FIELDS, aesthetic_key(cfg)))
+    return [(name, pool, [f.name for f in fields], key) for name, pool, fields, key in pools]
+
+
+def keeps_embeddings(cfg: JobConfig) -> bool:
+    """Whether the aesthetic step keeps each clip's CLIP embedding in its log (for dedup by embedding)."""
+    return cfg.aesthetic is not None and cfg.dedup is not None and cfg.dedup.embedding_similarity is not None
+
+
+def aesthetic_key(cfg: JobConfig) -> str:
+    """The aesthetic step's settings key; with embeddings kept, a key of its own (scores committed
+    without embeddings are computed again once)."""
+    from curate.plan import settings_key
+
+    return settings_key(to_dict(cfg.aesthetic), SCORE_RULES, *(["embedding"] if keeps_embeddings(cfg) else []))
 
 
 def _ort_has_cuda() -> bool:

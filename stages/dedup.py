@@ -390,6 +390,12 @@ class Signatures:
 EMBEDDING = "embedding"  # (sigs, the signature index) a clip's CLIP image embedding: float16 bytes, L2-normalised
 
 
+def with_embedding(table: pa.Table) -> pa.Table:
+    """A signature table or index with the EMBEDDING column (nulls where it has none: an index written
+    before embeddings were kept, or a run without dedup.embedding_similarity)."""
+    return table if EMBEDDING in table.column_names else table.append_column(EMBEDDING, pa.nulls(table.num_rows, pa.binary()))
+
+
 def embedding_bytes(frame_embeddings: np.ndarray) -> bytes:
     """A clip's embedding from its frames' CLIP embeddings [frames, d]: each L2-normalised, averaged,
     normalised again, as float16 bytes."""
@@ -404,10 +410,10 @@ def embeddings_array(column) -> np.ndarray:
     values = column.to_pylist()
     d = next((len(v) // 2 for v in values if v), 1)
     out = np.full((len(values), d), np.nan)
-    for k, v in enumerate(values):
-        if v and len(v) == 2 * d:
-            e = np.frombuffer(v, np.float16).astype(np.float64)
-            out[k] = e / max(float(np.linalg.norm(e)), 1e-12)
+    rows = [k for k, v in enumerate(values) if v and len(v) == 2 * d]
+    if rows:
+        e = np.frombuffer(b"".join(values[k] for k in rows), np.float16).reshape(len(rows), d).astype(np.float64)
+        out[rows] = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
     return out
 
 
@@ -432,17 +438,13 @@ def mark_duplicates(clips: pa.Table, sigs: pa.Table, earlier: pa.Table | None, c
     `sigs`: (clip_id, signature) of this run's clips; `earlier`: SIGNATURE_INDEX rows of earlier outputs
     (their clips are originals: a group holding one is represented by it).
     """
-    have = sigs.filter(pc.is_valid(sigs["signature"]))
-    if EMBEDDING not in have.column_names:
-        have = have.append_column(EMBEDDING, pa.nulls(have.num_rows, pa.binary()))
+    have = with_embedding(sigs.filter(pc.is_valid(sigs["signature"])))
     mine = clips.select(["clip_id", "duration_s", "aesthetic_score"]).join(have.select(["clip_id", "signature", EMBEDDING]), "clip_id", join_type="inner")
     mine = mine.append_column("earlier", pa.array(np.zeros(mine.num_rows, bool)))
     scene_of = clips.select(["clip_id", "source_id", "scene_index"])
     pool = mine
     if earlier is not None and earlier.num_rows:
-        if EMBEDDING not in earlier.column_names:  # an index written before embeddings were kept
-            earlier = earlier.append_column(EMBEDDING, pa.nulls(earlier.num_rows, pa.binary()))
-        old = earlier.select(["clip_id", "duration_s", "aesthetic_score", "signature", EMBEDDING])
+        old = with_embedding(earlier).select(["clip_id", "duration_s", "aesthetic_score", "signature", EMBEDDING])
         old = old.filter(pc.invert(pc.is_in(old["clip_id"], clips["clip_id"])))  # the same clip (a rerun against itself) is no copy
         old = old.append_column("earlier", pa.array(np.ones(old.num_rows, bool)))
         pool = pa.concat_tables([mine, old.cast(mine.schema)])

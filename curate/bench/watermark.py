@@ -441,13 +441,12 @@ def _fit(clips: list[dict]) -> tuple[tuple[float, ...], float]:
 
 
 def leave_one_out(pairs, clips, group) -> list[float]:
-    """Each clip scored by a model fitted and calibrated without the pairs of its group (`group(box)`:
-    the style, the video, or both)."""
+    """Each clip scored by a model fitted and calibrated without the pairs that share anything of its
+    group (`group(box)`: a tuple, e.g. (style,), (video,) or (style, video): neither that style nor that video)."""
     keys = [group(b) for _, _, b in pairs for _ in (0, 1)]
     scores = [0.0] * len(clips)
     for key in sorted(set(keys)):
-        weights, bias = _fit([c for c, k in zip(clips, keys) if k != key] if not isinstance(key, tuple) else
-                             [c for c, k in zip(clips, keys) if k[0] != key[0] and k[1] != key[1]])
+        weights, bias = _fit([c for c, k in zip(clips, keys) if not any(a == b for a, b in zip(k, key))])
         held = [i for i, k in enumerate(keys) if k == key]
         for i, sc in zip(held, clip_scores([clips[i] for i in held], weights, bias)):
             scores[i] = sc
@@ -532,12 +531,12 @@ def main(argv: list[str] | None = None) -> None:
                 all_pairs, all_clips = pairs + all_pairs, clip_features(pairs, cfg) + all_clips
             names = f"seeds {', '.join(map(str, sorted(set([0, *seeds]))))}"
             if args.lovo:
-                scores = leave_one_out(all_pairs, all_clips, lambda b: b["source"])
+                scores = leave_one_out(all_pairs, all_clips, lambda b: (b["source"],))
                 _report(f"leave-one-video-out ({names}; each video's pairs scored by a model fitted without that video)",
                         all_pairs, scores[1::2], scores[0::2])
             if args.loso:
                 _per_style(f"leave-one-style-out ({names}; each style's pairs scored by a model fitted and calibrated on the other six)",
-                           all_pairs, leave_one_out(all_pairs, all_clips, lambda b: b["kind"]))
+                           all_pairs, leave_one_out(all_pairs, all_clips, lambda b: (b["kind"],)))
                 _per_style(f"leave-one-style-and-video-out ({names}; fitted without that style and without that video)",
                            all_pairs, leave_one_out(all_pairs, all_clips, lambda b: (b["kind"], b["source"])))
 

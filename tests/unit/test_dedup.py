@@ -228,8 +228,7 @@ def test_embedding_codes_do_not_depend_on_how_many_clips():
 def test_an_earlier_outputs_clip_is_the_original_by_embedding(signed):
     """Across runs: a clip of this run whose embedding matches a clip in an earlier output's index (its
     signature does not) is that clip's duplicate; an index written before embeddings (no column) still loads."""
-    from curate.dedup import _with_embedding
-    from stages.dedup import EMBEDDING, embedding_bytes
+    from stages.dedup import EMBEDDING, embedding_bytes, with_embedding
 
     table, sigs = signed
     sub = table.filter(pa.compute.is_in(table["clip_id"], pa.array(["other_video", "other_shot"])))
@@ -245,7 +244,7 @@ def test_an_earlier_outputs_clip_is_the_original_by_embedding(signed):
     assert out["other_shot"]["duplicate_of"] is None
     off = {r["clip_id"]: r for r in mark_duplicates(sub, mine, earlier, DedupConfig()).to_pylist()}
     assert off["other_video"]["duplicate_of"] is None
-    old = _with_embedding(earlier.drop_columns([EMBEDDING]))
+    old = with_embedding(earlier.drop_columns([EMBEDDING]))
     assert old.column_names == SIGNATURE_INDEX.names and old[EMBEDDING].null_count == 1
 
 
