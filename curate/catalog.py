@@ -24,6 +24,7 @@ import tempfile
 
 import duckdb
 
+from curate.layout import Layout
 from curate.storage import Output
 from schemas import TABLES
 
@@ -44,9 +45,9 @@ def connect(out: str, threads: int | None = None) -> duckdb.DuckDBPyConnection:
     the release files and the report need). Raises FileNotFoundError when OUT has neither tables/ nor commit/.
     """
     output = Output(out)
-    has_tables, has_commit = output.fs.isdir(output.path("tables")), output.fs.isdir(output.path("commit"))
+    has_tables, has_commit = output.fs.isdir(output.path(Layout.TABLES)), output.fs.isdir(output.path(Layout.COMMIT))
     if not has_tables and not has_commit:
-        raise FileNotFoundError(f"no tables/ folder in output {out!r} (looked for {output.path('tables')!r}); has the job run?")
+        raise FileNotFoundError(f"no tables/ folder in output {out!r} (looked for {output.path(Layout.TABLES)!r}); has the job run?")
     try:
         os.getcwd()
     except FileNotFoundError:
@@ -59,7 +60,8 @@ def connect(out: str, threads: int | None = None) -> duckdb.DuckDBPyConnection:
     for name, schema in TABLES.items():
         data = output.table_dataset(name) if has_tables else None
         con.register(name, schema.empty_table() if data is None else data)
-    for name, rel, schema in (("committed_clips", "commit/clips/rows", TABLES["clips"]), ("committed_sources", "commit/sources/rows", TABLES["sources"])):
+    for name, rel, schema in (("committed_clips", Layout.commit(*Layout.CLIP_ROWS), TABLES["clips"]),
+                              ("committed_sources", Layout.commit(*Layout.SOURCE_ROWS), TABLES["sources"])):
         con.register(name, _committed(output, rel, schema))
     # From here on DuckDB touches no file (reads go through the registered Arrow datasets), and a
     # query cannot switch that back.

@@ -29,6 +29,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curate.layout import Layout
+
 PART = "part-"
 RUN = "_run"  # the wall clock (ns) of the run that wrote a row: of two rows for one id, the later one wins
 ROW_GROUP = 4096  # rows per row group of a compacted part (sorted by id): a lookup reads only the groups holding its ids
@@ -49,7 +51,7 @@ class CommitLog:
     """One step's committed results under one settings key."""
 
     def __init__(self, root_url: str, step: str, key: str):
-        self.url = f"{root_url.rstrip('/')}/commit/{step}/{key}"
+        self.url = f"{root_url.rstrip('/')}/{Layout.commit(step, key)}"
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
         self._index: dict | None = None
         self._groups: dict[str, list] = {}  # part -> [(min id, max id)] of its row groups, read once

@@ -15,12 +15,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curate.layout import Layout
 from curate.config import ConfigError
 from curate.storage import Output
 from schemas import SIGNATURE_INDEX, ClipStatus
 from stages.dedup import EMBEDDING, DedupConfig, Signatures, mark_duplicates, with_embedding
 
-INDEX = "dedup/signatures.parquet"
+INDEX = Layout.DEDUP_INDEX
 SIGNATURE_RULES = 4  # bumped when the signature of the same clip changes (views, hash, frame sampling; 2: reference frames only; 3: + mean colour; 4: the split's analysis frames, + where it came from)
 
 

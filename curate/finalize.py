@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curate.layout import Layout
 from curate.commit import RUN, CommitLog, latest_rows
 from curate.config import JobConfig
 from curate.plan import CLIP_ROWS, SOURCE_ROWS
@@ -109,8 +110,7 @@ def _bucket(source_ids: list, buckets: int | None) -> pa.Array:
     return pa.array([bucket_of(s, buckets) if buckets else 0 for s in source_ids], pa.int32())
 
 
-def marks_file(bucket: int | None) -> str:
-    return f"work/dedup/bucket={bucket or 0:05d}.parquet"
+marks_file = Layout.dedup_marks
 
 
 def _read_run(parts: list[str], out_url: str, log_name: tuple[str, str], run: int, buckets: int | None, schema: pa.Schema) -> pa.Table:
@@ -228,7 +228,7 @@ def _clip_bucket(group: pa.Table, out_url: str, shard_cfg, dedup: bool) -> pa.Ta
     store = ShardPlans(out, b)
     rows, plans, todo = [], {}, []
     if kept.num_rows:
-        kept = assign_shards(kept, shard_cfg)
+        kept = assign_shards(kept, shard_cfg, Layout.SHARD_PREFIX)
         for name in pc.unique(kept["shard"]).to_pylist():
             part = kept.filter(pc.equal(kept["shard"], name))
             plans[name] = shard_plan(part)
@@ -264,8 +264,8 @@ def dedup_task(cfg: JobConfig, out_url: str, run: int) -> int:
     from curate.storage import Output
 
     out = Output(out_url)
-    if out.exists("work/dedup"):
-        out.fs.rm(out.path("work/dedup"), recursive=True)
+    if out.exists(Layout.DEDUP_MARKS):
+        out.fs.rm(out.path(Layout.DEDUP_MARKS), recursive=True)
     rows = CommitLog(out_url, *CLIP_ROWS).read(columns=DEDUP_COLUMNS, latest=False)
     rows = _this_run(rows, run) if rows is not None else None
     if rows is None or rows.num_rows == 0:
@@ -313,12 +313,10 @@ def finalize_tables(cfg: JobConfig, out, run: int) -> tuple[pa.Table, dict]:
 
 def _remove_stale_plans(out, buckets: int | None, written: set[int]) -> None:
     """Shard plans of buckets this run has no clips in (and of the other layout) go."""
-    from curate.resume import plans_file
-
-    keep = {plans_file(b if buckets else None) for b in written}
-    if plans_file(None) not in keep and out.exists(plans_file(None)):
-        out.fs.rm(out.path(plans_file(None)))
-    if out.exists("work/shards"):
-        for p in out.fs.ls(out.path("work/shards"), detail=False):
-            if f"work/shards/{p.rsplit('/', 1)[-1]}" not in keep:
+    keep = {Layout.shard_plans(b if buckets else None) for b in written}
+    if Layout.shard_plans(None) not in keep and out.exists(Layout.shard_plans(None)):
+        out.fs.rm(out.path(Layout.shard_plans(None)))
+    if out.exists(Layout.SHARD_PLANS):
+        for p in out.fs.ls(out.path(Layout.SHARD_PLANS), detail=False):
+            if f"{Layout.SHARD_PLANS}/{p.rsplit('/', 1)[-1]}" not in keep:
                 out.fs.rm(p)

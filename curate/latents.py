@@ -42,18 +42,19 @@ def settings_key(cfg: LatentsConfig) -> str:
 class _EncodeActor:
     """One VAE per actor, loaded once and kept for every batch the actor gets."""
 
-    def __init__(self, cfg: LatentsConfig, out_root: str):
-        self.stage = EncodeLatents(cfg, out_root)
+    def __init__(self, cfg: LatentsConfig, folder: str):
+        self.stage = EncodeLatents(cfg, folder)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.stage(batch)
 
 
-def latents_pool(cfg: LatentsConfig, out_url: str):
-    """The encode step's pool in the plan: actors that load the VAE once (a GPU share each with GPUs)."""
+def latents_pool(cfg: LatentsConfig, folder: str):
+    """The encode step's pool in the plan: actors that load the VAE once (a GPU share each with GPUs),
+    writing the latent files into `folder` (a path or URL)."""
     from curate.plan import Pool
 
-    return Pool(_EncodeActor, (cfg, out_url), actors=(1, 1 << 10), gpu=True, batch_size=cfg.batch_size)
+    return Pool(_EncodeActor, (cfg, folder), actors=(1, 1 << 10), gpu=True, batch_size=cfg.batch_size)
 
 
 def latents_valid(committed: dict) -> bool:

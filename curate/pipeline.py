@@ -19,11 +19,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
+from curate.layout import Layout
 from curate.commit import run_stamp
 from curate.config import JobConfig, to_dict
 from curate.dedup import check_against
 from curate.finalize import compact, finalize_tables, prune_rows
-from curate.inputs import InputError, list_dir, read_manifest
+from curate.inputs import InputError, Listing
 from curate.latents import check_latents
 from curate.plan import build, clip_steps
 from curate.release import write_release
@@ -137,17 +138,21 @@ def quiet_ray() -> None:
 # ------------------------------------------------------------------------------------------- the job
 
 
-def read_inputs(cfg: JobConfig, out: Output) -> tuple[pa.Table, list[str]]:
+def read_inputs(cfg: JobConfig, out: Output, rows: int) -> Listing | list[pa.Table]:
+    """The job's input rows in tables of at most `rows` (the waves): a `Listing` of input.dir or
+    input.manifest, read as the waves are needed, or the generated samples."""
     inp = cfg.input
-    if inp.dir:
-        return list_dir(inp)
-    if inp.manifest:
-        return read_manifest(inp), []
+    if inp.dir or inp.manifest:
+        return Listing(inp, rows)
     if not out.is_local:
         raise InputError("input.samples writes sample videos under the output folder, which must be local")
-    rows = generate_samples(out.path("samples"), inp.samples)
+    made = generate_samples(out.path(Layout.SAMPLES), inp.samples)
     keep = ("uri", "license", "title", "author", "source_url", "attribution")
-    return pa.Table.from_pylist([{k: r.get(k) for k in keep} for r in rows]), []
+    return waves(pa.Table.from_pylist([{k: r.get(k) for k in keep} for r in made]), rows)
+
+
+def waves(inputs: pa.Table, rows: int) -> list[pa.Table]:
+    return [inputs.slice(i, rows) for i in range(0, inputs.num_rows, rows)]
 
 
 def run_job(cfg: JobConfig, address: str | None = None) -> Summary:
@@ -183,9 +188,9 @@ def _run(cfg: JobConfig, out: Output, address: str | None, inputs: pa.Table | No
     clock = _Clock()
     if out.remove_temporaries():
         log.info("removed temporary files of an interrupted run")
-    out.write_text("job.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    inputs, skipped = read_inputs(cfg, out) if inputs is None else (inputs, [])
-    log.info("%d input files (%d other files skipped)", inputs.num_rows, len(skipped))
+    out.write_text(Layout.JOB, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    wave = cfg.ray.sources_per_wave
+    listing = read_inputs(cfg, out, wave) if inputs is None else waves(inputs, wave)
     clock.lap("inputs")
 
     # ---- the stream: ingest + split per source, then every clip step at once, each committing its results
@@ -194,12 +199,17 @@ def _run(cfg: JobConfig, out: Output, address: str | None, inputs: pa.Table | No
     steps = clip_steps(cfg) if steps is None else steps
     # With motion from codec vectors, the one-pass split measures it from the source's own vectors as it decodes.
     motion = cfg.motion if cfg.motion is not None and cfg.motion.method == "vectors" else None
-    progress = Progress(inputs.num_rows, [s.name for s in steps])
-    wave = cfg.ray.sources_per_wave
-    for start in range(0, max(1, inputs.num_rows), wave):  # a very large input: several executions in turn
-        plan = build(cfg, inputs.slice(start, wave), out.url, run, motion, steps, source)
+    progress = Progress([s.name for s in steps])
+    # A very large input runs as several executions in turn, one wave of input rows each: the driver holds
+    # one wave of the listing (read as it goes) and Ray Data's bookkeeping of one execution.
+    for i, rows in enumerate(listing):
+        progress.wave(i, rows.num_rows)
+        plan = build(cfg, rows, out.url, run, motion, steps, source)
         for counts in plan.iter_batches(batch_size=None, batch_format="pyarrow"):
             progress.add(counts)
+    skipped = getattr(listing, "others", 0)
+    if skipped:
+        log.info("%d files under input.dir are not videos (skipped), e.g. %s", skipped, ", ".join(listing.skipped[:3]))
     progress.done()
     clock.lap("stream")
 
@@ -215,11 +225,11 @@ def _run(cfg: JobConfig, out: Output, address: str | None, inputs: pa.Table | No
     clock.lap("tables")
     # ---- release: index.json, LICENSES.md, ATTRIBUTION.csv, the data card, the summary: DuckDB over the tables
     write_release(out, to_dict(cfg))
-    summary = summarize(cfg, out, time.time() - t0, len(skipped))
+    summary = summarize(cfg, out, time.time() - t0, skipped)
     log.info("split: %d sources, %d ok; %d scenes, %d clips", summary.sources_ok + summary.sources_error, summary.sources_ok,
              summary.scenes, summary.clips_kept + summary.clips_filtered + summary.clips_error)
     summary.stage_s = clock.stages
-    out.write_text("summary.json", json.dumps(dataclasses.asdict(summary), indent=2) + "\n")
+    out.write_text(Layout.SUMMARY, json.dumps(dataclasses.asdict(summary), indent=2) + "\n")
     write_report(out.url)
     return summary
 
@@ -228,11 +238,17 @@ class Progress:
     """What a person watching sees: clips committed, kept, captioned, encoded, with a rate; a line every
     few seconds (Ray Data's own per-operator bars show on a terminal with `-v`)."""
 
-    def __init__(self, sources: int, steps: list[str], every_s: float = 10.0):
-        self.sources, self.steps, self.every_s = sources, steps, every_s
+    def __init__(self, steps: list[str], every_s: float = 10.0):
+        self.sources, self.steps, self.every_s = 0, steps, every_s
         self.t0 = self.last = time.time()
         self.n = {"clips": 0, "kept": 0, "captioned": 0, "encoded": 0}
-        log.info("stream: %d sources through split -> %s -> commit", sources, " -> ".join(steps) or "(no clip steps)")
+
+    def wave(self, i: int, sources: int) -> None:
+        """The next execution starts with `sources` more input rows (the listing is read as it goes, so the
+        total is known only at the end)."""
+        self.sources += sources
+        log.info("stream%s: %d sources through split -> %s -> commit", f" (wave {i + 1}, {self.sources} sources so far)" if i else "",
+                 sources, " -> ".join(self.steps) or "(no clip steps)")
 
     def add(self, counts: pa.Table) -> None:
         for k in self.n:
@@ -244,8 +260,8 @@ class Progress:
 
     def show(self, what: str = "stream") -> None:
         dt = max(1e-6, time.time() - self.t0)
-        log.info("%s: %d clips committed (%.1f/s), %d kept, %d captioned, %d encoded, %.0f s",
-                 what, self.n["clips"], self.n["clips"] / dt, self.n["kept"], self.n["captioned"], self.n["encoded"], dt)
+        log.info("%s: %d sources, %d clips committed (%.1f/s), %d kept, %d captioned, %d encoded, %.0f s",
+                 what, self.sources, self.n["clips"], self.n["clips"] / dt, self.n["kept"], self.n["captioned"], self.n["encoded"], dt)
 
     def done(self) -> None:
         self.show("stream done")

@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 
 from curate.commit import CommitLog, run_stamp
 from curate.config import JobConfig, to_dict
+from curate.layout import Layout
 from schemas import CLIPS, LATENT_FIELDS, SOURCES, TEXT_EMBEDDING_FIELDS, ClipStatus, Reason, SourceStatus, conform
 from stages.ingest import INPUT_COLUMNS, ingest_one, normalize_license
 from stages.split import SPLIT, Split, flatten
@@ -44,8 +45,7 @@ TODO = "_todo"  # transient: the rows of a block a multi-pool step still has to 
 SPLIT_SIGNATURE = "_split_signature"  # transient: a clip's dedup signature the one-pass split made (for the signature step)
 CARRY = (SPLIT_SIGNATURE,)  # transient columns that ride through every step to the one that uses them (the sink drops them)
 HIT = "_hit"  # transient: the committed row's match differs only in what `revisit` redoes
-SOURCE_ROWS = ("sources", "rows")  # commit/sources/rows: the source rows each run saw (with their scenes)
-CLIP_ROWS = ("clips", "rows")  # commit/clips/rows: each block's final clip rows
+SOURCE_ROWS, CLIP_ROWS = Layout.SOURCE_ROWS, Layout.CLIP_ROWS
 
 # Bumped when the split code cuts other windows from the same settings (2: `one_pass: false` cuts the
 # one-pass windows; 3: frame times from the repaired timeline, discontinuities start scenes, edit lists
@@ -236,6 +236,7 @@ def clip_steps(cfg: JobConfig) -> list[Step]:
     from curate.score import score_pools
     from curate.select import split_where
     from curate.dedup import signature_step
+    from curate.storage import Output
 
     steps: list[Step] = []
     for name, pool, columns, key in score_pools(cfg):
@@ -252,7 +253,7 @@ def clip_steps(cfg: JobConfig) -> list[Step]:
     if cfg.latents is not None:
         decided = ("status", "reason", "error", *(f.name for f in LATENT_FIELDS), *(f.name for f in TEXT_EMBEDDING_FIELDS))
         text = cfg.latents.text is not None
-        steps.append(Step("latents", (latents_pool(cfg.latents, cfg.output),), decided, latents_key(cfg.latents),
+        steps.append(Step("latents", (latents_pool(cfg.latents, Output(cfg.output).uri(Layout.LATENTS)),), decided, latents_key(cfg.latents),
                           applies=lambda r: r.get("status") == ClipStatus.KEPT,
                           match=(lambda r: [r.get("clip_bytes"), r.get("caption")]) if text else (lambda r: r.get("clip_bytes")),
                           valid=latents_valid, keep=lambda r: bool(r.get("latent_uri")) or r.get("reason") == Reason.NO_BUCKET))
@@ -271,7 +272,7 @@ class IngestSplit:
         from curate.storage import Output
 
         out = Output(out_url)
-        self.split = Split(split_cfg, out.uri("clips"), motion=motion, signature=signature)
+        self.split = Split(split_cfg, out.uri(Layout.CLIPS), motion=motion, signature=signature)
         self.log = CommitLog(out_url, "split", split_key(split_cfg))
 
     def __call__(self, batch: pa.Table) -> pa.Table:

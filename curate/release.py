@@ -21,6 +21,7 @@ import posixpath
 import pyarrow as pa
 import yaml
 
+from curate.layout import Layout
 from curate.storage import Output
 from schemas import SCHEMA_VERSION, TAKEDOWNS, ClipStatus, Reason
 from stages.policy import LicencePolicy, PolicyConfig, alternatives
@@ -109,9 +110,9 @@ def policy_of(job: dict) -> PolicyConfig:
 
 
 def read_job(out: Output) -> dict:
-    if not out.exists("job.yaml"):
+    if not out.exists(Layout.JOB):
         raise FileNotFoundError(f"no job.yaml in output {out.url!r}; has the job run?")
-    with out.fs.open(out.path("job.yaml"), "rt", encoding="utf-8") as f:
+    with out.fs.open(out.path(Layout.JOB), "rt", encoding="utf-8") as f:
         return yaml.safe_load(f) or {}
 
 
@@ -290,10 +291,10 @@ def write_release(out: Output, job: dict) -> None:
     con = connect_tables(out)
     try:
         shards = con.sql("select * from shards order by shard").to_arrow_table()
-        out.write_text("index.json", index_json(shards, (job.get("shards") or {}).get("buckets")))
-        out.write_text("LICENSES.md", licenses_md(con))
-        out.write_text("ATTRIBUTION.csv", attribution_csv(con, policy))
-        out.write_text("README.md", data_card(job, con))
+        out.write_text(Layout.INDEX, index_json(shards, (job.get("shards") or {}).get("buckets")))
+        out.write_text(Layout.LICENSES, licenses_md(con))
+        out.write_text(Layout.ATTRIBUTION, attribution_csv(con, policy))
+        out.write_text(Layout.CARD, data_card(job, con))
         remove_stray_shards(out, shards)
         # The clip files of a taken-down source go too: no byte of it stays in the output.
         cur = con.execute("select clip_uri from clips where clip_uri is not null and source_id in (select source_id from takedowns) order by 1")
@@ -306,10 +307,10 @@ def write_release(out: Output, job: dict) -> None:
 
 def shard_files(out: Output) -> list[str]:
     """Every .tar under OUT/shards, as paths relative to OUT, sorted."""
-    if not out.exists("shards"):
+    if not out.exists(Layout.SHARDS):
         return []
     root = out.path("")
-    return sorted(posixpath.relpath(p, root) for p in out.fs.find(out.path("shards")) if p.endswith(".tar"))
+    return sorted(posixpath.relpath(p, root) for p in out.fs.find(out.path(Layout.SHARDS)) if p.endswith(".tar"))
 
 
 def remove_stray_shards(out: Output, shards: pa.Table) -> None:

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 import yaml
 
+from curate.layout import Layout
 from curate.release import connect_tables
 from curate.storage import Output
 from schemas import ClipStatus, SourceStatus
@@ -92,7 +93,7 @@ def gather(out: Output, con=None) -> dict:
             errors.append({"table": table, "status": status, "reason": reason, "count": n, "example": example or "", "uri": where})
     licences = [{"license": lic, "clips": n, "hours": h(sec)} for lic, n, sec in con.execute(
         f"select coalesce(license, 'NOASSERTION'), count(*), sum(coalesce(duration_s, 0)) from clips where {kept} group by 1").fetchall()]
-    summary = json.loads(out.fs.cat(out.path("summary.json"))) if out.exists("summary.json") else {}
+    summary = json.loads(out.fs.cat(out.path(Layout.SUMMARY))) if out.exists(Layout.SUMMARY) else {}
     camera = dict(con.execute(f"select camera_motion, count(*) from clips where {kept} and camera_motion is not null and camera_motion != '' "
                               "group by 1 order by 1").fetchall())
     n_groups = one("select count(distinct duplicate_of) from clips where duplicate_of is not null and duplicate_of != ''")[0]
@@ -266,7 +267,7 @@ def render(out: Output) -> str:
 
 def _render(out: Output, con) -> str:
     data = gather(out, con)
-    job = yaml.safe_load(out.fs.cat(out.path("job.yaml"))) if out.exists("job.yaml") else {}
+    job = yaml.safe_load(out.fs.cat(out.path(Layout.JOB))) if out.exists(Layout.JOB) else {}
     marks = thresholds(job)
     scores = data["score_columns"]
     parts = [f"<h1>curate report — {html.escape(str((job or {}).get('name', '')))}</h1>",
@@ -340,5 +341,5 @@ def write_report(out_url: str) -> str:
     out = Output(out_url)
     if not out.has_table("clips"):
         raise FileNotFoundError(f"no tables in {out_url}: run the job first")
-    out.write_text("report.html", render(out))
-    return out.uri("report.html")
+    out.write_text(Layout.REPORT, render(out))
+    return out.uri(Layout.REPORT)

@@ -13,6 +13,7 @@ import json
 
 import pyarrow as pa
 
+from curate.layout import Layout
 from curate.storage import Output
 from stages.shards import clip_metadata, encode_json
 
@@ -27,8 +28,7 @@ def shard_plan(rows: pa.Table) -> str:
     return h.hexdigest()
 
 
-def plans_file(bucket: int | None) -> str:
-    return "work/shards.json" if bucket is None else f"work/shards/bucket={bucket:05d}.json"
+plans_file = Layout.shard_plans
 
 
 class ShardPlans:

@@ -1,19 +1,5 @@
-"""The output folder: a local path or any fsspec URL, and what lives where inside it.
-
-    OUT/job.yaml             the resolved job
-    OUT/samples/             generated demo inputs (demo job only)
-    OUT/clips/<clip_id>.mp4  every clip, written once
-    OUT/shards/shard-BBBBB-NNNNNN.tar   per hash bucket of the source (shard-NNNNNN.tar with shards.buckets: null)
-    OUT/tables/<table>.parquet                          one file per table (older outputs; takedowns)
-    OUT/tables/<table>/bucket=NNNNN/part-<hash>.parquet  or hive-partitioned: several parts per bucket, the
-                                                        `bucket` column (int32) only in the folder name
-    OUT/summary.json
-    OUT/commit/<step>/<key>/part-<hash>.parquet   the commit log (curate/commit.py): what a rerun reuses
-    OUT/work/shards/bucket=NNNNN.json   shard plans per bucket (work/shards.json without buckets): an
-                                        unchanged shard is not written again
-    OUT/work/dedup/bucket=NNNNN.parquet  the finalize's dedup decisions for the clips of each bucket
-    OUT/.curate.lock         held by the one run writing here
-"""
+"""The output folder: a local path or any fsspec URL, read and written through one `Output` (what
+lives where inside it: `curate.layout.Layout`)."""
 
 from __future__ import annotations
 
@@ -34,6 +20,7 @@ from fsspec.implementations.local import LocalFileSystem
 from pyarrow.fs import FSSpecHandler, PyFileSystem
 from pyarrow.fs import LocalFileSystem as ArrowLocalFileSystem
 
+from curate.layout import Layout
 from schemas import TABLES
 
 # The hive partition key of a partitioned table: `bucket=00042/` is bucket 42.
@@ -111,17 +98,17 @@ class Output:
         `bucket` None the whole table as one file: what one finalize task writes (see `keep_buckets`)."""
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")
-        self.write_bytes(f"tables/{name}.parquet" if bucket is None else f"tables/{name}/bucket={bucket:05d}/part-00000.parquet", buf.getvalue())
+        self.write_bytes(Layout.table_file(name) if bucket is None else Layout.table_part(name, bucket), buf.getvalue())
 
     def keep_buckets(self, name: str, buckets: set[int] | None) -> None:
         """After every bucket of a table was written (`write_bucket`): remove the buckets not in `buckets`
         and the table's other form (`buckets` None: the single file was written, the folder goes)."""
-        single, folder = self.path(f"tables/{name}.parquet"), self.path(f"tables/{name}")
+        single, folder = self.path(Layout.table_file(name)), self.path(Layout.table_folder(name))
         if buckets is None:
             if self.fs.isdir(folder):
                 self.fs.rm(folder, recursive=True)
             return
-        wanted = {self.path(f"tables/{name}/bucket={b:05d}").rstrip("/") for b in buckets}
+        wanted = {self.path(Layout.table_bucket(name, b)).rstrip("/") for b in buckets}
         for d in self.fs.ls(folder, detail=False) if self.fs.isdir(folder) else []:
             if d.rstrip("/") not in wanted:
                 self.fs.rm(d, recursive=True)
@@ -136,7 +123,7 @@ class Output:
 
     def has_table(self, name: str) -> bool:
         """tables/<name>.parquet or the folder tables/<name>/ exists (an empty folder is an empty table)."""
-        return self.fs.isdir(self.path(f"tables/{name}")) or self.exists(f"tables/{name}.parquet")
+        return self.fs.isdir(self.path(Layout.table_folder(name))) or self.exists(Layout.table_file(name))
 
     def table_dataset(self, name: str, bucket: bool = True) -> pads.Dataset | None:
         """The table as a lazy pyarrow dataset, or None when there is none.
@@ -146,7 +133,7 @@ class Output:
         (int32, from the folder name) when `bucket`; its files are listed once here, and a part written
         after that is not seen. The single file tables/<name>.parquet has the columns it was written with.
         """
-        folder = self.path(f"tables/{name}")
+        folder = self.path(Layout.table_folder(name))
         if self.fs.isdir(folder):
             parts = sorted(p for p in self.fs.find(folder) if is_table_part(p[len(folder):]))
             schema = TABLES[name]
@@ -155,7 +142,7 @@ class Output:
             partitioning = pads.partitioning(PARTITION, flavor="hive")
             return pads.dataset(parts, schema=schema, format="parquet", filesystem=self.arrow_fs,
                                 partitioning=partitioning, partition_base_dir=folder)  # fmt: skip
-        path = self.path(f"tables/{name}.parquet")
+        path = self.path(Layout.table_file(name))
         if self.fs.exists(path):
             return pads.dataset(path, format="parquet", filesystem=self.arrow_fs)
         return None
@@ -163,12 +150,12 @@ class Output:
     def read_table(self, name: str) -> pa.Table:
         """The whole table in either layout; a partitioned one without `bucket`, in its natural order
         (sources by source_id, scenes and clips by source and start frame)."""
-        folder = self.path(f"tables/{name}")
+        folder = self.path(Layout.table_folder(name))
         if self.fs.isdir(folder):
             table = self.table_dataset(name, bucket=False).to_table()
             keys = _ORDER.get(name, [])
             return table.sort_by([(k, "ascending") for k in keys]) if keys and table.num_rows else table
-        with self.fs.open(self.path(f"tables/{name}.parquet"), "rb") as f:
+        with self.fs.open(self.path(Layout.table_file(name)), "rb") as f:
             return pq.read_table(f)
 
     @contextlib.contextmanager
@@ -182,7 +169,7 @@ class Output:
             yield
             return
         self.makedirs()
-        path = self.path(".curate.lock")
+        path = self.path(Layout.LOCK)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
@@ -199,7 +186,7 @@ class Output:
     def remove_temporaries(self) -> int:
         """Delete `*.tmp-*` files a killed run left behind (only while holding the lock)."""
         removed = 0
-        for sub in ("clips", "shards", "tables", "work", "latents", "commit"):
+        for sub in Layout.WRITTEN:
             if self.exists(sub):
                 for p in self.fs.find(self.path(sub)):
                     if ".tmp-" in os.path.basename(p):

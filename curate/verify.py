@@ -14,6 +14,7 @@ import io
 import json
 import tarfile
 
+from curate.layout import Layout
 from curate.release import (
     blocked_sources,
     policy_of,
@@ -49,10 +50,10 @@ def verify(out_url: str) -> list[str]:
             problems.append(f"clips: {r['clip_id']} names shard {r['shard']}, which the shards table does not list")
 
     # index.json agrees with the shards table
-    if not out.exists("index.json"):
+    if not out.exists(Layout.INDEX):
         problems.append("index.json: missing")
     else:
-        with out.fs.open(out.path("index.json"), "rt", encoding="utf-8") as f:
+        with out.fs.open(out.path(Layout.INDEX), "rt", encoding="utf-8") as f:
             index = {s["shard"]: s for s in json.load(f).get("shards", [])}
         for name in sorted(set(index) | set(table)):
             a, b = index.get(name), table.get(name)
@@ -88,8 +89,8 @@ def verify(out_url: str) -> list[str]:
         if lp.decide(r["license"], r.get("author"), r.get("attribution")).needs_attribution:
             needed[r["source_id"]] = r["license"]
     listed = set()
-    if out.exists("ATTRIBUTION.csv"):
-        with out.fs.open(out.path("ATTRIBUTION.csv"), "rt", encoding="utf-8") as f:
+    if out.exists(Layout.ATTRIBUTION):
+        with out.fs.open(out.path(Layout.ATTRIBUTION), "rt", encoding="utf-8") as f:
             listed = {r["source_id"] for r in csv.DictReader(f)}
     elif needed:
         problems.append("ATTRIBUTION.csv: missing")

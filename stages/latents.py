@@ -528,13 +528,13 @@ def _write_npy(fs, path: str, array: np.ndarray) -> None:
 class EncodeLatents:
     """Stage: CLIPS rows -> the same rows with the latent columns (and text embedding columns) set.
 
-    Kept clips are encoded in batches of the same bucket; files go to `out_root`/latents/. A kept clip
+    Kept clips are encoded in batches of the same bucket; files go to `folder` (a path or URL). A kept clip
     no bucket fits (shorter than every bucket at `fps`) becomes `filtered` / `no_bucket`; one whose
     file cannot be decoded becomes `error` / `latent_error`. Other rows pass through with nulls.
     """
 
-    def __init__(self, cfg: LatentsConfig, out_root: str, vae: VAE | None = None, text: TextEncoder | None = None):
-        self.cfg, self.out_root = cfg, out_root
+    def __init__(self, cfg: LatentsConfig, folder: str, vae: VAE | None = None, text: TextEncoder | None = None):
+        self.cfg, self.folder = cfg, folder
         self.vae = vae or load_vae(cfg)
         if cfg.text is not None and text is None:
             text = load_text_encoder(cfg.text, self.vae.device)
@@ -543,8 +543,8 @@ class EncodeLatents:
 
     def __call__(self, table: pa.Table) -> pa.Table:
         rows = table.to_pylist()
-        fs, root = fsspec.core.url_to_fs(self.out_root)
-        folder = posixpath.join(root.rstrip("/"), "latents")
+        fs, folder = fsspec.core.url_to_fs(self.folder)
+        folder = folder.rstrip("/")
         fs.makedirs(folder, exist_ok=True)
         cols: list[dict] = [{} for _ in rows]
         by_bucket: dict[tuple, list[int]] = {}

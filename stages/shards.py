@@ -103,7 +103,7 @@ def bucket_of(source_id: str, buckets: int) -> int:
     return int(hashlib.sha256(source_id.encode()).hexdigest()[:8], 16) % buckets
 
 
-def assign_shards(clips: pa.Table, cfg: ShardConfig, prefix: str = "shards/shard") -> pa.Table:
+def assign_shards(clips: pa.Table, cfg: ShardConfig, prefix: str) -> pa.Table:
     """Sort `clips` by (source_id, start_frame, clip_id) and fill `shard` with f"{prefix}-{i:06d}.tar".
 
     Clips are packed in that order; a shard closes before it would exceed `cfg.max_samples` clips or

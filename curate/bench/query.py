@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curate.layout import Layout
 from schemas import CLIPS, conform
 
 QUERIES = {
@@ -89,7 +90,7 @@ def synthetic_clips(n: int, buckets: int, seed: int = 0) -> tuple[pa.Table, np.n
         "n_frames": pa.array(frames),
         "width": pa.array(np.full(n, 1280, np.int32)),
         "height": pa.array(np.full(n, 720, np.int32)),
-        "clip_uri": pc.binary_join_element_wise("clips/", clip_id, ".mp4", ""),
+        "clip_uri": pc.binary_join_element_wise(f"{Layout.CLIPS}/", clip_id, ".mp4", ""),
         "clip_bytes": pa.array(frames * 12_000),
         "license": pa.array(LICENSES).take(pa.array(source_hash % np.uint64(len(LICENSES)))),
         "status": status,

@@ -2,7 +2,7 @@
 
     python -m curate.bench.scale [--rows 5000 20000 100000] [--clips-per-source 10] [--split-ms 20]
                                  [--score-ms 0.2] [--caption-ms 20] [--caption-batch 16] [--cpus 2]
-                                 [--shard-rows 2000000] [--lookup-rows 1000000]
+                                 [--shard-rows 2000000] [--lookup-rows 1000000] [--manifest-rows 2000000]
 
 Each size runs in a fresh process: a local Ray instance with `--cpus` CPUs that declares one GPU, the
 job's real driver (`curate.pipeline._run`: the stream, the commit log, the finalize: tables, shards,
@@ -17,7 +17,8 @@ first batch to its last, when the first caption batch finished relative to the e
 and how many caption batches finished before it, and the driver's filesystem calls on the rerun. Last, the
 time to plan shards (hash buckets, packing) for `--shard-rows` clips, and the time a block's lookup of its
 committed rows takes in a compacted commit log of `--lookup-rows` rows (by row groups, and reading the
-whole part as before).
+whole part as before); and the driver's peak memory to go through a `--manifest-rows` manifest (Parquet,
+CSV) in waves of `--sources-per-wave` rows as the job reads it, beside reading it as one table.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ import tempfile
 import time
 
 import pyarrow as pa
+
+from curate.layout import Layout
 
 
 def _rss_mb() -> float:
@@ -225,7 +228,7 @@ def shard_planning(rows: int) -> float:
     }), CLIPS)
     del n_sources
     t = time.time()
-    assign_shards(table, ShardConfig())
+    assign_shards(table, ShardConfig(), Layout.SHARD_PREFIX)
     return time.time() - t
 
 
@@ -268,7 +271,7 @@ def committed_lookup(rows: int, block: int = 64, tries: int = 50) -> tuple[float
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", type=int, nargs="+", default=[5000, 20000, 100000])
+    p.add_argument("--rows", type=int, nargs="*", default=[5000, 20000, 100000])
     p.add_argument("--clips-per-source", type=int, default=10)
     p.add_argument("--split-ms", type=float, default=20)
     p.add_argument("--score-ms", type=float, default=0.2)
@@ -278,10 +281,15 @@ def main(argv=None) -> int:
     p.add_argument("--shard-rows", type=int, default=2_000_000)
     p.add_argument("--sources-per-wave", type=int, default=20000, help="ray.sources_per_wave: sources per execution of the plan")
     p.add_argument("--lookup-rows", type=int, default=1_000_000, help="rows of the compacted log a block's lookup is timed in (0: skip)")
+    p.add_argument("--manifest-rows", type=int, default=2_000_000, help="rows of the manifest the input listing's driver memory is measured on (0: skip)")
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--listing", nargs=2, metavar=("MANIFEST", "HOW"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
         print(json.dumps(one(args.one, args)))
+        return 0
+    if args.listing:
+        print(json.dumps(listing_memory(*args.listing, wave=args.sources_per_wave)))
         return 0
     results = []
     for rows in args.rows:
@@ -304,13 +312,68 @@ def main(argv=None) -> int:
         groups, whole = committed_lookup(args.lookup_rows)
         print(f"a block's lookup in a compacted log of {args.lookup_rows} rows: {groups:.1f} ms by row groups, "
               f"{whole:.1f} ms reading the whole part ({whole / groups:.0f}x)")
+    if args.manifest_rows:
+        with tempfile.TemporaryDirectory() as tmp:
+            for fmt in ("parquet", "csv"):
+                got = {}
+                for rows in (args.manifest_rows // 4, args.manifest_rows):
+                    path = write_manifest(f"{tmp}/manifest-{rows}.{fmt}", rows)
+                    for how in ("waves", "whole"):
+                        cmd = [sys.executable, "-m", "curate.bench.scale", "--listing", path, how, "--sources-per-wave", str(args.sources_per_wave)]
+                        got[how, rows] = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+                    os.remove(path)
+                (w1, w2), (a1, a2) = ([got[how, r]["rss_growth_mb"] for r in (args.manifest_rows // 4, args.manifest_rows)] for how in ("waves", "whole"))
+                print(f"input listing of a {fmt} manifest, driver peak RSS growth at {args.manifest_rows // 4} -> {args.manifest_rows} rows: "
+                      f"{w1:.0f} -> {w2:.0f} MB read in waves of {args.sources_per_wave} ({got['waves', args.manifest_rows]['rows_per_s'] / 1e6:.2f}M rows/s), "
+                      f"{a1:.0f} -> {a2:.0f} MB as one table", flush=True)
     return 0
+
+
+def write_manifest(path: str, rows: int) -> str:
+    """A manifest like a crawl's: a long object-store uri, a licence, a title, an author, a source url."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    i = pa.array(range(rows), pa.int64()).cast(pa.string())
+    import pyarrow.compute as pc
+
+    cat = lambda *xs: pc.binary_join_element_wise(*xs, "")  # noqa: E731
+    table = pa.table({"uri": cat("s3://corpus-bucket/crawl-2026-11/part-0042/videos/", i, ".mp4"),
+                      "license": pa.array(["CC-BY-4.0"] * rows), "title": cat("A video about something, number ", i),
+                      "author": cat("uploader_", i), "source_url": cat("https://example.org/watch?v=", i)})
+    (pq.write_table(table, path, row_group_size=100_000) if path.endswith(".parquet") else pacsv.write_csv(table, path))
+    return path
+
+
+def listing_memory(manifest: str, how: str, wave: int) -> dict:
+    """Driver peak RSS growth (MB) to go through every row of `manifest`: in waves as the job reads it
+    (each wave dropped before the next), or as one table (how the job read it before)."""
+    from curate.config import InputConfig
+    from curate.inputs import Listing, read_manifest
+
+    cfg = InputConfig(manifest=manifest)
+    # A process's peak RSS starts at its parent's (fork copies the high-water mark and exec keeps it):
+    # reset it where Linux allows (/proc/self/clear_refs), so the growth is this process's own.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base, t0, n = _hwm_mb(), time.time(), 0
+    if how == "waves":
+        for table in Listing(cfg, wave):
+            n += table.num_rows
+    else:
+        n = read_manifest(cfg).num_rows
+    return {"rows": n, "rss_growth_mb": _hwm_mb() - base, "rows_per_s": n / max(1e-6, time.time() - t0)}
+
+
+def _hwm_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
 
 def _pass(args) -> list[str]:
     return ["--clips-per-source", str(args.clips_per_source), "--split-ms", str(args.split_ms), "--score-ms", str(args.score_ms),
             "--caption-ms", str(args.caption_ms), "--caption-batch", str(args.caption_batch), "--cpus", str(args.cpus),
-            "--shard-rows", "0", "--sources-per-wave", str(args.sources_per_wave)]
+            "--shard-rows", "0", "--lookup-rows", "0", "--manifest-rows", "0", "--sources-per-wave", str(args.sources_per_wave)]
 
 
 if __name__ == "__main__":

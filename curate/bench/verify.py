@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from curate.layout import Layout
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m curate.bench.verify")
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         (root / "clips").mkdir()
         policy, shard_cfg = PolicyConfig(), ShardConfig(max_samples=args.max_samples)
         job = {"name": "bench", "output": str(root), "shards": to_dict(shard_cfg), "policy": to_dict(policy)}
-        out.write_text("job.yaml", yaml.safe_dump(job, sort_keys=False))
+        out.write_text(Layout.JOB, yaml.safe_dump(job, sort_keys=False))
         sources, rows = [], []
         for i in range(args.sources):
             sid = f"{i:016x}"
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                              "author": "A", "duration_s": 0.4, "status": "kept"})  # fmt: skip
         src = conform(pa.Table.from_pylist(sources), SOURCES)
         clips = prepare_clips(conform(pa.Table.from_pylist(rows), CLIPS), src, policy, out)
-        kept = assign_shards(clips.filter(pc.equal(clips["status"], "kept")), shard_cfg)
+        kept = assign_shards(clips.filter(pc.equal(clips["status"], "kept")), shard_cfg, Layout.SHARD_PREFIX)
         t = time.perf_counter()
         shards = WriteShards(shard_cfg, out.url)(kept)
         write_s = time.perf_counter() - t

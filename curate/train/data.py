@@ -35,6 +35,8 @@ import numpy as np
 import torch
 import webdataset as wds
 
+from curate.layout import Layout
+
 log = logging.getLogger("curate.train")
 
 
@@ -50,7 +52,7 @@ def shard_urls(source: str | list[str]) -> list[str]:
     if "{" in source:
         return list(wds.shardlists.expand_urls(source))
     if os.path.isdir(source):
-        index = os.path.join(source, "index.json")
+        index = os.path.join(source, Layout.INDEX)
         if os.path.exists(index):
             with open(index) as f:
                 return [os.path.join(source, s["shard"]) for s in json.load(f)["shards"]]

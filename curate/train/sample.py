@@ -17,6 +17,7 @@ import os
 import numpy as np
 import torch
 
+from curate.layout import Layout
 from curate.train import flow
 from curate.train.data import denormalize
 from curate.train.model import VideoDiT, from_dict
@@ -48,7 +49,7 @@ def text_config_of(state: dict, text_model: str | None = None, text_encoder: str
     if text_model:
         return TextEmbeddingConfig(encoder=text_encoder or "t5", model=text_model, max_length=max_length)
     shards = state["config"]["data"]["shards"]
-    job = os.path.join(shards, "job.yaml") if isinstance(shards, str) else None
+    job = os.path.join(shards, Layout.JOB) if isinstance(shards, str) else None
     if job and os.path.exists(job):
         with open(job) as f:
             text = ((yaml.safe_load(f) or {}).get("latents") or {}).get("text")

@@ -6,6 +6,7 @@ import pytest
 import webdataset as wds
 
 from curate.config import ConfigError, from_dict
+from curate.layout import Layout
 from schemas import CLIPS, conform
 from stages.policy import LicencePolicy, PolicyConfig, alternatives
 from stages.shards import ShardConfig, WriteShards, assign_shards
@@ -78,22 +79,22 @@ def test_policy_section_is_strict():
 
 def test_group_by_license_and_length_and_target_count(tmp_path):
     table = make_clips(tmp_path, n=9)
-    out = assign_shards(table, ShardConfig(buckets=None, group_by=("license", "length"), length_buckets_s=(0.3,)))
+    out = assign_shards(table, ShardConfig(buckets=None, group_by=("license", "length"), length_buckets_s=(0.3,)), Layout.SHARD_PREFIX)
     for row in out.to_pylist():
         assert row["shard"].startswith(f"shards/{row['license']}/len0.3s+/shard-")
     assert len(set(out["shard"].to_pylist())) == 3
     for target in (1, 4, 9, 20):
-        spread = assign_shards(table, ShardConfig(buckets=None, target_shards=target))["shard"].to_pylist()
+        spread = assign_shards(table, ShardConfig(buckets=None, target_shards=target), Layout.SHARD_PREFIX)["shard"].to_pylist()
         sizes = [spread.count(s) for s in sorted(set(spread))]
         assert len(sizes) == min(target, 9) and max(sizes) - min(sizes) <= 1, (target, sizes)
-    limited = assign_shards(table, ShardConfig(buckets=None, target_shards=2, max_samples=2))["shard"].to_pylist()
+    limited = assign_shards(table, ShardConfig(buckets=None, target_shards=2, max_samples=2), Layout.SHARD_PREFIX)["shard"].to_pylist()
     assert len(set(limited)) == 5  # the sample limit still holds: runs of 5 and 4 make 2+2+1 and 2+2
     with pytest.raises(ValueError, match="group_by"):
         ShardConfig(buckets=None, group_by=("colour",))
 
 
 def test_latent_and_text_embedding_files_decode_with_plain_webdataset(tmp_path):
-    clips = assign_shards(make_clips(tmp_path, n=2), ShardConfig(buckets=None))
+    clips = assign_shards(make_clips(tmp_path, n=2), ShardConfig(buckets=None), Layout.SHARD_PREFIX)
     latent, emb = np.arange(24, dtype=np.float16).reshape(2, 3, 4), np.ones((5, 8), np.float32)
     np.save(tmp_path / "l.npy", latent)
     np.save(tmp_path / "e.npy", emb)

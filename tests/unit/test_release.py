@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from curate.config import to_dict
+from curate.layout import Layout
 from curate.release import prepare_clips, write_release
 from curate.storage import Output
 from curate.takedown import takedown
@@ -79,7 +80,7 @@ def build(root: Path, policy: PolicyConfig, sources: list[dict], clips_per_sourc
     kept = clips.filter(pc.equal(clips["status"], "kept"))
     shards = SHARDS.empty_table()
     if kept.num_rows:
-        kept = assign_shards(kept, shard_cfg)
+        kept = assign_shards(kept, shard_cfg, Layout.SHARD_PREFIX)
         shards = WriteShards(shard_cfg, out.url)(kept)
         shard_of = dict(zip(kept["clip_id"].to_pylist(), kept["shard"].to_pylist()))
         clips = clips.set_column(clips.schema.get_field_index("shard"), "shard", pa.array([shard_of.get(c) for c in clips["clip_id"].to_pylist()], pa.string()))

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 import webdataset as wds
 
+from curate.layout import Layout
 from schemas import CLIPS, SCHEMA_VERSION, SHARDS, conform
 from stages.shards import ShardConfig, WriteShards, assign_shards
 
@@ -74,29 +75,29 @@ def test_assign_respects_both_limits(tmp_path, cfg):
 def test_assign_is_order_independent(tmp_path):
     table = make_clips(tmp_path, n=20)
     cfg = ShardConfig(buckets=None, max_samples=4, max_bytes=500)
-    expected = assign_shards(table, cfg)
+    expected = assign_shards(table, cfg, Layout.SHARD_PREFIX)
     keys = [(r["source_id"], r["start_frame"], r["clip_id"]) for r in expected.to_pylist()]
     assert keys == sorted(keys)
     for seed in range(3):
         order = list(range(table.num_rows))
         random.Random(seed).shuffle(order)
-        assert assign_shards(table.take(order), cfg).equals(expected)
+        assert assign_shards(table.take(order), cfg, Layout.SHARD_PREFIX).equals(expected)
 
 
 def test_assign_rejects_bad_rows(tmp_path):
     table = make_clips(tmp_path, n=3)
     with pytest.raises(ValueError, match="c001"):
-        assign_shards(pa.concat_tables([table, table.slice(1, 1)]), ShardConfig(buckets=None))
+        assign_shards(pa.concat_tables([table, table.slice(1, 1)]), ShardConfig(buckets=None), Layout.SHARD_PREFIX)
     with pytest.raises(KeyError, match="clip_bytes"):
-        assign_shards(table.drop_columns(["clip_bytes"]), ShardConfig(buckets=None))
+        assign_shards(table.drop_columns(["clip_bytes"]), ShardConfig(buckets=None), Layout.SHARD_PREFIX)
 
 
 def write(tmp_path, out_root, cfg=ShardConfig(buckets=None, max_samples=4)):
-    return WriteShards(cfg, out_root)(assign_shards(make_clips(tmp_path), cfg))
+    return WriteShards(cfg, out_root)(assign_shards(make_clips(tmp_path), cfg, Layout.SHARD_PREFIX))
 
 
 def test_shard_reads_back_with_webdataset(tmp_path):
-    clips = assign_shards(make_clips(tmp_path), ShardConfig(buckets=None, max_samples=4))
+    clips = assign_shards(make_clips(tmp_path), ShardConfig(buckets=None, max_samples=4), Layout.SHARD_PREFIX)
     result = WriteShards(ShardConfig(buckets=None, max_samples=4), str(tmp_path / "out"))(clips)
     assert result.schema == SHARDS
     assert result.column("shard").to_pylist() == ["shards/shard-000000.tar", "shards/shard-000001.tar"]
@@ -146,14 +147,14 @@ def test_rewrite_is_byte_identical(tmp_path):
 
 def test_licenses_are_sorted_and_distinct(tmp_path):
     result = write(tmp_path, str(tmp_path / "out"), ShardConfig(buckets=None, max_samples=2))
-    clips = assign_shards(make_clips(tmp_path), ShardConfig(buckets=None, max_samples=2)).to_pylist()
+    clips = assign_shards(make_clips(tmp_path), ShardConfig(buckets=None, max_samples=2), Layout.SHARD_PREFIX).to_pylist()
     for row in result.to_pylist():
         expected = sorted({c["license"] for c in clips if c["shard"] == row["shard"]})
         assert row["licenses"] == expected
 
 
 def test_missing_clip_file_names_the_clip(tmp_path):
-    clips = assign_shards(make_clips(tmp_path, n=2), ShardConfig(buckets=None))
+    clips = assign_shards(make_clips(tmp_path, n=2), ShardConfig(buckets=None), Layout.SHARD_PREFIX)
     (tmp_path / "clip1.mp4").unlink()
     with pytest.raises(FileNotFoundError, match="c001"):
         WriteShards(ShardConfig(buckets=None), str(tmp_path / "out"))(clips)
@@ -185,15 +186,15 @@ def test_buckets_keep_a_new_source_out_of_other_buckets_shards(tmp_path):
     for i, r in enumerate(base):
         r["source_id"] = f"src{i % 5}"
     table = conform(pa.Table.from_pylist(base), CLIPS)
-    first = assign_shards(table, cfg)
+    first = assign_shards(table, cfg, Layout.SHARD_PREFIX)
     for r in first.to_pylist():
         assert r["shard"].startswith(f"shards/shard-{bucket_of(r['source_id'], 8):05d}-")
     shuffled = table.take(random.Random(3).sample(range(table.num_rows), table.num_rows))
-    assert sorted(zip(assign_shards(shuffled, cfg)["clip_id"].to_pylist(), assign_shards(shuffled, cfg)["shard"].to_pylist())) == sorted(
+    assert sorted(zip(assign_shards(shuffled, cfg, Layout.SHARD_PREFIX)["clip_id"].to_pylist(), assign_shards(shuffled, cfg, Layout.SHARD_PREFIX)["shard"].to_pylist())) == sorted(
         zip(first["clip_id"].to_pylist(), first["shard"].to_pylist()))
 
     extra = {**base[0], "clip_id": "new000", "source_id": "a-new-source", "start_frame": 0}
-    grown = assign_shards(conform(pa.Table.from_pylist(base + [extra]), CLIPS), cfg)
+    grown = assign_shards(conform(pa.Table.from_pylist(base + [extra]), CLIPS), cfg, Layout.SHARD_PREFIX)
     new_bucket = bucket_of("a-new-source", 8)
     before = {r["clip_id"]: r["shard"] for r in first.to_pylist()}
     after = {r["clip_id"]: r["shard"] for r in grown.to_pylist()}
