@@ -77,9 +77,13 @@ def score_pools(cfg: JobConfig) -> list[tuple]:
     if cfg.motion is not None:
         pools.append(("motion", Pool(ScoreMotion, (cfg.motion,), batch_size=block), MOTION_FIELDS,
                       settings_key(to_dict(cfg.motion), SCORE_RULES)))
+    watermark = None
     if cfg.watermark is not None:
-        pools.append(("watermark", Pool(ScoreWatermark, (cfg.watermark,), batch_size=block), WATERMARK_FIELDS,
-                      settings_key(to_dict(cfg.watermark), SCORE_RULES, [WEIGHTS, BIAS, BOX_MARGIN])))
+        watermark = ("watermark", Pool(ScoreWatermark, (cfg.watermark,), batch_size=block), WATERMARK_FIELDS,
+                     settings_key(to_dict(cfg.watermark), SCORE_RULES, [WEIGHTS, BIAS, BOX_MARGIN]))
+    words = watermark is not None and cfg.watermark.words and cfg.text is not None
+    if watermark is not None and not words:
+        pools.append(watermark)
     # Text + NSFW before the aesthetic pool (the order the steps meet the GPU pools in does not matter
     # when streaming, but the columns a `{column}` prompt names must exist before the caption step).
     if cfg.text is not None or cfg.nsfw is not None:
@@ -91,6 +95,9 @@ def score_pools(cfg: JobConfig) -> list[tuple]:
                                         gpu="cpu" not in devices and _ort_has_cuda(), batch_size=block),
                       ([*TEXT_FIELDS] if cfg.text else []) + ([*NSFW_FIELDS] if cfg.nsfw else []),
                       settings_key(to_dict(cfg.text), to_dict(cfg.nsfw), SCORE_RULES, info)))
+    if words:  # after the text scorer, whose static words it reads (its key: the text step's settings too)
+        name, pool, fields, key = watermark
+        pools.append((name, pool, fields, settings_key(key, pools[-1][3])))
     if cfg.aesthetic is not None:
         emb = keeps_embeddings(cfg)
         pools.append(("aesthetic", Pool(_AestheticActor, (cfg.aesthetic, emb), actors=(1, 1 << 10), gpu=True,

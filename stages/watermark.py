@@ -32,6 +32,12 @@ of the fit (target 0.95). Its misses: overlays over a fixed camera's still scene
 0.45) or antialiased and scaled down to thin strokes, and sharp, still, rendered scenery (a computer
 screen's UI, still-life pixel art: drawn too, so it scores high).
 
+Most channel marks and watermarks are words. When the rows carry the text scorer's columns (a job
+with a `text` section runs it first), words that stay at the same place in every sampled frame
+(`text_static`) and cover enough of the frame raise the score (`words_score`, WatermarkConfig.words):
+a cue the edges need no help for on sharp marks, and the one that finds antialiased, scaled-down words
+whose strokes are no longer one-pixel steps.
+
 `method: classifier` loads a learned watermark classifier instead (a timm or open_clip image model,
 two classes, weights from a path); it gives a score and no box.
 """
@@ -68,6 +74,13 @@ class WatermarkConfig:
     classifier_arch: str | None = None  # classifier: "timm:<model name>" or "open_clip:<model name>"
     classifier_weights: str | None = None  # classifier: state dict path (timm: the model's; open_clip: backbone.* + head.*)
     classifier_size: int = 224  # classifier: input size
+    # Static words: with the text scorer on (its columns in the rows), words at the same place in every
+    # sampled frame (a channel name, "© studio", a date stamp) make the clip an overlay too: score at
+    # least 0.5 + text_static / 2 when text_static >= words_static and the static text covers
+    # >= words_area of the frame, unless the clip is frozen (then everything is static)
+    words: bool = True
+    words_static: float = 0.5
+    words_area: float = 0.004
 
     def __post_init__(self):
         if self.frames < 2:
@@ -93,6 +106,16 @@ class WatermarkConfig:
 class Overlay:
     score: float
     box: dict | None  # x, y, w, h in clip pixels
+    frozen: bool = False  # nothing in the clip moves: nothing tells an overlay from the picture
+
+
+def words_score(text_static: float | None, text_area: float | None, cfg: WatermarkConfig) -> float | None:
+    """What static burned-in words found by the text scorer say (see WatermarkConfig.words), or None."""
+    if not cfg.words or text_static is None or text_area is None:
+        return None
+    if text_static < cfg.words_static or text_static * text_area < cfg.words_area:
+        return None
+    return 0.5 + 0.5 * text_static
 
 
 # ------------------------------------------------------------------------------------------- frames
@@ -248,7 +271,7 @@ def best_overlay(feats: np.ndarray, boxes: list[tuple[int, int, int, int]], froz
     """What `detect` makes of `blob_features`' output on frames of `frame_size` (w, h) from a clip of
     `clip_size`: the best blob's P(overlay), and its box grown by its neighbours, in clip pixels."""
     if frozen or not len(boxes):
-        return Overlay(score=0.0, box=None)
+        return Overlay(score=0.0, box=None, frozen=bool(frozen))
     logits = feats @ np.asarray(weights, np.float64) + bias
     j = int(np.argmax(logits))
     (w, h), (clip_w, clip_h) = frame_size, clip_size
@@ -399,4 +422,5 @@ class ScoreWatermark:
         found = detect(frames, self.cfg, w, h, chroma=chroma)
         if found is None:
             return {}
-        return {"watermark_score": found.score, "watermark_box": found.box}
+        words = None if found.frozen else words_score(row.get("text_static"), row.get("text_area"), self.cfg)
+        return {"watermark_score": max(found.score, words or 0.0), "watermark_box": found.box}

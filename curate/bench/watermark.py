@@ -14,6 +14,7 @@ half). Two sets of pairs:
 
     python -m curate.bench.watermark [--videos ../shared/data/videos] [--pairs 42] [--seeds 1 2 3] [--lovo] [-v]
     python -m curate.bench.watermark --styles --loso    # the seven styles, seed 1, + leave-one-style-out
+    python -m curate.bench.watermark --styles --loso --words   # ... with the text scorer's static words folded in
     python -m curate.bench.watermark --fit      # refit stages.watermark.WEIGHTS/BIAS on seed 0 of both sets
 
 The detector scores candidate blobs with a small logistic model (stages.watermark.FEATURES, WEIGHTS)
@@ -44,7 +45,7 @@ import cv2
 import numpy as np
 
 from stages.media import ffmpeg_exe
-from stages.watermark import FEATURES, WatermarkConfig, best_overlay, blob_features, detect, sample_yuv
+from stages.watermark import FEATURES, Overlay, WatermarkConfig, best_overlay, blob_features, detect, sample_yuv, words_score
 
 # (file, start_s, seconds): segments inside one shot, picture moving. vtest/traffic: static cameras;
 # goldeneye: a still screen whose text changes; testvideo 6.2: a still photo fading in; delayed_start:
@@ -307,10 +308,17 @@ def iou(got: dict | None, want: dict) -> float:
     return ix * iy / (got["w"] * got["h"] + want["w"] * want["h"] - ix * iy)
 
 
-def clip_features(pairs, cfg: WatermarkConfig) -> list[dict]:
+def clip_features(pairs, cfg: WatermarkConfig, words: bool = False) -> list[dict]:
     """Per clip of each pair (clean, then overlaid): its blobs' features, boxes (clip pixels), whether
-    it is frozen, and what the shipped detector gives it (`found`, the same as score_file's)."""
+    it is frozen, and what the shipped detector gives it (`found`, the same as score_file's). With
+    `words`, the text scorer (the job's defaults) runs on the clip too, and `words` holds what its static
+    words say (`stages.watermark.words_score`, None when nothing), folded into `found` as the job does."""
     out = []
+    text = None
+    if words:
+        from stages.text import ScoreText, TextConfig
+
+        text = ScoreText(TextConfig())
     for clean, marked, box in pairs:
         for path, overlay in ((clean, False), (marked, True)):
             frames, chroma, w, h = sample_yuv(path, cfg.frames, cfg.width)
@@ -318,8 +326,22 @@ def clip_features(pairs, cfg: WatermarkConfig) -> list[dict]:
             fh, fw = frames[0].shape[:2]
             found = best_overlay(feats, frame_boxes, frozen, (fw, fh), (w, h))
             boxes = [{"x": x * w / fw, "y": y * h / fh, "w": bw * w / fw, "h": bh * h / fh} for x, y, bw, bh in frame_boxes]
-            out.append({"feats": feats, "boxes": boxes, "frozen": frozen, "overlay": overlay, "truth": box, "found": found})
+            said = None
+            if text is not None and not frozen:
+                said = words_score(*_text_stats(text, path), cfg)
+                found = Overlay(max(found.score, said or 0.0), found.box, found.frozen)
+            out.append({"feats": feats, "boxes": boxes, "frozen": frozen, "overlay": overlay, "truth": box, "found": found, "words": said})
     return out
+
+
+def _text_stats(text, path: str) -> tuple[float | None, float | None]:
+    """(text_static, text_area) of one clip file by the text scorer."""
+    import pyarrow as pa
+
+    from schemas import CLIPS, conform
+
+    row = text(conform(pa.Table.from_pylist([{"clip_id": "c", "source_id": "s", "clip_uri": path, "status": "kept"}]), CLIPS)).to_pylist()[0]
+    return row["text_static"], row["text_area"]
 
 
 def _blob_labels(clips: list[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -449,7 +471,7 @@ def leave_one_out(pairs, clips, group) -> list[float]:
         weights, bias = _fit([c for c, k in zip(clips, keys) if not any(a == b for a, b in zip(k, key))])
         held = [i for i, k in enumerate(keys) if k == key]
         for i, sc in zip(held, clip_scores([clips[i] for i in held], weights, bias)):
-            scores[i] = sc
+            scores[i] = max(sc, clips[i].get("words") or 0.0)  # static words (with --words) need no fit
     return scores
 
 
@@ -476,6 +498,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--styles", action="store_true", help="the seven style families (14 pairs each a seed, made as a video reaches curate: "
                     "encoded twice) instead of the four ffmpeg kinds; the shipped constants are fitted on their seed 0")
     ap.add_argument("--loso", action="store_true", help="with --styles: leave-one-style-out (and leave-one-style-and-video-out) over seed 0 and the reported seeds")
+    ap.add_argument("--words", action="store_true", help="run the text scorer too and fold its static words into the score, as a job with "
+                    "both the text and watermark sections does (watermark.words; no fit: the rule's thresholds are the job's)")
     ap.add_argument("--verbose", "-v", action="store_true")
     args = ap.parse_args(argv)
     args.styles = args.styles or args.loso
@@ -505,7 +529,7 @@ def main(argv: list[str] | None = None) -> None:
             t0 = time.time()
             pairs = made(seed, tmp)
             t1 = time.time()
-            clips = clip_features(pairs, cfg)
+            clips = clip_features(pairs, cfg, args.words)
             pos, neg, ious = [], [], []
             for (clean, marked, box), a, b in zip(pairs, [c["found"] for c in clips[0::2]], [c["found"] for c in clips[1::2]]):
                 neg.append(a.score)
@@ -514,7 +538,7 @@ def main(argv: list[str] | None = None) -> None:
                 if args.verbose:
                     print(f"  {box['source']:24s} {box['kind']:9s} op {box['opacity']:.2f}  clean {a.score:.3f}  overlay {b.score:.3f}  IoU {ious[-1]:.2f}")
             t2 = time.time()
-            _report(f"watermark (edges), seed {seed}", pairs, pos, neg, ious)
+            _report(f"watermark (edges{' + static words' if args.words else ''}), seed {seed}", pairs, pos, neg, ious)
             if args.styles:
                 _per_style(f"  per style, seed {seed} (the shipped constants)", pairs, [x for ab in zip(neg, pos) for x in ab])
             for acc, part in zip(held, (pairs, pos, neg, ious)):
@@ -528,7 +552,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.lovo or args.loso:
             if 0 not in seeds:
                 pairs = made(0, tmp)
-                all_pairs, all_clips = pairs + all_pairs, clip_features(pairs, cfg) + all_clips
+                all_pairs, all_clips = pairs + all_pairs, clip_features(pairs, cfg, args.words) + all_clips
             names = f"seeds {', '.join(map(str, sorted(set([0, *seeds]))))}"
             if args.lovo:
                 scores = leave_one_out(all_pairs, all_clips, lambda b: (b["source"],))

@@ -81,3 +81,12 @@ def test_score_cache_is_keyed_by_settings_and_scoring_code(tmp_path, monkeypatch
     monkeypatch.undo()
     monkeypatch.setattr(score, "SCORE_RULES", score.SCORE_RULES + 1)
     assert all(keys()[k] != base[k] for k in base)
+    monkeypatch.undo()
+    # The watermark step reads the text scorer's static words: it runs after it and its key follows the
+    # text settings; without words (or without the text scorer) it runs before, on its own settings.
+    order = lambda *o: [name for name, *_ in score.score_pools(load_job(demo, list(o)))]  # noqa: E731
+    assert order() == ["motion", "text_nsfw", "watermark", "aesthetic"]
+    assert keys("text.frames=6")["watermark"] != base["watermark"]
+    assert order("watermark.words=false") == ["motion", "watermark", "text_nsfw", "aesthetic"]
+    assert order("text=null") == ["motion", "watermark", "text_nsfw", "aesthetic"]
+    assert keys("watermark.words=false", "text.frames=6")["watermark"] == keys("watermark.words=false")["watermark"]

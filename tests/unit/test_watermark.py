@@ -294,3 +294,25 @@ def test_a_box_grown_over_most_of_the_frame_falls_back_to_its_blob():
         frames.append(frame.astype(np.uint8))
     found = detect(frames, WatermarkConfig(), 320, 240)
     assert found.box is not None and found.box["w"] <= 0.7 * 320 and found.box["h"] <= 0.7 * 240, found
+
+
+def test_static_words_from_the_text_scorer_make_an_overlay(media):
+    """The text scorer's columns in the rows (it runs first in a job): static words (at the same place in
+    every sampled frame, covering enough of the frame) raise the score to 0.5 + text_static / 2;
+    changing text (subtitles), a speck, a frozen clip (everything is static there) or `words: false` do not."""
+    from stages.watermark import words_score
+
+    cfg = WatermarkConfig()
+    uris = [media["clean"]] * 5 + [media["frozen"]]
+    table = _table(uris)
+    statics = [1.0, 0.3, 1.0, None, 0.8, 1.0]
+    areas = [0.02, 0.05, 0.002, None, 0.01, 0.02]
+    table = table.set_column(table.schema.get_field_index("text_static"), "text_static", pa.array(statics, pa.float64()))
+    table = table.set_column(table.schema.get_field_index("text_area"), "text_area", pa.array(areas, pa.float64()))
+    got = [r["watermark_score"] for r in ScoreWatermark(cfg)(table).to_pylist()]
+    edges = [r["watermark_score"] for r in ScoreWatermark(WatermarkConfig(words=False))(table).to_pylist()]
+    assert edges[0] < 0.1 and edges[-1] == 0.0
+    assert got[0] == 1.0 and got[4] == 0.9  # static words over enough of the frame
+    assert got[1:4] == edges[1:4]  # subtitles (changing), a speck (0.2% of the frame), no text scorer
+    assert got[5] == 0.0  # frozen: the words are as still as everything else
+    assert words_score(1.0, 0.02, WatermarkConfig(words=False)) is None and words_score(0.5, 0.008, cfg) == 0.75
