@@ -19,6 +19,7 @@ import json
 import posixpath
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 
 from curate.layout import Layout
@@ -75,15 +76,37 @@ def opt_out_entries(cfg: PolicyConfig) -> list[str]:
 
 
 def match_sources(sources: pa.Table, wanted: list[str]) -> dict[str, str]:
-    """source_id -> the entry of `wanted` naming it, by source id, full sha256, uri, other name or source URL."""
+    """source_id -> the entry of `wanted` naming it, by source id, full sha256, uri, other name or source URL.
+    (The rows that name one are found with Arrow compute; only those go through Python.)"""
     wanted_set = {w.strip() for w in wanted if w and w.strip()}
     found = {}
-    for row in sources.to_pylist():
+    if not wanted_set or not sources.num_rows:
+        return found
+    for row in sources.filter(_names_any(sources, wanted_set)).to_pylist():
         names = [row.get("source_id"), row.get("sha256"), row.get("uri"), row.get("source_url"), *(row.get("alias_uris") or [])]
         hit = next((n for n in names if n and n in wanted_set), None)
         if hit:
             found[row["source_id"]] = hit
     return found
+
+
+def _names_any(sources: pa.Table, wanted: set[str]) -> pa.Array:
+    """A mask: the rows of `sources` with a name (source id, sha256, uri, source URL, other uri) in `wanted`."""
+    values = pa.array(sorted(wanted), pa.string())
+    mask = pa.array([False] * sources.num_rows)
+    for c in ("source_id", "sha256", "uri", "source_url"):
+        if c in sources.column_names:
+            mask = pc.or_(mask, pc.is_in(sources[c].combine_chunks().cast(pa.string()), value_set=values))
+    if "alias_uris" in sources.column_names:
+        lists = sources["alias_uris"].combine_chunks()
+        hit = pc.is_in(pc.list_flatten(lists), value_set=values)
+        rows = pc.unique(pc.filter(pc.list_parent_indices(lists), hit)).to_pylist()
+        if rows:
+            alias = [False] * sources.num_rows
+            for i in rows:
+                alias[i] = True
+            mask = pc.or_(mask, pa.array(alias))
+    return mask
 
 
 def blocked_sources(cfg: PolicyConfig, sources: pa.Table, takedowns: pa.Table) -> dict[str, tuple[str, str]]:

@@ -85,7 +85,7 @@ def build(root: Path, policy: PolicyConfig, sources: list[dict], clips_per_sourc
         shard_of = dict(zip(kept["clip_id"].to_pylist(), kept["shard"].to_pylist()))
         clips = clips.set_column(clips.schema.get_field_index("shard"), "shard", pa.array([shard_of.get(c) for c in clips["clip_id"].to_pylist()], pa.string()))
     for name, table in (("sources", sources_t), ("clips", clips), ("shards", shards)):
-        out.write_table(name, table)
+        out.write_table(name, table, buckets=shard_cfg.buckets if name != "shards" else None)  # as the finalize lays them out
     write_release(out, job)
     return clips
 
@@ -245,6 +245,39 @@ def test_takedown_emptying_a_shard_removes_it_and_is_recorded(tmp_path):
     assert "DMCA 123" in (root / "README.md").read_text()
     assert json.loads((root / "index.json").read_text())["n_samples"] == 2
     assert verify(str(root)) == []
+
+
+def test_takedown_reads_and_rewrites_only_the_buckets_of_its_source(tmp_path, monkeypatch):
+    """Tables hive-partitioned by source bucket (as a run writes them): the takedown reads the clips of
+    the taken-down source's bucket only, rewrites that bucket's part and no other, and the output
+    verifies; the source is found by its URL through a batched scan of the sources table."""
+    sources = [{"source_id": f"{i:016x}", "sha256": f"{i:064x}", "uri": f"/v/{i}.mp4", "license": "MIT",
+                "source_url": f"https://example.org/{i}"} for i in range(12)]  # fmt: skip
+    root = tmp_path / "out"
+    build(root, PolicyConfig(), sources, [2] * 12, ShardConfig(buckets=4, max_samples=2))
+    parts = {p.relative_to(root): (p.read_bytes(), p.stat().st_mtime_ns) for p in (root / "tables" / "clips").rglob("*.parquet")}
+    assert len(parts) >= 3  # several buckets hold sources
+
+    read_table = Output.read_table
+
+    def not_clips(self, name):
+        assert name != "clips", "the whole clips table was read"
+        return read_table(self, name)
+
+    monkeypatch.setattr(Output, "read_table", not_clips)
+    victim = sources[5]
+    takedown(str(root), victim["source_url"], reason="request")
+    monkeypatch.undo()
+    from stages.shards import bucket_of
+
+    mine = Path("tables/clips") / f"bucket={bucket_of(victim['source_id'], 4):05d}" / "part-00000.parquet"
+    now = {p.relative_to(root): (p.read_bytes(), p.stat().st_mtime_ns) for p in (root / "tables" / "clips").rglob("*.parquet")}
+    assert set(now) == set(parts) and now[mine] != parts[mine]
+    assert all(now[p] == parts[p] for p in parts if p != mine)  # no other bucket touched
+    clips = Output(str(root)).read_table("clips").to_pylist()
+    assert {(c["status"], c["reason"]) for c in clips if c["source_id"] == victim["source_id"]} == {("filtered", "takedown")}
+    assert all(c["status"] == "kept" and c["shard"] for c in clips if c["source_id"] != victim["source_id"])
+    assert len(clips) == 24 and verify(str(root)) == []
 
 
 def test_opt_out_file_and_source_url_match(tmp_path):
