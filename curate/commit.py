@@ -10,10 +10,12 @@ temporary name that starts with a dot (readers skip those) and renamed, so a par
 retried task writes a part of the same name with the same rows. The number of files grows with blocks
 (thousands of rows each), not with sources or clips, and `compact` folds a folder's parts into one.
 
-A worker looks results up by (id, match) through `CommitLog.index()`, read once per worker (ids, matches
-and which part holds the row; the rows themselves are read from their part when asked for: of a
-compacted part, sorted by id in row groups of ROW_GROUP rows, only the groups whose id range holds them). Rows of one
-id under other matches stay: going back to an earlier prompt finds its captions again.
+A worker looks a block's results up by (id, match) through `CommitLog.locate(ids)` and `rows`: the
+keys of small parts (a block's) are read once per worker and kept; of a compacted part, sorted by id in
+row groups of ROW_GROUP rows, only the groups whose id range holds the block's ids are read, for the
+keys and then for the rows. So a worker never holds a step's whole index (100M clips: gigabytes per
+worker per step). Rows of one id under other matches stay: going back to an earlier prompt finds its
+captions again.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ class CommitLog:
     def __init__(self, root_url: str, step: str, key: str):
         self.url = f"{root_url.rstrip('/')}/{Layout.commit(step, key)}"
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
-        self._index: dict | None = None
+        self._listed: list[str] | None = None  # the parts, listed once (see `locate`)
+        self._small: dict[str, pa.Table] = {}  # small part -> its keys, read once
         self._groups: dict[str, list] = {}  # part -> [(min id, max id)] of its row groups, read once
 
     # ------------------------------------------------------------------ writing
@@ -92,27 +95,47 @@ class CommitLog:
         table = pa.concat_tables(tables, promote_options="default")
         return latest_rows(table, [k for k in keys if k in table.column_names]) if latest else table
 
-    def index(self, refresh: bool = False) -> dict:
-        """{(id, match): part path} of what is committed; read once per object (of equal keys the later run wins)."""
-        if self._index is not None and not refresh:
-            return self._index
-        found: dict[str, tuple] = {}
-        order = []
-        for p in self.parts():
-            with self.fs.open(p, "rb") as f:
-                cols = [c for c in ("id", "match", RUN) if c in pq.read_schema(f).names]
-                f.seek(0)
-                t = pq.read_table(f, columns=cols)
-            runs = t[RUN].to_pylist() if RUN in t.column_names else [0] * t.num_rows
-            matches = t["match"].to_pylist() if "match" in t.column_names else [None] * t.num_rows
-            order += zip(runs, t["id"].to_pylist(), matches, [p] * t.num_rows)
-        for _run, i, m, p in sorted(order, key=lambda r: r[0]):
-            found[(i, m)] = p
-        self._index = found
-        return found
+    def locate(self, ids) -> dict[tuple[str, str | None], str]:
+        """{(id, match): part path} of the committed rows of `ids` (of equal keys the later run wins).
+
+        The parts are listed once per object (a part written after that is not seen). A small part (at
+        most ROW_GROUP rows: one block's) has its keys read once and kept; a large one (a fold, sorted by
+        id in row groups of ROW_GROUP rows) is asked only for the row groups whose id range holds any of
+        `ids`: a worker holds the keys of the parts not yet folded, never a step's whole index."""
+        wanted = sorted({i for i in ids if i is not None})
+        if not wanted:
+            return {}
+        if self._listed is None:
+            self._listed = self.parts()
+        values = pa.array(wanted, pa.string())
+        found = []
+        for p in self._listed:
+            keys = self._keys(p, wanted)
+            keys = keys.filter(pc.is_in(keys["id"], value_set=values))
+            if keys.num_rows:
+                runs = keys[RUN].to_pylist() if RUN in keys.column_names else [0] * keys.num_rows
+                matches = keys["match"].to_pylist() if "match" in keys.column_names else [None] * keys.num_rows
+                found += zip(runs, keys["id"].to_pylist(), matches, [p] * keys.num_rows)
+        out = {}
+        for _run, i, m, p in sorted(found, key=lambda r: r[0]):  # stable: a later part of the same run wins
+            out[(i, m)] = p
+        return out
+
+    def _keys(self, part: str, ids: list[str]) -> pa.Table:
+        """The id, match and run columns of a part: all of a small part (kept), the row groups of a large
+        one that may hold `ids` (sorted)."""
+        if part in self._small:
+            return self._small[part]
+        with self.fs.open(part, "rb") as f:
+            pf = pq.ParquetFile(f)
+            cols = [c for c in ("id", "match", RUN) if c in pf.schema_arrow.names]
+            if pf.metadata.num_rows <= ROW_GROUP:
+                self._small[part] = pf.read(columns=cols)
+                return self._small[part]
+            return self._read_ids(pf, part, ids, cols)
 
     def rows(self, wanted: dict[tuple[str, str | None], str]) -> dict[str, dict]:
-        """{id: committed row} for the (id, match) keys asked, read from the parts `index` named."""
+        """{id: committed row} for the (id, match) keys asked, read from the parts `locate` named."""
         by_part: dict[str, set] = {}
         for key, p in wanted.items():
             by_part.setdefault(p, set()).add(key)
@@ -128,7 +151,7 @@ class CommitLog:
                     out[r["id"]] = r
         return out
 
-    def _read_ids(self, pf: pq.ParquetFile, part: str, ids: list[str]) -> pa.Table:
+    def _read_ids(self, pf: pq.ParquetFile, part: str, ids: list[str], columns: list[str] | None = None) -> pa.Table:
         """The row groups of a part that may hold any of `ids` (sorted), by the groups' id statistics: a
         compacted part (millions of rows) costs a lookup one group, not the whole file."""
         groups = self._groups.get(part)
@@ -140,7 +163,7 @@ class CommitLog:
                 groups.append((st.min, st.max) if st is not None and st.has_min_max else (None, None))
             self._groups[part] = groups
         if len(groups) <= 1:
-            return pf.read()
+            return pf.read(columns=columns)
         need = []
         for g, (lo, hi) in enumerate(groups):
             if lo is None:
@@ -149,7 +172,10 @@ class CommitLog:
             k = bisect.bisect_left(ids, lo)
             if k < len(ids) and ids[k] <= hi:
                 need.append(g)
-        return pf.read_row_groups(need) if need else pf.schema_arrow.empty_table()
+        if not need:
+            schema = pf.schema_arrow
+            return (pa.schema([schema.field(c) for c in columns]) if columns else schema).empty_table()
+        return pf.read_row_groups(need, columns=columns)
 
     def compact(self, min_parts: int = 64) -> bool:
         """Fold the folder's parts into one when there are more than `min_parts` (latest row per id).
@@ -163,7 +189,7 @@ class CommitLog:
         for p in parts:
             if p != keep:
                 self.fs.rm(p)
-        self._index = None
+        self._listed, self._small = None, {}
         return True
 
 

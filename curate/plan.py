@@ -149,7 +149,7 @@ class StepRunner:
         todo = [applies(r) for r in rows]
         extra: list[dict] = [{} for _ in rows]
         if self.log is not None and any(todo):
-            index = self.log.index()
+            index = self.log.locate([r["clip_id"] for i, r in enumerate(rows) if todo[i]])
             wanted = {}
             for i, r in enumerate(rows):
                 if todo[i]:
@@ -298,7 +298,7 @@ class IngestSplit:
     def _cached(self, key: str | None) -> dict | None:
         if key is None:
             return None
-        part = self.log.index().get((key, None))
+        part = self.log.locate([key]).get((key, None))
         if part is None:
             return None
         row = self.log.rows({(key, None): part}).get(key)

@@ -34,7 +34,7 @@ def test_the_latest_run_wins_and_matches_are_kept_apart(tmp_path):
     log.write(block(["a", "b"], 1.0, match="p1"), run=1)
     log.write(block(["a"], 2.0, match="p1"), run=2)  # a later run's result for a
     log.write(block(["a"], 3.0, match="p2"), run=3)  # another prompt for a
-    index = CommitLog(str(tmp_path), "caption", "k1").index()
+    index = CommitLog(str(tmp_path), "caption", "k1").locate(["a", "b", "z"])
     assert set(index) == {("a", "p1"), ("b", "p1"), ("a", "p2")}
     rows = log.rows({("a", "p1"): index[("a", "p1")], ("b", "p1"): index[("b", "p1")]})
     assert rows["a"]["score"] == 2.0 and rows["b"]["score"] == 1.0
@@ -123,9 +123,11 @@ def test_a_lookup_in_a_compacted_part_reads_only_the_row_groups_of_its_ids(tmp_p
     real = pq.ParquetFile.read_row_groups
     monkeypatch.setattr(pq.ParquetFile, "read_row_groups", lambda self, groups, *a, **k: read.append(list(groups)) or real(self, groups, *a, **k))
     want = ["c0003", "c0004", "c0420", "c9999"]
-    index = log.index(refresh=True)
+    index = log.locate(want)
     got = log.rows({(i, None): index[(i, None)] for i in want if (i, None) in index})
     assert {i: r["motion_score"] for i, r in got.items()} == {"c0003": 3.0, "c0004": 4.0, "c0420": 420.0}
-    assert read == [[0, 8]]  # of 14 groups of 50 rows: the two holding those ids
-    everything = log.rows(index)
+    assert read == [[0, 8], [0, 8]]  # of 14 groups of 50 rows: the two holding those ids, for the keys and for the rows
+    read.clear()
+    assert log.locate(["c0001"]) == {("c0001", None): log.parts()[0]} and read == [[0]]  # never the whole index
+    everything = log.rows(log.locate([f"c{k:04d}" for k in range(700)]))
     assert len(everything) == 700 and all(r["motion_score"] == float(int(i[1:])) for i, r in everything.items())
