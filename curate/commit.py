@@ -34,7 +34,9 @@ import pyarrow.parquet as pq
 from curate.layout import Layout
 
 PART = "part-"
+FOLD = "part-fold-"  # a part `compact` wrote
 RUN = "_run"  # the wall clock (ns) of the run that wrote a row: of two rows for one id, the later one wins
+FOLD_ROWS = 1 << 18  # rows `compact` holds at once: a larger folder is folded one id range at a time
 ROW_GROUP = 4096  # rows per row group of a compacted part (sorted by id): a lookup reads only the groups holding its ids
 
 
@@ -61,14 +63,17 @@ class CommitLog:
 
     # ------------------------------------------------------------------ writing
 
-    def write(self, table: pa.Table, run: int | None = None, row_group_size: int | None = None) -> str | None:
-        """Commit one block's rows (must have `id`); returns the part's name, or None for no rows."""
+    def write(self, table: pa.Table, run: int | None = None, row_group_size: int | None = None, fold: bool = False) -> str | None:
+        """Commit one block's rows (must have `id`); returns the part's name, or None for no rows. A
+        fold (`compact`'s output) is named part-fold-<hash>.parquet."""
         if table.num_rows == 0:
             return None
         if run is not None:
             table = table.append_column(RUN, pa.array([run] * table.num_rows, pa.int64()))
         matches = table["match"].to_pylist() if "match" in table.column_names else None
         name = part_name(table["id"].to_pylist(), matches)
+        if fold:
+            name = FOLD + name[len(PART):]
         self.fs.makedirs(self.root, exist_ok=True)
         final = f"{self.root}/{name}"
         tmp = f"{self.root}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -178,20 +183,90 @@ class CommitLog:
         return pf.read_row_groups(need, columns=columns)
 
     def compact(self, min_parts: int = 64) -> bool:
-        """Fold the folder's parts into one when there are more than `min_parts` (latest row per id).
-        The fold is written before the parts it replaces are removed: a crash in between loses nothing."""
+        """Fold the folder's parts into sorted parts when there are more than `min_parts` that are not
+        folds (a large folder's folds are many) (latest row per
+        (id, match), sorted by id in row groups of ROW_GROUP rows). Up to FOLD_ROWS rows are folded in
+        memory into one part; a larger folder is folded by id range, in memory one range at a time: the
+        parts are streamed once into a temporary file per range (ranges cut at quantiles of a sample of
+        the ids), and each range becomes one part. The folds are written before the parts they replace
+        are removed: a crash in between loses nothing (the fold's rows are the newest of their keys)."""
         parts = self.parts()
         if len(parts) <= min_parts:
             return False
-        table = self.read(keys=("id", "match")).sort_by([("id", "ascending")])
-        self.write(table.drop_columns([RUN]) if RUN in table.column_names else table, run=time.time_ns(), row_group_size=ROW_GROUP)
-        keep = f"{self.root}/{part_name(table['id'].to_pylist(), table['match'].to_pylist() if 'match' in table.column_names else None)}"
+        if sum(not posixpath.basename(p).startswith(FOLD) for p in parts) <= min_parts:
+            return False  # mostly folds already (a large folder is several): nothing worth a refold yet
+        stamp = time.time_ns()
+        total = sum(self._meta(p).num_rows for p in parts)
+        bounds = self._bounds(parts, -(-total // FOLD_ROWS)) if total > FOLD_ROWS else []
+        if not bounds:
+            written = {self._fold(self.read(keys=("id", "match")), stamp)}
+        else:
+            written = set()
+            for spill in self._spill(parts, bounds):
+                with self.fs.open(spill, "rb") as f:
+                    table = pq.read_table(f)
+                self.fs.rm(spill)
+                written.add(self._fold(latest_rows(table, ["id", "match"] if "match" in table.column_names else ["id"]), stamp))
         for p in parts:
-            if p != keep:
+            if p not in written:
                 self.fs.rm(p)
         self._listed, self._small = None, {}
         return True
 
+    def _fold(self, table: pa.Table, stamp: int) -> str:
+        """Write latest rows sorted by id as one part (stamped `stamp`); returns its path."""
+        table = table.sort_by([("id", "ascending")])
+        table = table.drop_columns([RUN]) if RUN in table.column_names else table
+        return f"{self.root}/{self.write(table, run=stamp, row_group_size=ROW_GROUP, fold=True)}"
+
+    def _meta(self, part: str) -> pq.FileMetaData:
+        with self.fs.open(part, "rb") as f:
+            return pq.ParquetFile(f).metadata
+
+    def _bounds(self, parts: list[str], ranges: int) -> list[str]:
+        """`ranges` - 1 ids that cut the folder's ids into ranges of about equal size (quantiles of a
+        sample of about 100,000 ids, read from the id column only)."""
+        total = sum(self._meta(p).num_rows for p in parts)
+        stride = max(1, total // 100_000)
+        sample = []
+        for p in parts:
+            with self.fs.open(p, "rb") as f:
+                for batch in pq.ParquetFile(f).iter_batches(batch_size=65536, columns=["id"]):
+                    sample += batch.column(0).take(pa.array(range(0, batch.num_rows, stride))).to_pylist()
+        sample.sort()
+        return sorted({sample[len(sample) * k // ranges] for k in range(1, ranges)})
+
+    def _spill(self, parts: list[str], bounds: list[str]) -> list[str]:
+        """Every row of `parts` (with its run) into a temporary file per id range, in parts order (so a
+        tie of runs keeps the later part's row); returns the files that got rows."""
+        schemas = []
+        for p in parts:
+            with self.fs.open(p, "rb") as f:
+                schemas.append(pq.read_schema(f))
+        schema = pa.unify_schemas([*schemas, pa.schema([pa.field(RUN, pa.int64())])], promote_options="default")
+        tag = uuid.uuid4().hex[:8]
+        paths = [f"{self.root}/.fold-{k:05d}.parquet.tmp-{tag}" for k in range(len(bounds) + 1)]
+        files, writers = {}, {}
+        cuts = pa.array(bounds, pa.string())
+        try:
+            for p in parts:
+                with self.fs.open(p, "rb") as f:
+                    for batch in pq.ParquetFile(f).iter_batches(batch_size=65536):
+                        table = _conform(pa.Table.from_batches([batch]), schema)
+                        ids = table["id"]
+                        k = pc.add(pc.cast(pc.greater_equal(ids, cuts[0]), pa.int32()), 0)
+                        for b in cuts[1:]:
+                            k = pc.add(k, pc.cast(pc.greater_equal(ids, b), pa.int32()))
+                        for r in pc.unique(k).to_pylist():
+                            if r not in writers:
+                                files[r] = self.fs.open(paths[r], "wb")
+                                writers[r] = pq.ParquetWriter(files[r], schema, compression="zstd")
+                            writers[r].write_table(table.filter(pc.equal(k, r)))
+        finally:
+            for r in writers:
+                writers[r].close()
+                files[r].close()
+        return [paths[r] for r in sorted(writers)]
 
 def latest_rows(table: pa.Table, keys=("id",)) -> pa.Table:
     """Of the rows sharing `keys`, the one of the latest run (ties: the later one in the table)."""
@@ -218,3 +293,16 @@ def latest_rows(table: pa.Table, keys=("id",)) -> pa.Table:
 def run_stamp() -> int:
     """This run's stamp for RUN (the wall clock, so later runs win)."""
     return time.time_ns()
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with `schema`'s columns, in order and types (missing ones null; no run: 0)."""
+    cols = []
+    for field in schema:
+        if field.name in table.column_names:
+            cols.append(table[field.name].cast(field.type))
+        elif field.name == RUN:
+            cols.append(pa.array([0] * table.num_rows, pa.int64()))
+        else:
+            cols.append(pa.nulls(table.num_rows, field.type))
+    return pa.Table.from_arrays(cols, schema=schema)

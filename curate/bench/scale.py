@@ -2,7 +2,7 @@
 
     python -m curate.bench.scale [--rows 5000 20000 100000] [--clips-per-source 10] [--split-ms 20]
                                  [--score-ms 0.2] [--caption-ms 20] [--caption-batch 16] [--cpus 2]
-                                 [--shard-rows 2000000] [--lookup-rows 1000000] [--manifest-rows 2000000]
+                                 [--shard-rows 2000000] [--lookup-rows 1000000] [--manifest-rows 2000000] [--fold-rows 4000000]
 
 Each size runs in a fresh process: a local Ray instance with `--cpus` CPUs that declares one GPU, the
 job's real driver (`curate.pipeline._run`: the stream, the commit log, the finalize: tables, shards,
@@ -18,7 +18,8 @@ and how many caption batches finished before it, and the driver's filesystem cal
 time to plan shards (hash buckets, packing) for `--shard-rows` clips, and the time a block's lookup of its
 committed rows takes in a compacted commit log of `--lookup-rows` rows (by row groups, and reading the
 whole part as before); and the driver's peak memory to go through a `--manifest-rows` manifest (Parquet,
-CSV) in waves of `--sources-per-wave` rows as the job reads it, beside reading it as one table.
+CSV) in waves of `--sources-per-wave` rows as the job reads it, beside reading it as one table; and the
+peak memory of folding a step's commit log of `--fold-rows` rows by id range, beside folding it whole.
 """
 
 from __future__ import annotations
@@ -259,13 +260,14 @@ def committed_lookup(rows: int, block: int = 64, tries: int = 50) -> tuple[float
             got = log.rows({(i, None): index[(i, None)] for i in ids[start : start + block]})
         by_groups = (time.time() - t) / tries * 1000
         assert len(got) == block
-        (part,) = log.parts()
+        parts = log.parts()  # the folds (one per id range of FOLD_ROWS rows)
         t = time.time()
         for _ in range(tries):
             start = rng.randrange(0, rows - block)
-            with log.fs.open(part, "rb") as f:
-                whole = pq.read_table(f)
-            whole.filter(pc.is_in(whole["id"], pa.array(ids[start : start + block])))
+            for part in parts:
+                with log.fs.open(part, "rb") as f:
+                    whole = pq.read_table(f)
+                whole.filter(pc.is_in(whole["id"], pa.array(ids[start : start + block])))
         return by_groups, (time.time() - t) / tries * 1000
 
 
@@ -283,13 +285,18 @@ def main(argv=None) -> int:
     p.add_argument("--lookup-rows", type=int, default=1_000_000, help="rows of the compacted log a block's lookup is timed in (0: skip)")
     p.add_argument("--manifest-rows", type=int, default=2_000_000, help="rows of the manifest the input listing's driver memory is measured on (0: skip)")
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--fold-rows", type=int, default=4_000_000, help="rows of a step's log whose fold's peak memory is measured, by id range and whole (0: skip)")
     p.add_argument("--listing", nargs=2, metavar=("MANIFEST", "HOW"), help=argparse.SUPPRESS)
+    p.add_argument("--fold", nargs=2, metavar=("ROOT", "HOW"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
         print(json.dumps(one(args.one, args)))
         return 0
     if args.listing:
         print(json.dumps(listing_memory(*args.listing, wave=args.sources_per_wave)))
+        return 0
+    if args.fold:
+        print(json.dumps(fold_memory(*args.fold)))
         return 0
     results = []
     for rows in args.rows:
@@ -311,7 +318,7 @@ def main(argv=None) -> int:
     if args.lookup_rows:
         groups, whole = committed_lookup(args.lookup_rows)
         print(f"a block's lookup in a compacted log of {args.lookup_rows} rows: {groups:.1f} ms by row groups, "
-              f"{whole:.1f} ms reading the whole part ({whole / groups:.0f}x)")
+              f"{whole:.1f} ms reading the whole log ({whole / groups:.0f}x)")
     if args.manifest_rows:
         with tempfile.TemporaryDirectory() as tmp:
             for fmt in ("parquet", "csv"):
@@ -326,7 +333,49 @@ def main(argv=None) -> int:
                 print(f"input listing of a {fmt} manifest, driver peak RSS growth at {args.manifest_rows // 4} -> {args.manifest_rows} rows: "
                       f"{w1:.0f} -> {w2:.0f} MB read in waves of {args.sources_per_wave} ({got['waves', args.manifest_rows]['rows_per_s'] / 1e6:.2f}M rows/s), "
                       f"{a1:.0f} -> {a2:.0f} MB as one table", flush=True)
+    if args.fold_rows:
+        import shutil
+
+        with tempfile.TemporaryDirectory(prefix="curate-bench-fold-") as tmp:
+            write_log(f"{tmp}/a", args.fold_rows)
+            shutil.copytree(f"{tmp}/a", f"{tmp}/b")
+            got = {}
+            for how, root in (("ranges", f"{tmp}/a"), ("whole", f"{tmp}/b")):
+                cmd = [sys.executable, "-m", "curate.bench.scale", "--fold", root, how]
+                got[how] = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+            r, w = got["ranges"], got["whole"]
+            print(f"folding a step's log of {args.fold_rows} rows in 65 parts: peak RSS growth {r['rss_growth_mb']:.0f} MB by id ranges of "
+                  f"{r['fold_rows']} rows ({r['parts']} parts, {r['s']:.1f} s) vs {w['rss_growth_mb']:.0f} MB whole ({w['s']:.1f} s)", flush=True)
     return 0
+
+
+def write_log(root: str, rows: int) -> None:
+    """A caption step's log of `rows` rows in 65 parts (so compact folds it): ids in no order."""
+    from curate.commit import CommitLog
+
+    log = CommitLog(root, "caption", "k")
+    step = -(-rows // 65)
+    for start in range(0, rows, step):
+        n = min(step, rows - start)
+        h = pa.array([hashlib.sha256(str(i).encode()).hexdigest()[:16] for i in range(start, start + n)])
+        import pyarrow.compute as pc
+
+        log.write(pa.table({"id": h, "match": pa.nulls(n, pa.string()),
+                            "caption": pc.binary_join_element_wise("a caption of clip ", h, ", with some words about what it shows", "")}), run=1)
+
+
+def fold_memory(root: str, how: str) -> dict:
+    """Peak RSS growth (MB) of `compact` on the log under `root`: by id ranges (FOLD_ROWS) or whole."""
+    import curate.commit as commit
+
+    if how == "whole":
+        commit.FOLD_ROWS = 1 << 62
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base, t0 = _hwm_mb(), time.time()
+    log = commit.CommitLog(root, "caption", "k")
+    log.compact()
+    return {"rss_growth_mb": _hwm_mb() - base, "s": time.time() - t0, "parts": len(log.parts()), "fold_rows": commit.FOLD_ROWS}
 
 
 def write_manifest(path: str, rows: int) -> str:
@@ -373,7 +422,7 @@ def _hwm_mb() -> float:
 def _pass(args) -> list[str]:
     return ["--clips-per-source", str(args.clips_per_source), "--split-ms", str(args.split_ms), "--score-ms", str(args.score_ms),
             "--caption-ms", str(args.caption_ms), "--caption-batch", str(args.caption_batch), "--cpus", str(args.cpus),
-            "--shard-rows", "0", "--lookup-rows", "0", "--manifest-rows", "0", "--sources-per-wave", str(args.sources_per_wave)]
+            "--shard-rows", "0", "--lookup-rows", "0", "--manifest-rows", "0", "--fold-rows", "0", "--sources-per-wave", str(args.sources_per_wave)]
 
 
 if __name__ == "__main__":

@@ -131,3 +131,53 @@ def test_a_lookup_in_a_compacted_part_reads_only_the_row_groups_of_its_ids(tmp_p
     assert log.locate(["c0001"]) == {("c0001", None): log.parts()[0]} and read == [[0]]  # never the whole index
     everything = log.rows(log.locate([f"c{k:04d}" for k in range(700)]))
     assert len(everything) == 700 and all(r["motion_score"] == float(int(i[1:])) for i, r in everything.items())
+
+
+def test_a_large_folder_is_folded_one_id_range_at_a_time(tmp_path, monkeypatch):
+    """Past FOLD_ROWS rows, compact never holds the folder at once: it streams the parts into one
+    temporary file per id range and folds each range into a part of its own. The folds' ranges do not
+    overlap, each is sorted, every (id, match) keeps its latest row (ties: the later part), nothing
+    temporary is left, and lookups find every row; folding again (old folds + new parts) too."""
+    import pyarrow.parquet as pq
+
+    import curate.commit as commit
+
+    monkeypatch.setattr(commit, "FOLD_ROWS", 200)
+    monkeypatch.setattr(commit, "ROW_GROUP", 32)
+    held = []
+    real = commit.latest_rows
+    monkeypatch.setattr(commit, "latest_rows", lambda t, keys=("id",): held.append(t.num_rows) or real(t, keys))
+    log = CommitLog(str(tmp_path), "caption", "k")
+    ids = [f"{(k * 7919) % 1000:03d}x" for k in range(1000)]  # not in id order
+    for b in range(70):  # 70 parts: run 1, then a later run redoes every 10th id and adds a second match for a few
+        part = ids[b * 10:(b + 1) * 10]
+        log.write(pa.table({"id": part, "match": ["m"] * 10, "score": [1.0] * 10}), run=1)
+    for b in range(0, 1000, 100):
+        again = ids[b:b + 100:10]
+        log.write(pa.table({"id": again, "match": ["m"] * len(again), "score": [2.0] * len(again)}), run=2)
+        log.write(pa.table({"id": again[:2], "match": ["other"] * 2, "score": [3.0] * 2}), run=2)
+    want = log.read(keys=("id", "match"))
+    expect = sorted(zip(want["id"].to_pylist(), want["match"].to_pylist(), want["score"].to_pylist()))
+    held.clear()
+    assert log.compact()
+    parts = log.parts()
+    assert len(parts) >= 4 and max(held) <= 2 * 200  # a range at a time (quantile cuts of a sample: about FOLD_ROWS each)
+    assert not [p for p in (tmp_path / "commit" / "caption" / "k").iterdir() if ".tmp-" in p.name]
+    ranges = []
+    for p in parts:
+        t = pq.read_table(p)
+        assert t["id"].to_pylist() == sorted(t["id"].to_pylist())
+        ranges.append((t["id"][0].as_py(), t["id"][-1].as_py()))
+    ranges.sort()
+    assert all(a[1] < b[0] for a, b in zip(ranges, ranges[1:]))  # no id in two folds
+    got = log.read(keys=("id", "match"))
+    assert sorted(zip(got["id"].to_pylist(), got["match"].to_pylist(), got["score"].to_pylist())) == expect
+    index = CommitLog(str(tmp_path), "caption", "k").locate(ids)
+    rows = log.rows({k: p for k, p in index.items() if k[1] == "m"})
+    assert len(index) == len(expect) == 750 and {i: r["score"] for i, r in rows.items()} == {i: s for i, m, s in expect if m == "m"}
+    # fold again: the earlier folds and 65 new parts (a third run rescoring some ids)
+    for b in range(65):
+        log.write(pa.table({"id": [ids[b]], "match": ["m"], "score": [4.0]}), run=commit.run_stamp())  # a run after the fold
+    assert log.compact()
+    got = {(i, m): s for i, m, s in zip(*(log.read(keys=("id", "match"))[c].to_pylist() for c in ("id", "match", "score")))}
+    assert len(got) == 750 and all(got[(ids[b], "m")] == 4.0 for b in range(65)) and got[(ids[100], "m")] == 2.0
