@@ -65,12 +65,17 @@ def embeddings(cfg: JobConfig, out_url: str, clip_ids: pa.Array) -> pa.Table:
 
 
 def compact(out_url: str, steps) -> int:
-    """Fold each committed step's parts into one where they have grown many; returns the folders folded."""
-    folded = 0
-    for step in steps:
-        if step.key:
-            folded += CommitLog(out_url, step.name, step.key).compact()
-    return folded
+    """Fold each committed step's parts where they have grown many, one Ray task a step (a fold of a
+    large log streams it by id range: see CommitLog.compact; none of it on the driver); returns the
+    folders folded."""
+    import ray
+
+    fold = ray.remote(num_cpus=1)(_compact_one)
+    return sum(ray.get([fold.remote(out_url, step.name, step.key) for step in steps if step.key]))
+
+
+def _compact_one(out_url: str, name: str, key: str) -> int:
+    return int(CommitLog(out_url, name, key).compact())
 
 
 def prune_rows(out_url: str, run: int) -> int:

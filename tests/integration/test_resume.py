@@ -234,3 +234,24 @@ def test_a_lost_node_costs_nothing(inputs, uninterrupted, tmp_path):
     report = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
     assert report["removed_node"], "the worker node was not removed during the run"
     assert_same_state(state(out), uninterrupted)
+
+
+def test_the_end_of_a_run_folds_step_logs_in_ray_tasks(ray_session, tmp_path, monkeypatch):
+    """`finalize.compact` folds each step's log in a Ray task of its own (not on the driver); steps
+    without a log are skipped; a log of few parts is left as it is."""
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+
+    import curate.commit as commit
+    from curate.finalize import compact
+
+    many, few = commit.CommitLog(str(tmp_path), "motion", "k"), commit.CommitLog(str(tmp_path), "watermark", "k")
+    for b in range(70):
+        many.write(pa.table({"id": [f"c{b:02d}"], "match": [None], "motion_score": [float(b)]}), run=1)
+    few.write(pa.table({"id": ["c00"], "match": [None], "watermark_score": [0.1]}), run=1)
+    monkeypatch.setattr(commit.CommitLog, "compact", lambda self, min_parts=64: pytest.fail("folded on the driver"))
+    steps = [SimpleNamespace(name="motion", key="k"), SimpleNamespace(name="select", key=None), SimpleNamespace(name="watermark", key="k")]
+    assert compact(str(tmp_path), steps) == 1  # the workers import the module afresh: the patch is the driver's only
+    assert len(many.parts()) == 1 and len(few.parts()) == 1
+    assert sorted(many.read()["motion_score"].to_pylist()) == [float(b) for b in range(70)]
