@@ -197,7 +197,7 @@ class CommitLog:
             return False  # mostly folds already (a large folder is several): nothing worth a refold yet
         stamp = time.time_ns()
         total = sum(self._meta(p).num_rows for p in parts)
-        bounds = self._bounds(parts, -(-total // FOLD_ROWS)) if total > FOLD_ROWS else []
+        bounds = self._bounds(parts, total, -(-total // FOLD_ROWS)) if total > FOLD_ROWS else []
         if not bounds:
             written = {self._fold(self.read(keys=("id", "match")), stamp)}
         else:
@@ -223,10 +223,9 @@ class CommitLog:
         with self.fs.open(part, "rb") as f:
             return pq.ParquetFile(f).metadata
 
-    def _bounds(self, parts: list[str], ranges: int) -> list[str]:
-        """`ranges` - 1 ids that cut the folder's ids into ranges of about equal size (quantiles of a
-        sample of about 100,000 ids, read from the id column only)."""
-        total = sum(self._meta(p).num_rows for p in parts)
+    def _bounds(self, parts: list[str], total: int, ranges: int) -> list[str]:
+        """`ranges` - 1 ids that cut the folder's `total` ids into ranges of about equal size (quantiles
+        of a sample of about 100,000 ids, read from the id column only)."""
         stride = max(1, total // 100_000)
         sample = []
         for p in parts:
@@ -254,7 +253,7 @@ class CommitLog:
                     for batch in pq.ParquetFile(f).iter_batches(batch_size=65536):
                         table = _conform(pa.Table.from_batches([batch]), schema)
                         ids = table["id"]
-                        k = pc.add(pc.cast(pc.greater_equal(ids, cuts[0]), pa.int32()), 0)
+                        k = pc.cast(pc.greater_equal(ids, cuts[0]), pa.int32())  # the range: how many cuts are <= id
                         for b in cuts[1:]:
                             k = pc.add(k, pc.cast(pc.greater_equal(ids, b), pa.int32()))
                         for r in pc.unique(k).to_pylist():

@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.dedup import drop_from_index
-from curate.release import TakedownError, match_sources, read_job, read_takedowns, write_release
 from curate.layout import Layout
+from curate.release import TakedownError, match_sources, read_job, read_takedowns, write_release
 from curate.storage import Output
 from schemas import CLIPS, SHARDS, TAKEDOWNS, ClipStatus, Reason, conform
 from stages.shards import write_tar
@@ -59,14 +59,13 @@ def _takedown(out: Output, out_url: str, source: str, reason: str | None, now: d
     # shard, is read whole); an output whose clips are one file is read and written whole.
     partitioned = bool(buckets) and out.fs.isdir(out.path(Layout.table_folder("clips")))
     info = _find_sources(out, source)
-    ids = set(info)
-    if not ids and _clips(out, {source}, buckets, partitioned)[1] is not None:
-        ids = {source}  # a source id that only its clips still carry
-    if not ids:
+    ids = set(info) or {source}  # nothing in sources: perhaps a source id that only its clips still carry
+    parts = _clips(out, ids, buckets, partitioned)  # {bucket (None: the whole table): its clip rows}
+    values = pa.array(sorted(ids), pa.string())
+    if not info and not any(pc.any(pc.is_in(t["source_id"], value_set=values)).as_py() for t in parts.values()):
         raise TakedownError(f"no source in {out_url} matches {source!r} (give a source_id, sha256, uri or source_url)")
     time = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc).replace(microsecond=0, tzinfo=None)
 
-    parts, _ = _clips(out, ids, buckets, partitioned)  # {bucket (None: the whole table): its clip rows}
     rows = [r for table in parts.values() for r in table.to_pylist()]
     drop = {r["clip_id"] for r in rows if r["source_id"] in ids and r["shard"]}
     touched = sorted({r["shard"] for r in rows if r["clip_id"] in drop})
@@ -126,28 +125,24 @@ def _find_sources(out: Output, name: str) -> dict[str, dict]:
         table = pa.Table.from_batches([batch])
         hits = match_sources(table, [name])
         if hits:
-            found.update({r["source_id"]: r for r in table.to_pylist() if r["source_id"] in hits})
+            rows = table.filter(pc.is_in(table["source_id"], value_set=pa.array(sorted(hits), pa.string())))
+            found.update({r["source_id"]: r for r in rows.to_pylist()})
     return found
 
 
 _ORDER = [("source_id", "ascending"), ("start_frame", "ascending"), ("clip_id", "ascending")]
 
 
-def _clips(out: Output, ids: set[str], buckets: int | None, partitioned: bool) -> tuple[dict, object]:
-    """({bucket: its clip rows, sorted} for the buckets holding `ids`, or {None: the whole table} when the
-    clips are one file; and a clip row of one of `ids`, or None when no clip names them)."""
+def _clips(out: Output, ids: set[str], buckets: int | None, partitioned: bool) -> dict:
+    """{bucket: its clip rows, sorted} for the buckets holding `ids`, or {None: the whole table} when the
+    clips are one file."""
     if partitioned:
         from stages.shards import bucket_of
 
         wanted = sorted({bucket_of(s, buckets) for s in ids})
         data = out.table_dataset("clips", bucket=True)
-        parts = {b: data.to_table(filter=pc.field("bucket") == b).drop_columns(["bucket"]).sort_by(_ORDER) for b in wanted}
-    else:
-        parts = {None: out.read_table("clips").sort_by(_ORDER)}
-    values = pa.array(sorted(ids), pa.string())
-    any_row = next((t.filter(pc.is_in(t["source_id"], value_set=values)).slice(0, 1) for t in parts.values()
-                    if pc.any(pc.is_in(t["source_id"], value_set=values)).as_py()), None)  # fmt: skip
-    return parts, any_row
+        return {b: data.to_table(filter=pc.field("bucket") == b).drop_columns(["bucket"]).sort_by(_ORDER) for b in wanted}
+    return {None: out.read_table("clips").sort_by(_ORDER)}
 
 
 def _write_bucket(out: Output, name: str, bucket: int, table: pa.Table) -> None:
