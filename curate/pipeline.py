@@ -26,7 +26,7 @@ from curate.dedup import check_against
 from curate.finalize import compact, finalize_tables, prune_rows
 from curate.inputs import InputError, Listing
 from curate.latents import check_latents
-from curate.plan import build, clip_steps
+from curate.plan import build, clip_steps, committed_sources
 from curate.release import write_release
 from curate.report import write_report
 from curate.samples import generate_samples
@@ -204,7 +204,9 @@ def _run(cfg: JobConfig, out: Output, address: str | None, inputs: pa.Table | No
     # one wave of the listing (read as it goes) and Ray Data's bookkeeping of one execution.
     for i, rows in enumerate(listing):
         progress.wave(i, rows.num_rows)
-        plan = build(cfg, rows, out.url, run, motion, steps, source)
+        # sources committed before (a rerun, a resume) are found first, and read back in blocks
+        cached = committed_sources(cfg, rows, out.url, run)
+        plan = build(cfg, rows, out.url, run, motion, steps, source, cached)
         for counts in plan.iter_batches(batch_size=None, batch_format="pyarrow"):
             progress.add(counts)
     skipped = getattr(listing, "others", 0)

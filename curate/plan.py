@@ -105,14 +105,26 @@ def kept_with_file(row: dict) -> bool:
     return row.get("status") == ClipStatus.KEPT and bool(row.get("clip_uri"))
 
 
+LOOKUP = -1  # the StepRunner index of a step's lookup run as a task of its own (see `looks_up_apart`)
+
+
+def looks_up_apart(step: Step) -> bool:
+    """A committed step whose first pool is an actor pool (a model) looks its committed rows up in a CPU
+    task of its own, on whole blocks: its actors (a GPU) see only the rows they have to compute, in
+    batches of their own size, and a rerun with everything committed costs them next to nothing."""
+    return step.key is not None and step.pools[0].actors is not None
+
+
 class StepRunner:
-    """Runs one pool of a step over a block. The first pool looks committed results up (filling them in)
-    and marks the rest TODO; every pool computes only TODO rows; the last commits them and drops TODO."""
+    """Runs one pool of a step over a block. The first pool (or the step's lookup, index LOOKUP) looks
+    committed results up (filling them in) and marks the rest TODO; every pool computes only TODO rows;
+    the last commits them and drops TODO."""
 
     def __init__(self, step: Step, index: int, out_url: str, run: int):
         self.step, self.index, self.run = step, index, run
-        self.pool, self._stage = step.pools[index], None
-        self.first, self.last = index == 0, index == len(step.pools) - 1
+        self.pool, self._stage = (None if index == LOOKUP else step.pools[index]), None
+        self.first = index == LOOKUP or (index == 0 and not looks_up_apart(step))
+        self.last = index == len(step.pools) - 1
         self.log = CommitLog(out_url, step.name, step.key) if step.key else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -122,6 +134,8 @@ class StepRunner:
             batch = self.lookup(batch)
             if carried is not None:
                 batch = _reattach(batch, carried)
+            if self.index == LOOKUP:
+                return batch
         todo = batch[TODO].to_pylist()
         if any(todo):
             mask = pa.array(todo, pa.bool_())
@@ -189,6 +203,12 @@ class StepRunner:
                 data[k] = [st.get(k) for st in stamps]
                 fields.append(pa.field(k, pa.string()))
         self.log.write(pa.Table.from_pydict(data, schema=pa.schema(fields)), run=self.run)
+
+
+def step_runners(step: Step, out_url: str, run: int) -> list[StepRunner]:
+    """A step's runners in the order the plan chains them (its lookup first when apart): for running a
+    step in-process, block by block through each in turn."""
+    return [StepRunner(step, i, out_url, run) for i in ([LOOKUP] if looks_up_apart(step) else []) + list(range(len(step.pools)))]
 
 
 def _reattach(table: pa.Table, carried: pa.Table) -> pa.Table:
@@ -274,20 +294,22 @@ class IngestSplit:
         out = Output(out_url)
         self.split = Split(split_cfg, out.uri(Layout.CLIPS), motion=motion, signature=signature)
         self.log = CommitLog(out_url, "split", split_key(split_cfg))
+        self.fs = out.fs  # the clip files' filesystem (fsspec methods take a full URL)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        inputs = batch.to_pylist()
+        keys = [stat_key(row["uri"]) if row.get("uri") else None for row in inputs]
+        committed = self.committed(keys)
         rows, ids, fresh = [], [], []
-        for row in batch.to_pylist():
-            key = stat_key(row["uri"]) if row.get("uri") else None
-            cached = self._cached(key)
+        for row, key in zip(inputs, keys):
+            cached = committed.get(key) if key is not None else None
             if cached is not None:
-                cached.update({c: row.get(c) for c in INPUT_COLUMNS})
+                cached = {**cached, **{c: row.get(c) for c in INPUT_COLUMNS}}
                 cached["license_raw"], cached["license"] = row.get("license"), normalize_license(row.get("license"))
                 rows.append(cached)
                 fresh.append(False)
             else:
-                source = ingest_one(row)
-                result = self.split.split_one(source) if source["status"] == SourceStatus.OK else {**source, "scenes": [], "clips": []}
+                result = self.split_source(row)
                 failed_clip = any(c["status"] == ClipStatus.ERROR for c in result["clips"] or [])
                 rows.append(result)
                 fresh.append(bool(key) and result["reason"] not in TRANSIENT and not failed_clip)
@@ -295,20 +317,35 @@ class IngestSplit:
         table = pa.Table.from_pylist(rows, schema=SPLIT)
         return table.append_column("id", pa.array(ids, pa.string())).append_column(TODO, pa.array(fresh, pa.bool_()))
 
-    def _cached(self, key: str | None) -> dict | None:
-        if key is None:
-            return None
-        part = self.log.locate([key]).get((key, None))
-        if part is None:
-            return None
-        row = self.log.rows({(key, None): part}).get(key)
-        if row is None:
-            return None
-        row.pop("id", None), row.pop("match", None)
-        for c in row.get("clips") or []:
-            if c.get("clip_uri") and not fsspec.core.url_to_fs(c["clip_uri"])[0].exists(c["clip_uri"]):
-                return None  # a clip file went missing: split again
-        return row
+    def split_source(self, row: dict) -> dict:
+        """One input row ingested (hash, probe) and split: its SPLIT row."""
+        source = ingest_one(row)
+        return self.split.split_one(source) if source["status"] == SourceStatus.OK else {**source, "scenes": [], "clips": []}
+
+    def committed(self, keys: list[str | None]) -> dict[str, dict]:
+        """{stat key: committed SPLIT row} of the sources among `keys` committed with these settings whose
+        clip files are all still there (one lookup in the log for the whole block)."""
+        found = self.log.locate([k for k in keys if k is not None])
+        rows = self.log.rows(found) if found else {}
+        out = {}
+        for key, row in rows.items():
+            row.pop("id", None), row.pop("match", None)
+            if all(not c.get("clip_uri") or self.fs.exists(c["clip_uri"]) for c in row.get("clips") or []):
+                out[key] = row  # else a clip file went missing: split again
+        return out
+
+
+class SplitLookup:
+    """Input rows -> `cached`: whether each source's split is committed under these settings for its
+    current stat key (the per-wave look ahead that lets committed sources travel in blocks)."""
+
+    def __init__(self, split_cfg, out_url: str):
+        self.log = CommitLog(out_url, "split", split_key(split_cfg))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        keys = [stat_key(u) if u else None for u in batch["uri"].to_pylist()]
+        found = {i for i, _ in self.log.locate([k for k in keys if k is not None])}
+        return pa.table({"cached": pa.array([k is not None and k in found for k in keys], pa.bool_())})
 
 
 class CommitSplit:
@@ -477,24 +514,80 @@ def resources_for(steps: list[Step]) -> Resources:
     return Resources(node_cpus, float(cluster.get("GPU", 0)),
                      sum(p.actors is not None for p in pools), sum(p.gpu and p.actors is not None for p in pools),
                      cpu_steps=sum(p.actors is None and (p.num_cpus is None or p.num_cpus > LIGHT_CPUS) for p in pools),
-                     light_steps=2 + sum(p.actors is None and p.num_cpus is not None and p.num_cpus <= LIGHT_CPUS for p in pools),
+                     light_steps=2 + sum(p.actors is None and p.num_cpus is not None and p.num_cpus <= LIGHT_CPUS for p in pools)
+                     + sum(looks_up_apart(s) for s in steps),
                      total_cpus=float(cluster.get("CPU", 1)))
 
 
-def _ingest(batch: pa.Table, rows, cls, args: tuple, name: str, run: int) -> pa.Table:
-    """The per-source task: input row indices -> those input rows (the table fetched once per worker
-    process and wave) -> the source step (`cls`: IngestSplit unless replaced)."""
+def _ingest(batch: pa.Table, rows, cls, args: tuple, name: str, run: int, keep_id: bool = False) -> pa.Table:
+    """The per-source task: input row positions -> those input rows (the table fetched once per worker
+    process and wave) -> the source step (`cls`: IngestSplit unless replaced); with `keep_id`, the
+    positions are put back beside its output."""
     import ray
 
     cache = _for_run(run)
     if cache.get("inputs_ref") != rows:
         cache["inputs_ref"], cache["inputs"] = rows, ray.get(rows)
-    return _task(cache["inputs"].take(batch["id"]), cls, args, name, run)
+    out = _task(cache["inputs"].take(batch["id"]), cls, args, name, run)
+    return out.append_column("id", batch["id"]) if keep_id else out
 
 
-def build(cfg: JobConfig, inputs: pa.Table, out_url: str, run: int, motion=None, steps: list[Step] | None = None, source=None):
+class _Blocks:
+    """A datasource of input row positions 0..n-1 in blocks of the given sizes, one read task each (made
+    lazily: `ray.data.Datasource` is imported with Ray)."""
+
+    def __new__(cls, sizes: list[int]):
+        from ray.data import Datasource, ReadTask
+        from ray.data.block import BlockMetadata
+
+        class Blocks(Datasource):
+            def estimate_inmemory_data_size(self):
+                return 8 * sum(sizes)
+
+            def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
+                tasks, start = [], 0
+                for n in sizes:
+                    meta = BlockMetadata(num_rows=n, size_bytes=8 * n, input_files=None, exec_stats=None)
+                    tasks.append(ReadTask(lambda s=start, n=n: [pa.table({"id": pa.array(range(s, s + n), pa.int64())})], meta))
+                    start += n
+                return tasks
+
+        return Blocks()
+
+
+READ_BACK = 64  # committed sources read back per task (a fresh source is a task of its own)
+LOOKUP = 256  # sources per task of the per-wave look ahead
+
+
+def committed_sources(cfg: JobConfig, inputs: pa.Table, out_url: str, run: int) -> pa.Array | None:
+    """Which input rows (a bool per row) have their split committed under this job's split settings,
+    looked up on Ray in blocks of LOOKUP sources before the wave's plan is built; None when the split
+    log has nothing (a first run: nothing to look up). The driver holds one bool per source of a wave."""
+    import ray
+    from ray.data import TaskPoolStrategy
+
+    if not CommitLog(out_url, "split", split_key(cfg.split)).parts() or inputs.num_rows == 0:
+        return None
+    res = resources_for([])
+    n = inputs.num_rows
+    sizes = [min(LOOKUP, n - i) for i in range(0, n, LOOKUP)]
+    rows = ray.put(inputs.select(["uri"]))
+    ds = ray.data.read_datasource(_Blocks(sizes), num_cpus=LIGHT_CPUS, concurrency=res.splitters)
+    ds = ds.map_batches(_ingest, fn_args=(rows, SplitLookup, (cfg.split, out_url), "lookup", run), fn_kwargs={"keep_id": True},
+                        batch_size=None, num_cpus=res.task_cpus(), compute=TaskPoolStrategy(size=res.splitters), batch_format="pyarrow")
+    cached = [False] * n
+    for t in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for i, c in zip(t["id"].to_pylist(), t["cached"].to_pylist()):
+            cached[i] = c
+    return pa.array(cached, pa.bool_())
+
+
+def build(cfg: JobConfig, inputs: pa.Table, out_url: str, run: int, motion=None, steps: list[Step] | None = None, source=None,
+          cached: pa.Array | None = None):
     """The lazy dataset of the whole plan (nothing runs until it is iterated). `source` (a class and its
-    arguments) replaces IngestSplit as the per-source task (the scale benchmark's synthetic sources)."""
+    arguments) replaces IngestSplit as the per-source task (the scale benchmark's synthetic sources).
+    `cached` (a bool per input row, `committed_sources`): those sources are read back from the split log
+    READ_BACK to a task, ahead of the fresh ones, which are a task each."""
     import ray
     from ray.data import TaskPoolStrategy
 
@@ -503,23 +596,27 @@ def build(cfg: JobConfig, inputs: pa.Table, out_url: str, run: int, motion=None,
     steps = clip_steps(cfg) if steps is None else steps
     res = resources_for(steps)
     fmt = {"batch_format": "pyarrow"}
-    # a source is one task: the input rows go to the object store once, and each task takes its row by
-    # index (one driver-made block per source cost the driver ~25 KB each, for the whole run)
-    # (ray.data.range's datasource, read with a bookkeeping share of a CPU, a few tasks at a time: a read
-    # task asking for a whole CPU would never start beside the actors on a one-CPU node, and many tiny
-    # tasks at a share of a CPU each start as many worker processes)
-    from ray.data._internal.datasource.range_datasource import RangeDatasource
-
+    # A fresh source is one task (the split is the plan's heaviest work: one source per task spreads it
+    # over every CPU); committed ones come first, in blocks, so a rerun pays a task per READ_BACK
+    # sources, not per source. The input rows go to the object store once and each task takes its rows
+    # by position (one driver-made block per source cost the driver ~25 KB each, for the whole run); the
+    # read has a bookkeeping share of a CPU, a few tasks at a time (a read task asking for a whole CPU
+    # would never start beside the actors on a one-CPU node, and many tiny tasks at a share of a CPU each
+    # start as many worker processes).
+    sizes = [1] * inputs.num_rows
+    if cached is not None and pc.any(cached).as_py():
+        hits = pc.indices_nonzero(cached)
+        inputs = inputs.take(pa.concat_arrays([hits, pc.indices_nonzero(pc.invert(cached))]))
+        sizes = [min(READ_BACK, len(hits) - i) for i in range(0, len(hits), READ_BACK)] + [1] * (inputs.num_rows - len(hits))
     rows = ray.put(inputs)
-    ds = ray.data.read_datasource(RangeDatasource(n=inputs.num_rows, block_format="arrow", column_name="id"),
-                                  override_num_blocks=max(1, inputs.num_rows), num_cpus=LIGHT_CPUS, concurrency=res.splitters)
+    ds = ray.data.read_datasource(_Blocks(sizes), num_cpus=LIGHT_CPUS, concurrency=res.splitters)
     # the dedup signature step's settings, when it is one of the steps: the one-pass split signs clips as it decodes
     sig_step = next((s for s in steps if s.name == "signature"), None)
     signature = (cfg.dedup.fps, sig_step.key) if sig_step is not None and cfg.dedup is not None else None
     source = source or (IngestSplit, (cfg.split, out_url, motion, signature))
     # The split runs on all CPUs but a quarter (one of two): the steps after it run as it goes, instead of
     # waiting behind a queue of sources that would always win the free CPU (see Resources).
-    ds = ds.map_batches(_ingest, fn_args=(rows, *source, "ingest", run), batch_size=1, num_cpus=res.task_cpus(),
+    ds = ds.map_batches(_ingest, fn_args=(rows, *source, "ingest", run), batch_size=None, num_cpus=res.task_cpus(),
                         compute=TaskPoolStrategy(size=res.splitters), **fmt)
     motion_key = motion_settings_key(motion) if motion else None
     commit_args = (cfg.split, out_url, motion_key, cfg.policy, run, signature[1] if signature else None)
@@ -535,6 +632,9 @@ def add_steps(ds, steps: list[Step], res: Resources, out_url: str, run: int):
 
     fmt = {"batch_format": "pyarrow"}
     for step in steps:
+        if looks_up_apart(step):
+            ds = ds.map_batches(_task, fn_args=(StepRunner, (step, LOOKUP, out_url, run), f"{step.name}/lookup", run), batch_size=None,
+                                num_cpus=LIGHT_CPUS, **fmt)
         for i, pool in enumerate(step.pools):
             args = (step, i, out_url, run)
             if pool.actors is None:

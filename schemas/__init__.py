@@ -313,10 +313,13 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
     Raises KeyError naming a missing non-nullable column.
     """
-    cols = []
+    if table.schema.equals(schema):  # already conformed (metadata aside: from_arrays below sets it)
+        return table.replace_schema_metadata(schema.metadata)
+    cols, names = [], set(table.column_names)
     for f in schema:
-        if f.name in table.column_names:
-            cols.append(table.column(f.name).cast(f.type))
+        if f.name in names:
+            col = table.column(f.name)
+            cols.append(col if col.type == f.type else col.cast(f.type))
         elif f.nullable:
             cols.append(pa.nulls(table.num_rows, f.type))
         else:

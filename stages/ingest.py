@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from functools import lru_cache
 
 import pyarrow as pa
 
@@ -29,6 +30,15 @@ _ALIASES = {
 _LICENSE_REF = re.compile(r"^(DocumentRef-[A-Za-z0-9.-]+:)?LicenseRef-[A-Za-z0-9.-]+$")
 
 
+@lru_cache(maxsize=1)
+def spdx_licensing():
+    """license_expression's SPDX licensing, built once per process (building it reads and indexes the
+    whole SPDX list: about 50 ms)."""
+    from license_expression import get_spdx_licensing
+
+    return get_spdx_licensing()
+
+
 def normalize_license(raw: str | None) -> str:
     """An SPDX license expression for `raw` ("cc-by-4.0", "CC BY 4.0", "MIT OR Apache-2.0", ...).
 
@@ -36,12 +46,14 @@ def normalize_license(raw: str | None) -> str:
     """
     if raw is None or not str(raw).strip():
         return NOASSERTION
-    from license_expression import get_spdx_licensing
+    return _normalize(str(raw).strip())
 
-    text = str(raw).strip()
+
+@lru_cache(maxsize=4096)
+def _normalize(text: str) -> str:
     if _LICENSE_REF.match(text) or text == NOASSERTION:
         return text
-    licensing = get_spdx_licensing()
+    licensing = spdx_licensing()
     dashed = re.sub(r"\s+", "-", text)
     for candidate in (text, dashed, _ALIASES.get(dashed.lower(), "")):
         if candidate:

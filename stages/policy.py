@@ -16,6 +16,7 @@ from functools import lru_cache
 import pyarrow as pa
 
 from schemas import ClipStatus, Reason
+from stages.ingest import spdx_licensing
 
 # Permissive licences a training set can use with attribution at most; NC/ND and unknown are out.
 DEFAULT_ALLOWED = (
@@ -39,13 +40,6 @@ class PolicyConfig:
                     raise ValueError(f"PolicyConfig.{name}: every entry must be a non-empty string, got {value!r}")
 
 
-@lru_cache(maxsize=1)
-def _licensing():
-    from license_expression import get_spdx_licensing
-
-    return get_spdx_licensing()
-
-
 @lru_cache(maxsize=4096)
 def alternatives(expression: str | None) -> tuple[frozenset[str], ...]:
     """The ways to satisfy a licence expression: each a set of licence keys that must all be honoured.
@@ -55,7 +49,7 @@ def alternatives(expression: str | None) -> tuple[frozenset[str], ...]:
     """
     text = (expression or "").strip() or "NOASSERTION"
     try:
-        parsed = _licensing().parse(text, validate=False, strict=False)
+        parsed = spdx_licensing().parse(text, validate=False, strict=False)
     except Exception:  # license_expression raises several kinds; an unparsable licence is unknown
         return (frozenset([text]),)
     if parsed is None:
@@ -64,7 +58,7 @@ def alternatives(expression: str | None) -> tuple[frozenset[str], ...]:
 
 
 def _dnf(node) -> list[frozenset[str]]:
-    lic = _licensing()
+    lic = spdx_licensing()
     if isinstance(node, lic.OR):
         return [alt for arg in node.args for alt in _dnf(arg)]
     if isinstance(node, lic.AND):

@@ -50,33 +50,39 @@ def _append(path: str, line: str) -> None:
 
 
 class FakeSplit:
-    """Input rows -> SPLIT rows with `clips` windows (no files), after sleeping `cost_s` per source."""
+    """The real per-source step (`IngestSplit`: the lookup of committed sources, the read back) with the
+    split itself replaced: `clips` windows per source (no files), after sleeping `cost_s` (made lazily:
+    curate.plan is imported in the worker)."""
 
-    def __init__(self, clips: int, cost_s: float, log_dir: str):
-        self.clips, self.cost_s, self.log = clips, cost_s, f"{log_dir}/split-{os.getpid()}.txt"
-        self.payload = f"{os.path.dirname(log_dir)}/clip.bin"  # every clip's "file": one small real one
+    def __new__(cls, clips: int, cost_s: float, log_dir: str, split_cfg, out_url: str):
+        import fsspec
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+        from curate.commit import CommitLog
+        from curate.plan import IngestSplit, split_key
         from schemas import ClipStatus, SourceStatus
-        from stages.split import SPLIT
 
-        rows = []
-        for r in batch.to_pylist():
-            time.sleep(self.cost_s)
-            sid = hashlib.sha256(r["uri"].encode()).hexdigest()[:16]
-            clips = [{"clip_id": f"{sid}_{i:06d}", "scene_index": i, "start_frame": 25 * i, "end_frame": 25 * i + 25,
-                      "start_s": float(i), "end_s": float(i + 1), "duration_s": 1.0, "fps": 25.0, "width": 64, "height": 48,
-                      "clip_uri": self.payload, "clip_bytes": 1000, "status": ClipStatus.KEPT}
-                     for i in range(self.clips)]
-            scenes = [{"scene_index": i, "start_frame": 25 * i, "end_frame": 25 * i + 25, "start_s": float(i), "end_s": float(i + 1)}
-                      for i in range(self.clips)]
-            rows.append({**r, "license_raw": r["license"], "source_id": sid, "sha256": sid * 4, "size_bytes": 1 << 20,
-                         "duration_s": float(self.clips), "fps": 25.0, "n_frames": 25 * self.clips, "width": 64, "height": 48,
-                         "status": SourceStatus.OK, "scenes": scenes, "clips": clips})
-        out = pa.Table.from_pylist(rows, schema=SPLIT)
-        out = out.append_column("id", batch["uri"]).append_column("_todo", pa.array([True] * out.num_rows))
-        _append(self.log, f"{time.time()}")
-        return out
+        class Fake(IngestSplit):
+            def __init__(self):
+                self.log = CommitLog(out_url, "split", split_key(split_cfg))
+                self.fs = fsspec.core.url_to_fs(out_url)[0]
+                self.times = f"{log_dir}/split-{os.getpid()}.txt"
+                self.payload = f"{os.path.dirname(log_dir)}/clip.bin"  # every clip's "file": one small real one
+
+            def split_source(self, r: dict) -> dict:
+                time.sleep(cost_s)
+                sid = hashlib.sha256(r["uri"].encode()).hexdigest()[:16]
+                windows = [{"clip_id": f"{sid}_{i:06d}", "scene_index": i, "start_frame": 25 * i, "end_frame": 25 * i + 25,
+                            "start_s": float(i), "end_s": float(i + 1), "duration_s": 1.0, "fps": 25.0, "width": 64, "height": 48,
+                            "clip_uri": self.payload, "clip_bytes": 1000, "status": ClipStatus.KEPT}
+                           for i in range(clips)]
+                scenes = [{"scene_index": i, "start_frame": 25 * i, "end_frame": 25 * i + 25, "start_s": float(i), "end_s": float(i + 1)}
+                          for i in range(clips)]
+                _append(self.times, f"{time.time()}")
+                return {**r, "license_raw": r["license"], "source_id": sid, "sha256": sid * 4, "size_bytes": 1 << 20,
+                        "duration_s": float(clips), "fps": 25.0, "n_frames": 25 * clips, "width": 64, "height": 48,
+                        "status": SourceStatus.OK, "reason": None, "scenes": scenes, "clips": windows}
+
+        return Fake()
 
 
 class FakeScore:
@@ -149,7 +155,11 @@ def one(rows: int, args) -> dict:
     cfg = load_job(job, [f"output={work}/out", "motion=null", "aesthetic=null", "watermark=null", "text=null", "nsfw=null",
                          "dedup=null", "caption=null", "latents=null", "select.where=null", "shards.max_samples=1000",
                          f"ray.sources_per_wave={args.sources_per_wave}"])
-    inputs = pa.table({"uri": [f"bench://video-{i:07d}.mp4" for i in range(sources)], "license": ["CC0-1.0"] * sources,
+    os.makedirs(f"{work}/inputs")
+    for i in range(sources):  # real (tiny) files: the rerun's lookup stats them as it does real inputs
+        with open(f"{work}/inputs/video-{i:07d}.mp4", "wb") as f:
+            f.write(b"\0")
+    inputs = pa.table({"uri": [f"{work}/inputs/video-{i:07d}.mp4" for i in range(sources)], "license": ["CC0-1.0"] * sources,
                        "title": [None] * sources, "author": [None] * sources, "source_url": [None] * sources,
                        "attribution": [None] * sources})
     steps = [
@@ -169,7 +179,7 @@ def one(rows: int, args) -> dict:
         return real_finalize(*a, **k)
 
     pipeline.finalize_tables = after_stream
-    source = (FakeSplit, (args.clips_per_source, args.split_ms / 1000, logs))
+    source = (FakeSplit, (args.clips_per_source, args.split_ms / 1000, logs, cfg.split, cfg.output))
     out = Output(cfg.output)
     t0 = time.time()
     summary = pipeline._run(cfg, out, None, inputs=inputs, steps=steps, source=source)

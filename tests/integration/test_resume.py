@@ -164,6 +164,44 @@ def test_rerun_of_a_finished_job_redoes_nothing(inputs, uninterrupted, ray_sessi
     print(f"first run {first:.1f} s, rerun {again:.2f} s ({again / first:.1%})")
 
 
+def test_a_rerun_finds_committed_sources_first_and_reads_them_back_in_blocks(inputs, ray_session, tmp_path, monkeypatch):
+    """The per-wave look ahead (`committed_sources`) finds every source a finished run committed, and not
+    one whose file changed since; IngestSplit reads a block of committed sources back without splitting
+    any (one lookup for the block), and splits again the one whose clip file went missing."""
+    import pyarrow as pa
+
+    from curate.commit import run_stamp
+    from curate.config import load_job
+    from curate.plan import IngestSplit, committed_sources
+
+    out = tmp_path / "out"
+    assert main(args(inputs, out)) == 0
+    cfg = load_job(JOB, [a for a in args(inputs, out)[3::2]])
+    videos = sorted(str(p) for p in inputs.glob("*.mp4"))
+    rows = pa.table({"uri": videos, "license": ["CC0-1.0"] * len(videos), "title": [None] * len(videos), "author": [None] * len(videos),
+                     "source_url": [None] * len(videos), "attribution": [None] * len(videos)})
+    assert committed_sources(cfg, rows, str(out), run_stamp()).to_pylist() == [True] * len(videos)
+    changed = Path(videos[0])
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    assert committed_sources(cfg, rows, str(out), run_stamp()).to_pylist() == [False] + [True] * (len(videos) - 1)
+
+    split = IngestSplit(cfg.split, str(out))
+    monkeypatch.setattr(IngestSplit, "split_source", lambda self, row: (_ for _ in ()).throw(AssertionError(f"split {row['uri']}")))
+    back = split(rows.slice(1))
+    assert back["_todo"].to_pylist() == [False] * (len(videos) - 1) and back["uri"].to_pylist() == videos[1:]
+    want = json.loads(query(str(out), "select source_id, count(*) n from clips group by all order by all", "json"))
+    got = sorted((r["source_id"], len(r["clips"])) for r in back.select(["source_id", "clips"]).to_pylist())
+    assert got == sorted((r["source_id"], r["n"]) for r in want if r["source_id"] in dict(got))
+
+    gone = back["clips"][0].as_py()[0]["clip_uri"]
+    os.remove(gone)
+    redone = []
+    monkeypatch.setattr(IngestSplit, "split_source", lambda self, row: redone.append(row["uri"]) or {**row, "source_id": "x", "status": "error",
+                                                                                                      "reason": "unreadable", "scenes": [], "clips": []})
+    split(rows.slice(1))
+    assert redone == [videos[1]]
+
+
 def _worker_pids(title: str) -> list[int]:
     pids = []
     for pid in os.listdir("/proc"):

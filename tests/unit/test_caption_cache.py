@@ -5,6 +5,7 @@ generates, and a tiny real CLIP."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,7 +13,7 @@ import pytest
 
 from curate.captioning import COLUMNS, caption_step
 from curate.commit import CommitLog, run_stamp
-from curate.plan import StepRunner
+from curate.plan import step_runners
 from curate.storage import Output
 from curate.tiny import write_tiny_clip
 from stages.caption import CaptionConfig, RewriteConfig
@@ -33,11 +34,11 @@ class _Model:
 def caption(cfg: CaptionConfig, out: Output, clips, model: FingerprintVLM, batch_rows: int | None = None):
     """One run of the caption step without Ray: committed captions reused, the rest made and committed."""
     step = caption_step(cfg, make_model=_Model(model), two_pools=False)
-    runner = StepRunner(step, 0, out.url, run_stamp())
+    runners = step_runners(step, out.url, run_stamp())  # its lookup (apart: the model is an actor pool), then its pool
     n = batch_rows or clips.num_rows
-    done = pa.concat_tables([runner(clips.slice(i, n)) for i in range(0, clips.num_rows, n)])
+    done = pa.concat_tables([functools.reduce(lambda b, r: r(b), runners, clips.slice(i, n)) for i in range(0, clips.num_rows, n)])
     order = {c: i for i, c in enumerate(clips["clip_id"].to_pylist())}
-    return done.take(sorted(range(done.num_rows), key=lambda i: order[done["clip_id"][i].as_py()])), runner
+    return done.take(sorted(range(done.num_rows), key=lambda i: order[done["clip_id"][i].as_py()])), runners
 
 
 @pytest.fixture

@@ -105,6 +105,44 @@ def test_carried_columns_ride_through_a_step_that_rebuilds_its_rows(tmp_path):
     assert dict(zip(out["clip_id"].to_pylist(), out["reason"].to_pylist())) == {"c0": "seen", "c1": None, "c2": "seen", "c3": "seen"}
 
 
+class _Counting:
+    """A model pool stage that records the clip ids it is given and marks them."""
+
+    seen: list = []
+
+    def __call__(self, batch):
+        _Counting.seen += batch["clip_id"].to_pylist()
+        return batch.set_column(batch.schema.get_field_index("reason"), "reason", pa.array(["made"] * batch.num_rows, pa.string()))
+
+
+def test_a_model_step_looks_up_in_a_task_apart_and_its_actors_compute_only_what_is_left(tmp_path, monkeypatch):
+    """A committed step whose pool is an actor pool (a model) has its lookup as a runner of its own
+    (LOOKUP, a CPU task in the plan): the pool then never reads the log, is given the block's rows to
+    compute only, and commits them; rows committed before come back with their committed values."""
+    from curate.plan import LOOKUP, TODO, Pool, Step, StepRunner, looks_up_apart, step_runners
+
+    def rows(ids):
+        return pa.Table.from_pylist([{**{f.name: None for f in CLIPS}, "clip_id": i, "source_id": "s", "status": "kept",
+                                      "clip_uri": f"/x/{i}.mp4"} for i in ids], schema=CLIPS)
+
+    step = Step("model", (Pool(_Counting, actors=(1, 1), gpu=True, batch_size=2),), ("reason",), "k1")
+    assert looks_up_apart(step) and not looks_up_apart(Step("cpu", (Pool(_Counting),), ("reason",), "k1"))
+    assert [r.index for r in step_runners(step, str(tmp_path), 1)] == [LOOKUP, 0]
+    _Counting.seen = []
+    lookup, pool = step_runners(step, str(tmp_path), 1)
+    first = pool(lookup(rows(["a", "b"])))
+    assert _Counting.seen == ["a", "b"] and first["reason"].to_pylist() == ["made", "made"] and TODO not in first.column_names
+
+    _Counting.seen = []
+    lookup, pool = step_runners(step, str(tmp_path), 2)
+    looked = lookup(rows(["a", "b", "c"]))
+    assert looked[TODO].to_pylist() == [False, False, True] and looked["reason"].to_pylist() == ["made", "made", None]
+    monkeypatch.setattr(CommitLog, "locate", lambda *a: (_ for _ in ()).throw(AssertionError("the pool read the log")))
+    out = pool(looked)
+    assert _Counting.seen == ["c"] and sorted(out["reason"].to_pylist()) == ["made"] * 3
+    assert StepRunner(step, 0, str(tmp_path), 2).first is False
+
+
 def test_a_lookup_in_a_compacted_part_reads_only_the_row_groups_of_its_ids(tmp_path, monkeypatch):
     """A compacted part is sorted by id in row groups of ROW_GROUP rows: looking a few ids up reads the
     groups whose id range holds them, not the whole part (at scale a fold holds millions of rows and
