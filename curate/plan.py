@@ -556,12 +556,12 @@ class _Blocks:
 
 
 READ_BACK = 64  # committed sources read back per task (a fresh source is a task of its own)
-LOOKUP = 256  # sources per task of the per-wave look ahead
+LOOK_AHEAD = 256  # sources per task of the per-wave look ahead
 
 
 def committed_sources(cfg: JobConfig, inputs: pa.Table, out_url: str, run: int) -> pa.Array | None:
     """Which input rows (a bool per row) have their split committed under this job's split settings,
-    looked up on Ray in blocks of LOOKUP sources before the wave's plan is built; None when the split
+    looked up on Ray in blocks of LOOK_AHEAD sources before the wave's plan is built; None when the split
     log has nothing (a first run: nothing to look up). The driver holds one bool per source of a wave."""
     import ray
     from ray.data import TaskPoolStrategy
@@ -570,7 +570,7 @@ def committed_sources(cfg: JobConfig, inputs: pa.Table, out_url: str, run: int) 
         return None
     res = resources_for([])
     n = inputs.num_rows
-    sizes = [min(LOOKUP, n - i) for i in range(0, n, LOOKUP)]
+    sizes = [min(LOOK_AHEAD, n - i) for i in range(0, n, LOOK_AHEAD)]
     rows = ray.put(inputs.select(["uri"]))
     ds = ray.data.read_datasource(_Blocks(sizes), num_cpus=LIGHT_CPUS, concurrency=res.splitters)
     ds = ds.map_batches(_ingest, fn_args=(rows, SplitLookup, (cfg.split, out_url), "lookup", run), fn_kwargs={"keep_id": True},
