@@ -55,16 +55,12 @@ class FakeSplit:
     curate.plan is imported in the worker)."""
 
     def __new__(cls, clips: int, cost_s: float, log_dir: str, split_cfg, out_url: str):
-        import fsspec
-
-        from curate.commit import CommitLog
-        from curate.plan import IngestSplit, split_key
+        from curate.plan import IngestSplit
         from schemas import ClipStatus, SourceStatus
 
         class Fake(IngestSplit):
             def __init__(self):
-                self.log = CommitLog(out_url, "split", split_key(split_cfg))
-                self.fs = fsspec.core.url_to_fs(out_url)[0]
+                super().__init__(split_cfg, out_url)  # its log and filesystem, as the job's
                 self.times = f"{log_dir}/split-{os.getpid()}.txt"
                 self.payload = f"{os.path.dirname(log_dir)}/clip.bin"  # every clip's "file": one small real one
 
