@@ -252,6 +252,8 @@ def resolve_paths(cfg: JobConfig, base_dir: str) -> JobConfig:
     if cfg.watermark is not None and cfg.watermark.classifier_weights:
         cfg = dataclasses.replace(cfg, watermark=dataclasses.replace(
             cfg.watermark, classifier_weights=fix(cfg.watermark.classifier_weights)))
+    if cfg.watermark is not None and cfg.watermark.net_weights:
+        cfg = dataclasses.replace(cfg, watermark=dataclasses.replace(cfg.watermark, net_weights=fix(cfg.watermark.net_weights)))
     if cfg.caption is not None:
         # model folders given relative to the working directory (a hub id "org/name" is not a folder here)
         def fix_model(p: str | None) -> str | None:

@@ -16,6 +16,7 @@ import csv
 import importlib.metadata
 import io
 import json
+import os
 import posixpath
 
 import pyarrow as pa
@@ -225,9 +226,23 @@ def _version(package: str) -> str:
 
 
 def _image_models(job: dict) -> list[tuple[str, str]]:
-    """The OCR and NSFW models the job ran (both ship inside their PyPI wheels): versions and file hashes."""
+    """The watermark, OCR and NSFW models the job ran (the OCR and NSFW ones ship inside their PyPI
+    wheels; the watermark detector inside curate): versions and file hashes."""
     rows = []
     files = lambda info: ", ".join(f"`{f}` (sha256 {h}…)" for f, h in info["files"].items())  # noqa: E731
+    wm = job.get("watermark")
+    if wm and wm.get("method", "net") == "net":
+        from stages.text import file_sha256
+        from stages.watermark_net import NET_FILE, provenance
+
+        path = wm.get("net_weights") or NET_FILE
+        info = provenance(path)
+        made = (f"trained by `{info['made_by']}` ({info['date']}) on synthetic overlays ({info['overlays']}) over "
+                f"{len(info['footage']['videos'])} real test videos; calibration ROC AUC {info['calibration']['roc_auc']}") if info else "no provenance recorded"
+        rows.append(("watermark (watermark_score, watermark_box)",
+                     f"curate's learned overlay detector `{os.path.basename(path)}` (sha256 {file_sha256(path)[:16]}…), {made}"))
+    elif wm:
+        rows.append(("watermark (watermark_score, watermark_box)", f"curate's `{wm.get('method')}` method (stages/watermark.py)"))
     if job.get("text"):
         from stages.text import model_info
 

@@ -9,8 +9,10 @@ decoded once for both.
 
 from __future__ import annotations
 
+import functools
 
 import pyarrow as pa
+
 from curate.config import ConfigError, JobConfig, to_dict
 from schemas import AESTHETIC_FIELDS, MOTION_FIELDS, NSFW_FIELDS, TEXT_FIELDS, WATERMARK_FIELDS
 from stages.aesthetic import EMBEDDING_COLUMN, ScoreAesthetic, WeightsError
@@ -19,6 +21,7 @@ from stages.motion import ScoreMotion
 from stages.nsfw import ScoreNsfw
 from stages.nsfw import model_info as nsfw_model_info
 from stages.text import ScoreText
+from stages.text import file_sha256 as text_file_sha256
 from stages.text import model_info as text_model_info
 from stages.watermark import BIAS, BOX_MARGIN, WEIGHTS, ScoreWatermark
 
@@ -80,7 +83,7 @@ def score_pools(cfg: JobConfig) -> list[tuple]:
     watermark = None
     if cfg.watermark is not None:
         watermark = ("watermark", Pool(ScoreWatermark, (cfg.watermark,), batch_size=block), WATERMARK_FIELDS,
-                     settings_key(to_dict(cfg.watermark), SCORE_RULES, [WEIGHTS, BIAS, BOX_MARGIN]))
+                     settings_key(to_dict(cfg.watermark), SCORE_RULES, watermark_model_info(cfg.watermark)))
     words = watermark is not None and cfg.watermark.words and cfg.text is not None
     if watermark is not None and not words:
         pools.append(watermark)
@@ -104,6 +107,17 @@ def score_pools(cfg: JobConfig) -> list[tuple]:
                                         batch_size=max(1, cfg.aesthetic.batch_size // cfg.aesthetic.frames)),
                       [*AESTHETIC_FIELDS, pa.field(EMBEDDING_COLUMN, pa.binary())] if emb else AESTHETIC_FIELDS, aesthetic_key(cfg)))
     return [(name, pool, [f.name for f in fields], key) for name, pool, fields, key in pools]
+
+
+def watermark_model_info(cfg) -> list:
+    """What decides the watermark scores besides the settings: the edges model's constants, or the
+    learned detector's weights file (its sha256: retrained weights score again)."""
+    if cfg.method == "net":
+        return ["net", file_sha256(cfg.net_file)]
+    return [WEIGHTS, BIAS, BOX_MARGIN]
+
+
+file_sha256 = functools.lru_cache(maxsize=16)(text_file_sha256)
 
 
 def keeps_embeddings(cfg: JobConfig) -> bool:

@@ -1,6 +1,13 @@
 """Watermark and overlay scores: what stays put across the clip and was drawn, not filmed (logos, channel marks, text).
 
-The default detector needs no weights (a handful of logistic constants in this file). On a few frames
+Three methods. `net` (the default): curate's learned overlay detector, a small convolutional network
+over per-pixel maps of what stays put (stages/watermark_net.py; weights shipped beside it, trained by
+`python -m curate.bench.watermark_train` on synthetic overlays over real footage, none of the watermark
+bench's styles among them). `edges`: the weight-free detector below. `classifier`: a timm or
+open_clip classifier of your own. Both `net` and `edges` read the same frames (`sample_yuv`), score a
+frozen clip 0 and give a box.
+
+The `edges` detector needs no weights (a handful of logistic constants in this file). On a few frames
 spread over the clip (grey, at most 480 wide, never upscaled; blank frames left out unless all are) it
 keeps the edges that are there in >= `persist` (80%) of the frames that show contrast around them (at
 least `seen`, half, of the frames must: a dark logo cannot be seen while the picture under it is
@@ -59,7 +66,8 @@ from stages.media import MediaError, local_copy, sample_evenly
 
 @dataclass(frozen=True)
 class WatermarkConfig:
-    method: Literal["edges", "classifier"] = "edges"
+    method: Literal["net", "edges", "classifier"] = "net"
+    net_weights: str | None = None  # net: the learned detector's weights (None: the ones shipped beside stages/watermark_net.py)
     frames: int = 16  # frames per clip, evenly spaced
     width: int = 480  # edges: frames scaled to this width (sharpness is judged at this scale)
     edge_threshold: float = 10.0  # edges: gradient (grey levels per pixel) that counts as an edge
@@ -100,6 +108,14 @@ class WatermarkConfig:
     def check(self) -> None:
         if self.method == "classifier" and not os.path.exists(self.classifier_weights):
             raise FileNotFoundError(f"watermark.classifier_weights: no such file: {self.classifier_weights}")
+        if self.method == "net" and not os.path.exists(self.net_file):
+            raise FileNotFoundError(f"watermark.net_weights: no such file: {self.net_file}")
+
+    @property
+    def net_file(self) -> str:
+        from stages.watermark_net import NET_FILE
+
+        return self.net_weights or NET_FILE
 
 
 @dataclass(frozen=True)
@@ -342,6 +358,26 @@ def _gradient(g: np.ndarray) -> np.ndarray:
     return np.hypot(cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)) / 8.0
 
 
+# ------------------------------------------------------------------------------------------- the learned detector
+
+
+def detect_net(frames: list[np.ndarray], chroma: list[np.ndarray] | None, cfg: WatermarkConfig, clip_w: int, clip_h: int) -> Overlay | None:
+    """The learned detector (stages/watermark_net.py) on grey frames (and their chroma planes): the
+    sigmoid of the largest calibrated overlay logit, and the box of the region around it in clip
+    pixels. A frozen clip scores 0; None with fewer than 2 frames."""
+    from stages.watermark_net import logit_map, load_net, overlay_maps, region_box
+
+    if len(frames) < 2:
+        return None
+    maps, frozen = overlay_maps(frames, chroma, cfg)
+    if frozen:
+        return Overlay(score=0.0, box=None, frozen=True)
+    net, offset = load_net(cfg.net_file)
+    logits = logit_map(maps, net, offset)
+    h, w = frames[0].shape[:2]
+    return Overlay(score=float(1.0 / (1.0 + np.exp(-logits.max()))), box=region_box(logits, (w, h), (clip_w, clip_h)))
+
+
 # ------------------------------------------------------------------------------------------- classifier
 
 
@@ -419,7 +455,7 @@ class ScoreWatermark:
                 frames, chroma, w, h = sample_yuv(path, self.cfg.frames, self.cfg.width)
         except (OSError, MediaError) as e:
             raise ScoreError(f"cannot read {row['clip_uri']}: {e}") from e
-        found = detect(frames, self.cfg, w, h, chroma=chroma)
+        found = detect_net(frames, chroma, self.cfg, w, h) if self.cfg.method == "net" else detect(frames, self.cfg, w, h, chroma=chroma)
         if found is None:
             return {}
         words = None if found.frozen else words_score(row.get("text_static"), row.get("text_area"), self.cfg)

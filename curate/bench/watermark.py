@@ -12,10 +12,18 @@ half). Two sets of pairs:
   (a ring with a shape inside); made as a video reaches curate: scaled to a distribution width
   (480-960), composited and encoded at crf 20, then encoded again as the split encodes a clip.
 
-    python -m curate.bench.watermark [--videos ../shared/data/videos] [--pairs 42] [--seeds 1 2 3] [--lovo] [-v]
-    python -m curate.bench.watermark --styles --loso    # the seven styles, seed 1, + leave-one-style-out
-    python -m curate.bench.watermark --styles --loso --words   # ... with the text scorer's static words folded in
-    python -m curate.bench.watermark --fit      # refit stages.watermark.WEIGHTS/BIAS on seed 0 of both sets
+    python -m curate.bench.watermark [--method net|edges] [--net PATH] [--videos ../shared/data/videos] [--pairs 42] [--seeds 1 2 3] [-v]
+    python -m curate.bench.watermark --styles --seeds 0 1       # the learned detector (the default) on the seven styles, 28 pairs each
+    python -m curate.bench.watermark --method edges [--lovo]
+    python -m curate.bench.watermark --method edges --styles --loso    # the edges model, seven styles, + leave-one-style-out
+    python -m curate.bench.watermark --method edges --styles --loso --words   # ... with the text scorer's static words folded in
+    python -m curate.bench.watermark --method edges --fit      # refit stages.watermark.WEIGHTS/BIAS on seed 0 of both sets
+
+The learned detector (`--method net`, the default; stages/watermark_net.py) is trained by
+`python -m curate.bench.watermark_train` on overlay families of its own over the same real videos and
+never on any pair or style made here: every style this bench reports is left out of its fit, so it
+needs no refits. (Its videos are the bench's too: `watermark_train --hold-out VIDEO ... --out PATH`,
+then `--net PATH` here, measures it on footage it never saw.)
 
 The detector scores candidate blobs with a small logistic model (stages.watermark.FEATURES, WEIGHTS)
 and a clip by its best blob. `--fit` fits that model on seed 0 of both sets (28 + 98 calibration pairs)
@@ -45,7 +53,7 @@ import cv2
 import numpy as np
 
 from stages.media import ffmpeg_exe
-from stages.watermark import FEATURES, Overlay, WatermarkConfig, best_overlay, blob_features, detect, sample_yuv, words_score
+from stages.watermark import FEATURES, Overlay, WatermarkConfig, best_overlay, blob_features, detect, detect_net, sample_yuv, words_score
 
 # (file, start_s, seconds): segments inside one shot, picture moving. vtest/traffic: static cameras;
 # goldeneye: a still screen whose text changes; testvideo 6.2: a still photo fading in; delayed_start:
@@ -297,7 +305,7 @@ def auc(positive: list[float], negative: list[float]) -> float:
 
 def score_file(path: str, cfg: WatermarkConfig):
     frames, chroma, w, h = sample_yuv(path, cfg.frames, cfg.width)
-    return detect(frames, cfg, w, h, chroma=chroma)
+    return detect_net(frames, chroma, cfg, w, h) if cfg.method == "net" else detect(frames, cfg, w, h, chroma=chroma)
 
 
 def iou(got: dict | None, want: dict) -> float:
@@ -322,10 +330,14 @@ def clip_features(pairs, cfg: WatermarkConfig, words: bool = False) -> list[dict
     for clean, marked, box in pairs:
         for path, overlay in ((clean, False), (marked, True)):
             frames, chroma, w, h = sample_yuv(path, cfg.frames, cfg.width)
-            feats, frame_boxes, frozen = blob_features(frames, cfg, chroma)
-            fh, fw = frames[0].shape[:2]
-            found = best_overlay(feats, frame_boxes, frozen, (fw, fh), (w, h))
-            boxes = [{"x": x * w / fw, "y": y * h / fh, "w": bw * w / fw, "h": bh * h / fh} for x, y, bw, bh in frame_boxes]
+            if cfg.method == "net":
+                found = detect_net(frames, chroma, cfg, w, h)
+                feats, boxes, frozen = np.zeros((0, len(FEATURES))), [], found.frozen
+            else:
+                feats, frame_boxes, frozen = blob_features(frames, cfg, chroma)
+                fh, fw = frames[0].shape[:2]
+                found = best_overlay(feats, frame_boxes, frozen, (fw, fh), (w, h))
+                boxes = [{"x": x * w / fw, "y": y * h / fh, "w": bw * w / fw, "h": bh * h / fh} for x, y, bw, bh in frame_boxes]
             said = None
             if text is not None and not frozen:
                 said = words_score(*_text_stats(text, path), cfg)
@@ -500,11 +512,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--loso", action="store_true", help="with --styles: leave-one-style-out (and leave-one-style-and-video-out) over seed 0 and the reported seeds")
     ap.add_argument("--words", action="store_true", help="run the text scorer too and fold its static words into the score, as a job with "
                     "both the text and watermark sections does (watermark.words; no fit: the rule's thresholds are the job's)")
+    ap.add_argument("--method", choices=("net", "edges"), default="net", help="the detector measured: the learned one (the default; "
+                    "fitted on none of these pairs' styles, so every style is left out of its fit) or the weight-free edges model")
+    ap.add_argument("--net", default=None, help="net: weights to measure instead of the shipped ones (e.g. a model trained with --hold-out)")
     ap.add_argument("--verbose", "-v", action="store_true")
     args = ap.parse_args(argv)
     args.styles = args.styles or args.loso
     seeds = args.seeds or ([1] if args.styles else [1, 2, 3])
-    cfg = WatermarkConfig()
+    cfg = WatermarkConfig(method=args.method, net_weights=args.net)
+    if args.method == "net" and (args.fit or args.lovo or args.loso):
+        ap.error("--fit, --lovo and --loso refit the edges model: add --method edges (the net is fitted on none of these styles or pairs: "
+                 "every report of it is already left out; see python -m curate.bench.watermark_train --hold-out for videos)")
     videos = os.path.abspath(args.videos)
 
     def made(seed, tmp):
@@ -538,9 +556,10 @@ def main(argv: list[str] | None = None) -> None:
                 if args.verbose:
                     print(f"  {box['source']:24s} {box['kind']:9s} op {box['opacity']:.2f}  clean {a.score:.3f}  overlay {b.score:.3f}  IoU {ious[-1]:.2f}")
             t2 = time.time()
-            _report(f"watermark (edges{' + static words' if args.words else ''}), seed {seed}", pairs, pos, neg, ious)
+            _report(f"watermark ({args.method}{' + static words' if args.words else ''}), seed {seed}", pairs, pos, neg, ious)
             if args.styles:
-                _per_style(f"  per style, seed {seed} (the shipped constants)", pairs, [x for ab in zip(neg, pos) for x in ab])
+                _per_style(f"  per style, seed {seed} (the shipped {'weights' if args.method == 'net' else 'constants'})", pairs,
+                           [x for ab in zip(neg, pos) for x in ab])
             for acc, part in zip(held, (pairs, pos, neg, ious)):
                 acc.extend(part)
             print(f"  making pairs {t1 - t0:.1f} s, scoring {2 * len(pairs)} clips {t2 - t1:.1f} s ({(t2 - t1) / (2 * len(pairs)) * 1000:.0f} ms/clip, "
@@ -548,7 +567,9 @@ def main(argv: list[str] | None = None) -> None:
             all_pairs += pairs
             all_clips += clips
         if len(seeds) > 1:
-            _report(f"seeds {', '.join(map(str, seeds))} together (the shipped constants, fitted on seed 0)", *held)
+            _report(f"seeds {', '.join(map(str, seeds))} together (the shipped {'weights' if args.method == 'net' else 'constants, fitted on seed 0'})", *held)
+            if args.styles:
+                _per_style(f"  per style, seeds {', '.join(map(str, seeds))}", held[0], [x for ab in zip(held[2], held[1]) for x in ab])
         if args.lovo or args.loso:
             if 0 not in seeds:
                 pairs = made(0, tmp)

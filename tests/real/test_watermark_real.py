@@ -18,7 +18,7 @@ def pairs(videos, tmp_path_factory):
 
 
 def test_overlaid_clips_rank_above_clean_ones(pairs):
-    cfg = WatermarkConfig()
+    cfg = WatermarkConfig(method="edges")
     clean = [score_file(c, cfg) for c, _, _ in pairs]
     marked = [score_file(m, cfg) for _, m, _ in pairs]
     cs, ms = [r.score for r in clean], [r.score for r in marked]
@@ -55,7 +55,7 @@ def test_image_library_overlays_made_as_uploads_are(videos, tmp_path):
     assert alpha[:6, :6].max() == 0 and alpha[32, 32] > 0 and ((alpha > 0) & (alpha < 255)).sum() > 50
     pairs = make_style_pairs(str(videos), str(tmp_path), styles=("pil_text", "pil_plate", "emblem"), per_style=3, seed=5)
     assert {b["kind"] for _, _, b in pairs} == {"pil_text", "pil_plate", "emblem"}
-    cfg = WatermarkConfig()
+    cfg = WatermarkConfig(method="edges")
     cs = [score_file(c, cfg).score for c, _, _ in pairs]
     ms = [score_file(m, cfg).score for _, m, _ in pairs]
     # Measured: clean 0-0.26; overlaid 0-0.996, above the clean twin in 8/9 (a pil_text at opacity 0.37 scores 0).
@@ -79,8 +79,8 @@ def test_static_words_read_by_the_text_scorer_count_as_an_overlay(videos, tmp_pa
     rows = [{"clip_id": f"{i}", "source_id": b["source"], "clip_uri": p, "status": "kept"}
             for i, (c, m, b) in enumerate(pairs) for p in (c, m)]
     table = ScoreText(TextConfig())(conform(pa.Table.from_pylist(rows), CLIPS))
-    both = ScoreWatermark(WatermarkConfig())(table).to_pylist()
-    edges = ScoreWatermark(WatermarkConfig(words=False))(table).to_pylist()
+    both = ScoreWatermark(WatermarkConfig(method="edges"))(table).to_pylist()
+    edges = ScoreWatermark(WatermarkConfig(method="edges", words=False))(table).to_pylist()
     cs, ms = [r["watermark_score"] for r in both[0::2]], [r["watermark_score"] for r in both[1::2]]
     ecs, ems = [r["watermark_score"] for r in edges[0::2]], [r["watermark_score"] for r in edges[1::2]]
     statics = [r["text_static"] for r in both[1::2]]
@@ -88,4 +88,34 @@ def test_static_words_read_by_the_text_scorer_count_as_an_overlay(videos, tmp_pa
     # (0.0, 0.99, 0.21, 0.20, 0.98, 1.0, 0.97, 0.30), with the static words 5/8: the plate at 0.30 has
     # text_static 1.0 and goes to 1.0; the three still missed were not read as static words.
     assert max(cs) < 0.5 and cs == ecs, (cs, ecs)  # clean clips: no static words, the edges' score unchanged
-    assert all(m >= e for m, e in zip(ms, ems)) and sum(m >= 0.5 for m in ms) > sum(e >= 0.5 for e in ems), (ms, ems, statics)
+    # Overlaid: the score is the edges' raised to what the static words say, where they say anything; the
+    # words are read as static on some (which ones the edges already catch depends on the fonts installed:
+    # the pairs draw from those there).
+    from stages.watermark import words_score
+
+    said = [words_score(r["text_static"], r["text_area"], WatermarkConfig()) for r in both[1::2]]
+    assert sum(x is not None for x in said) >= 2, statics
+    assert all(m == max(e, x or 0.0) for m, e, x in zip(ms, ems, said)), (ms, ems, said)
+
+
+def test_the_learned_detector_finds_overlay_styles_it_was_not_trained_on(videos, tmp_path):
+    """The default method (`net`), trained on overlay families of its own (curate.bench.watermark_train),
+    on three of the bench's styles it never saw: wordless emblems, antialiased TrueType words, an
+    OpenCV-drawn PNG logo; five pairs each over bikes.mp4's shots and Big Buck Bunny, made as uploads
+    are (composited at crf 20, encoded again as the split does). `python -m curate.bench.watermark
+    --styles --seeds 0 1` runs all seven styles on every segment."""
+    from curate.bench.watermark import make_style_pairs
+
+    pairs = make_style_pairs(str(videos), str(tmp_path), styles=("emblem", "pil_text", "logo"), per_style=5, seed=5)
+    cfg = WatermarkConfig()
+    assert cfg.method == "net"
+    clean = [score_file(c, cfg) for c, _, _ in pairs]
+    marked = [score_file(m, cfg) for _, m, _ in pairs]
+    cs, ms = [r.score for r in clean], [r.score for r in marked]
+    # Measured (the DejaVu fonts only): clean 0.00-0.03; overlaid 0.91-1.00, 15/15 at 0.5; AUC 1.0; box
+    # IoU with the drawn overlay >= 0.3 on 12/15 (0.06-0.86: an emblem's ring boxed without its centre).
+    # (The edges method, on the same kind of pairs: emblems 0.70 and antialiased words 0.81 left out of its fit.)
+    assert auc(ms, cs) >= 0.9 and max(cs) < 0.5, (ms, cs)
+    assert sum(m >= 0.5 for m in ms) >= 11, (ms, cs)
+    hits = sum(iou(r.box, b) >= 0.3 for r, (_, _, b) in zip(marked, pairs))
+    assert hits >= 10, [(r.box, b) for r, (_, _, b) in zip(marked, pairs)]

@@ -1,5 +1,6 @@
-"""Watermark scores on generated media: a picture that moves, with and without a fixed overlay at a
-known place; a frozen picture; and the learned-classifier loader with a tiny timm model."""
+"""Watermark scores of the `edges` method on generated media: a picture that moves, with and without a
+fixed overlay at a known place; a frozen picture; and the classifier loader with a tiny timm model.
+(The learned `net` method, the default: tests/unit/test_watermark_net.py.)"""
 
 import subprocess
 
@@ -46,7 +47,7 @@ def _table(uris):
 
 
 def test_overlay_on_a_moving_picture_is_found_with_its_box(media):
-    out = ScoreWatermark(WatermarkConfig())(_table([media[k] for k in ("clean", "marked", "faint", "frozen")])).to_pylist()
+    out = ScoreWatermark(WatermarkConfig(method="edges"))(_table([media[k] for k in ("clean", "marked", "faint", "frozen")])).to_pylist()
     clean, marked, faint, frozen = (r["watermark_score"] for r in out)
     # a drawn edge is a one-pixel step at any opacity: the faint copy is found too
     assert clean < 0.1 and marked >= 0.5 and faint >= 0.5, (clean, marked, faint)
@@ -121,7 +122,7 @@ def test_an_overlay_on_a_brightening_flat_field_is_found(tmp_path, ffmpeg):
         paths[name] = str(tmp_path / f"{name}.mp4")
         subprocess.run([ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i", graph + extra, "-frames:v", "60", "-c:v", "libx264",
                         "-preset", "veryfast", "-crf", "20", "-pix_fmt", "yuv420p", paths[name]], check=True)
-    plain, marked = ScoreWatermark(WatermarkConfig())(_table([paths["plain"], paths["marked"]])).to_pylist()
+    plain, marked = ScoreWatermark(WatermarkConfig(method="edges"))(_table([paths["plain"], paths["marked"]])).to_pylist()
     assert plain["watermark_score"] == 0.0 and marked["watermark_score"] >= 0.5, (plain, marked)
     box = marked["watermark_box"]
     assert abs(box["x"] - 224) <= 4 and abs(box["y"] - 16) <= 4 and abs(box["w"] - 72) <= 8, box
@@ -302,7 +303,7 @@ def test_static_words_from_the_text_scorer_make_an_overlay(media):
     changing text (subtitles), a speck, a frozen clip (everything is static there) or `words: false` do not."""
     from stages.watermark import words_score
 
-    cfg = WatermarkConfig()
+    cfg = WatermarkConfig(method="edges")
     uris = [media["clean"]] * 5 + [media["frozen"]]
     table = _table(uris)
     statics = [1.0, 0.3, 1.0, None, 0.8, 1.0]
@@ -310,7 +311,7 @@ def test_static_words_from_the_text_scorer_make_an_overlay(media):
     table = table.set_column(table.schema.get_field_index("text_static"), "text_static", pa.array(statics, pa.float64()))
     table = table.set_column(table.schema.get_field_index("text_area"), "text_area", pa.array(areas, pa.float64()))
     got = [r["watermark_score"] for r in ScoreWatermark(cfg)(table).to_pylist()]
-    edges = [r["watermark_score"] for r in ScoreWatermark(WatermarkConfig(words=False))(table).to_pylist()]
+    edges = [r["watermark_score"] for r in ScoreWatermark(WatermarkConfig(method="edges", words=False))(table).to_pylist()]
     assert edges[0] < 0.1 and edges[-1] == 0.0
     assert got[0] == 1.0 and got[4] == 0.9  # static words over enough of the frame
     assert got[1:4] == edges[1:4]  # subtitles (changing), a speck (0.2% of the frame), no text scorer

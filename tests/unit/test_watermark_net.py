@@ -1,0 +1,140 @@
+"""The learned overlay detector (watermark method `net`): the shipped weights load offline and say where
+they came from, its input maps hold what they claim, it finds a mark on real footage and boxes it, and
+its training script makes the same pairs from the same seed and fits and calibrates as it says."""
+
+import json
+import os
+import random
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from curate.bench import watermark_train as T
+from stages.watermark import WatermarkConfig, detect_net, sample_yuv
+from stages.watermark_net import MAP_CHANNELS, NET_FILE, STRIDE, build_net, load_net, overlay_maps, provenance
+
+
+def test_the_shipped_detector_loads_from_the_package_and_says_where_it_came_from(tmp_path):
+    net, offset = load_net(NET_FILE)
+    assert sum(p.numel() for p in net.parameters()) < 100_000 and os.path.getsize(NET_FILE) < 400_000
+    info = provenance(NET_FILE)
+    assert info["made_by"].startswith("python -m curate.bench.watermark_train")
+    assert set(info["footage"]["videos"]) <= set(T.FOOTAGE) and "none of the watermark bench's seven styles" in info["overlays"]
+    assert info["calibration"]["roc_auc"] > 0.9 and info["parameters"] == sum(p.numel() for p in net.parameters())
+    assert np.isfinite(offset)
+    # weights made for other input maps are refused, not misread
+    bad = torch.load(NET_FILE, weights_only=True)
+    bad["channels"] = MAP_CHANNELS[:-1]
+    torch.save(bad, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="map channels"):
+        load_net(str(tmp_path / "bad.pt"))
+
+
+def _moving(n=16, h=120, w=160, seed=0):
+    """A textured picture panning a few pixels a frame (grey, uint8)."""
+    rng = np.random.default_rng(seed)
+    big = cv2.GaussianBlur(rng.integers(0, 255, (h + 80, w + 80)).astype(np.float32), (0, 0), 4.0)
+    big = (big - big.min()) / (big.max() - big.min()) * 200 + 20
+    return [big[2 * i:2 * i + h, 3 * i:3 * i + w].astype(np.uint8) for i in range(n)]
+
+
+def test_maps_hold_a_still_mark_apart_from_a_moving_picture():
+    frames = _moving()
+    marked = [f.copy() for f in frames]
+    for f in marked:
+        cv2.rectangle(f, (100, 10), (150, 40), 255, 2)
+    cfg = WatermarkConfig()
+    maps, frozen = overlay_maps(marked, None, cfg)
+    assert not frozen and maps.shape == (len(MAP_CHANNELS), 120, 160) and maps.dtype == np.float32
+    assert maps.min() >= 0.0 and maps.max() <= 1.0
+    persist, coherence = maps[MAP_CHANNELS.index("persist")], maps[MAP_CHANNELS.index("coherence")]
+    on = np.zeros((120, 160), np.uint8)
+    cv2.rectangle(on, (100, 10), (150, 40), 1, 2)
+    on = cv2.dilate(on, np.ones((3, 3), np.uint8)) > 0  # the outline and the pixels its edges are on
+    dev = maps[MAP_CHANNELS.index("dev")]
+    # the outline's edges are there in every frame and point the same way; the panning texture's are not;
+    # and the picture changes less where the outline covers it (measured: 0.80 / 0.11, 0.78 / 0.22, 0.56 / 0.86)
+    assert persist[on].mean() > 0.7 and persist[~on].mean() < 0.3, (persist[on].mean(), persist[~on].mean())
+    assert coherence[on].mean() > 2 * coherence[~on].mean() and dev[on].mean() < dev[~on].mean()
+    assert overlay_maps([frames[0]] * 8, None, cfg) == (None, True)  # nothing moves: frozen
+
+
+def test_the_net_finds_a_mark_composited_over_real_footage_and_boxes_it(videos, tmp_path):
+    """An emblem-like mark of the training script's own drawing over bikes.mp4's third shot, encoded
+    as a clip is: scored above the clean copy, past 0.5, the box on the mark."""
+    T._FOOTAGE.update(T.load_footage(str(videos), ["bikes.mp4"]))
+    clip = [f[:, :480] for f in T._FOOTAGE["bikes.mp4"][80:128:3]]
+    h, w = clip[0].shape[:2]
+    rng = random.Random(3)
+    mark = T.draw_mark(rng, 64, 56, "shapes").astype(np.float32) / 255
+    x, y = w - 64 - 12, 10
+    marked = []
+    for f in clip:
+        g = f.astype(np.float32)
+        a = mark[..., 3:4] * 0.8
+        g[y:y + 56, x:x + 64] = g[y:y + 56, x:x + 64] * (1 - a) + mark[..., :3] * 255 * a
+        marked.append(g.round().astype(np.uint8))
+    scores = {}
+    for name, frames in (("clean", clip), ("marked", marked)):
+        path = str(tmp_path / f"{name}.mp4")
+        T._encode(frames, path, 20)
+        grey, chroma, cw, ch = sample_yuv(path, 16, 480)
+        scores[name] = detect_net(grey, chroma, WatermarkConfig(), cw, ch)
+    assert scores["clean"].score < 0.5 <= scores["marked"].score, scores
+    box = scores["marked"].box
+    ix = max(0, min(box["x"] + box["w"], x + 64) - max(box["x"], x))
+    iy = max(0, min(box["y"] + box["h"], y + 56) - max(box["y"], y))
+    assert ix * iy >= 0.3 * 64 * 56, box
+
+
+def test_training_pairs_are_the_same_from_the_same_seed_and_labelled_where_the_mark_is(videos):
+    T._FOOTAGE.update(T.load_footage(str(videos), ["carphone_pristine.mp4"]))
+    names = ("carphone_pristine.mp4",)
+    a, b = T.make_pair(7, names), T.make_pair(7, names)
+    (clean, clean_label), (marked, label) = a
+    assert all(np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1]) for x, y in zip(a, b))
+    assert clean.shape[0] == len(MAP_CHANNELS) and clean.dtype == np.uint8
+    assert label.shape == (-(-clean.shape[1] // STRIDE), -(-clean.shape[2] // STRIDE))
+    assert not clean_label.any() and label.any()
+    # where the label is, the overlaid clip's maps differ from the clean twin's (the mark is there)
+    diff = np.abs(marked.astype(int) - clean.astype(int)).sum(axis=0)
+    on = np.kron(label, np.ones((STRIDE, STRIDE)))[:diff.shape[0], :diff.shape[1]] > 0
+    assert diff[on].mean() > 2 * diff[~on].mean()
+
+
+def test_fitting_learns_the_label_and_calibration_puts_half_at_the_chosen_cut():
+    rng = np.random.default_rng(0)
+    samples = []
+    for k in range(12):  # maps with a bright square where the label is, or none
+        maps = (rng.random((len(MAP_CHANNELS), 64, 64)) * 60).astype(np.uint8)
+        label = np.zeros((16, 16), np.uint8)
+        if k % 2:
+            maps[:, 16:32, 24:40] = 250
+            label[4:8, 6:10] = 1
+        samples.append((maps, label))
+    net = T.fit(samples, steps=60, seed=0, batch=4, size=64, log=lambda *_: None)
+    logits, labels = T.clip_logits(net, samples)
+    assert T.roc_auc(logits[labels], logits[~labels]) == 1.0
+    assert isinstance(build_net()[0], torch.nn.Conv2d)
+    # calibration: 0.5 goes midway between the clean clips' highest and the overlays above it
+    logits = np.array([-3.0, -2.0, -1.0, 0.5, 1.0, 2.0])
+    labels = np.array([False, False, False, True, True, True])
+    off = T.calibrate(logits, labels)
+    assert off == pytest.approx(0.25) and ((logits + off > 0) == labels).all()
+
+
+def test_the_watermark_step_is_scored_again_when_the_weights_change(tmp_path):
+    from curate.score import watermark_model_info
+
+    other = tmp_path / "other.pt"
+    saved = torch.load(NET_FILE, weights_only=True)
+    saved["offset"] = saved["offset"] + 1.0
+    torch.save(saved, other)
+    shipped = watermark_model_info(WatermarkConfig())
+    assert shipped[0] == "net" and shipped != watermark_model_info(WatermarkConfig(net_weights=str(other)))
+    assert watermark_model_info(WatermarkConfig(method="edges"))[0] != "net"
+    with pytest.raises(FileNotFoundError, match="net_weights"):
+        WatermarkConfig(net_weights=str(tmp_path / "missing.pt")).check()
+    assert json.loads(json.dumps(provenance(str(other)))) == {}  # no JSON beside it: no provenance claimed
