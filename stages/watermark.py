@@ -341,16 +341,21 @@ def _steps(stack: np.ndarray, cfg: WatermarkConfig):
     still = (freq >= cfg.persist - 1e-6) & (local_range > cfg.contrast)
     gx, gy = cv2.Sobel(mean, cv2.CV_32F, 1, 0, ksize=3) / 8.0, cv2.Sobel(mean, cv2.CV_32F, 0, 1, ksize=3) / 8.0
     sharp = (np.hypot(gx, gy) + 1e-6) / (local_range + 1e-3)
-    # The largest difference to a 4-neighbour: a one-pixel step has all of the range in one difference.
+    step = largest_step(mean) / (local_range + 1e-3)
+    evidence = np.clip((step - cfg.step_low) / (cfg.step_high - cfg.step_low), 0.0, 1.0) * still
+    return grads, mean, still, gx, gy, sharp, step, evidence
+
+
+def largest_step(mean: np.ndarray) -> np.ndarray:
+    """Per pixel, the largest difference to a 4-neighbour: a one-pixel step has all of the grey-level
+    range around it in one difference."""
     dx, dy = np.abs(np.diff(mean, axis=1)), np.abs(np.diff(mean, axis=0))
     big = np.zeros_like(mean)
     big[:, 1:] = np.maximum(big[:, 1:], dx)
     big[:, :-1] = np.maximum(big[:, :-1], dx)
     big[1:, :] = np.maximum(big[1:, :], dy)
     big[:-1, :] = np.maximum(big[:-1, :], dy)
-    step = big / (local_range + 1e-3)
-    evidence = np.clip((step - cfg.step_low) / (cfg.step_high - cfg.step_low), 0.0, 1.0) * still
-    return grads, mean, still, gx, gy, sharp, step, evidence
+    return big
 
 
 def _gradient(g: np.ndarray) -> np.ndarray:

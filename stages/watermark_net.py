@@ -74,6 +74,8 @@ def overlay_maps(frames: list[np.ndarray], chroma: list[np.ndarray] | None, cfg)
     """MAP_CHANNELS (C, h, w float32, each in 0..1) of grey frames (all one size; `chroma`: their
     half-size U, V planes stacked on the last axis, or None) and whether the clip is frozen (then None).
     `cfg` is the WatermarkConfig (blank, frozen, moving_level, edge_threshold, contrast, seen)."""
+    from stages.watermark import largest_step  # (stages.watermark imports this module when it scores)
+
     stack = np.stack(frames).astype(np.float32)
     keep = stack.std(axis=(1, 2)) >= cfg.blank
     if keep.sum() < 2:
@@ -93,13 +95,7 @@ def overlay_maps(frames: list[np.ndarray], chroma: list[np.ndarray] | None, cfg)
     local_range = cv2.dilate(mean, kernel) - cv2.erode(mean, kernel)
     mgx, mgy = cv2.Sobel(mean, cv2.CV_32F, 1, 0, ksize=3) / 8.0, cv2.Sobel(mean, cv2.CV_32F, 0, 1, ksize=3) / 8.0
     sharp = np.hypot(mgx, mgy) / (local_range + 4.0)
-    dx, dy = np.abs(np.diff(mean, axis=1)), np.abs(np.diff(mean, axis=0))
-    big = np.zeros_like(mean)
-    big[:, 1:] = np.maximum(big[:, 1:], dx)
-    big[:, :-1] = np.maximum(big[:, :-1], dx)
-    big[1:, :] = np.maximum(big[1:, :], dy)
-    big[:-1, :] = np.maximum(big[:-1, :], dy)
-    step = big / (local_range + 4.0)
+    step = largest_step(mean) / (local_range + 4.0)
     if chroma is not None:
         cst = np.stack(chroma).astype(np.float32)[keep]
         cmean = cst.mean(axis=0)
