@@ -195,22 +195,12 @@ def blob_features(frames: list[np.ndarray], cfg: WatermarkConfig, chroma: list[n
     `contrast` around them are still; still edges whose largest one-pixel difference is most of the grey-level
     range around them are drawn-step evidence, closed into blobs (text strokes, a box's sides).
     """
-    stack = np.stack(frames).astype(np.float32)
-    keep = stack.std(axis=(1, 2)) >= cfg.blank
-    if keep.sum() < 2:
-        keep[:] = True  # a flat field throughout (an overlay on it is all its detail): nothing to leave out
-    stack = stack[keep]  # a black frame (a fade's end) shows no overlay edges
     none = np.zeros((0, len(FEATURES)), np.float64)
-    if len(stack) < 2:
-        return none, [], True
-    n, h, w = stack.shape
-    # Zero mean, fixed contrast per frame: a fade is not the picture moving (but a flat field
-    # brightening under an overlay is a change: the raw deviation counts too).
-    norm = (stack - stack.mean(axis=(1, 2), keepdims=True)) / (stack.std(axis=(1, 2), keepdims=True) + 1.0) * 48.0 + 128.0
-    dev = norm.std(axis=0)
-    moving = max(float((dev > cfg.moving_level).mean()), float((stack.std(axis=0) > cfg.moving_level).mean()))
-    if moving < cfg.frozen:
+    shown = shown_frames(frames, cfg)
+    if shown is None:
         return none, [], True  # nothing changes: an overlay cannot be told from the scene
+    stack, keep, dev, moving = shown
+    n, h, w = stack.shape
     grads, mean, still, gx, gy, sharp, step, evidence = _steps(stack, cfg)
     strength_cv = grads.std(axis=0) / (grads.mean(axis=0) + 1e-3)
     grey_still = still.copy()
@@ -269,6 +259,40 @@ def blob_features(frames: list[np.ndarray], cfg: WatermarkConfig, chroma: list[n
     ], axis=1)
     keep = np.nonzero(value > 0)[0]
     return feats[keep], [(int(stats[j, 0]), int(stats[j, 1]), int(bw[j]), int(bh[j])) for j in keep], False
+
+
+def shown_frames(frames: list[np.ndarray], cfg: WatermarkConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, float] | None:
+    """What both detectors look at in grey frames (all one size): the stack of the frames that show
+    something (n, h, w float32), which of the frames those are, the per-pixel temporal deviation of the
+    brightness-normalised frames, and the share of changing pixels; None when the clip is frozen
+    (nothing changes, or fewer than 2 frames)."""
+    stack = np.stack(frames).astype(np.float32)
+    keep = stack.std(axis=(1, 2)) >= cfg.blank
+    if keep.sum() < 2:
+        keep[:] = True  # a flat field throughout (an overlay on it is all its detail): nothing to leave out
+    stack = stack[keep]  # a black frame (a fade's end) shows no overlay edges
+    if len(stack) < 2:
+        return None
+    # Zero mean, fixed contrast per frame: a fade is not the picture moving (but a flat field
+    # brightening under an overlay is a change: the raw deviation counts too).
+    norm = (stack - stack.mean(axis=(1, 2), keepdims=True)) / (stack.std(axis=(1, 2), keepdims=True) + 1.0) * 48.0 + 128.0
+    dev = norm.std(axis=0)
+    moving = max(float((dev > cfg.moving_level).mean()), float((stack.std(axis=0) > cfg.moving_level).mean()))
+    return None if moving < cfg.frozen else (stack, keep, dev, moving)
+
+
+def edge_persistence(stack: np.ndarray, grads: np.ndarray, edge: float, contrast: float, seen_share: float) -> np.ndarray:
+    """Per pixel of one plane's frames (n, h, w float32) and their gradient strengths: the share of the
+    frames with `contrast` around the pixel (a 5x5 range) in which it is an edge (gradient > `edge`); 0
+    where fewer than `seen_share` of the frames (or 2) show contrast. Only the frames with contrast
+    around a pixel vote on whether its edge is there: a black logo over a picture fading in from black,
+    or over a dark patch passing under it, cannot be seen there then."""
+    kernel = np.ones((5, 5), np.uint8)
+    seen = np.stack([cv2.dilate(g, kernel) - cv2.erode(g, kernel) for g in stack]) > contrast
+    votes = seen.sum(axis=0)
+    freq = ((grads > edge) & seen).sum(axis=0) / np.maximum(votes, 1)
+    freq[votes < max(2.0, seen_share * len(stack))] = 0.0
+    return freq
 
 
 def detect(frames: list[np.ndarray], cfg: WatermarkConfig, clip_w: int, clip_h: int,
@@ -330,12 +354,7 @@ def _steps(stack: np.ndarray, cfg: WatermarkConfig):
     evidence (step between step_low and step_high, on still pixels)."""
     grads = np.stack([_gradient(g) for g in stack])
     kernel = np.ones((5, 5), np.uint8)
-    # Only the frames with contrast around a pixel vote on whether its edge is there: a black logo over
-    # a picture fading in from black, or over a dark patch passing under it, cannot be seen there then.
-    seen = np.stack([cv2.dilate(g, kernel) - cv2.erode(g, kernel) for g in stack]) > cfg.contrast
-    votes = seen.sum(axis=0)
-    freq = ((grads > cfg.edge_threshold) & seen).sum(axis=0) / np.maximum(votes, 1)
-    freq[votes < max(2.0, cfg.seen * len(stack))] = 0.0
+    freq = edge_persistence(stack, grads, cfg.edge_threshold, cfg.contrast, cfg.seen)
     mean = stack.mean(axis=0)
     local_range = cv2.dilate(mean, kernel) - cv2.erode(mean, kernel)
     still = (freq >= cfg.persist - 1e-6) & (local_range > cfg.contrast)

@@ -18,7 +18,7 @@ of persistent edges) broadcast. Output: an overlay logit per 4x4 pixels; the cli
 sigmoid of the largest (after the calibration `offset` stored with the weights), its box the connected
 region around that maximum. A frozen clip (nothing changes) scores 0 as with `edges`.
 
-The weights (`watermark_net.pt` beside this file, about 200 kB) and their provenance
+The weights (`watermark_net.pt` beside this file, about 300 kB) and their provenance
 (`watermark_net.json`: command, seed, data, validation figures) are made by
 `python -m curate.bench.watermark_train`; the overlay families it trains on are its own (see that
 module) and the bench's seven families (`python -m curate.bench.watermark --styles`) are never fitted on.
@@ -54,15 +54,13 @@ NET_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "watermark_n
 def _persistence(stack: np.ndarray, edge: float, contrast: float, seen_share: float):
     """Per pixel of frames (n, h, w float32): edge persistence among the frames with contrast around the
     pixel, gradient coherence, mean gradient strength, and its variation over time."""
+    from stages.watermark import edge_persistence
+
     n = len(stack)
-    kernel = np.ones((5, 5), np.uint8)
     gx = np.stack([cv2.Sobel(f, cv2.CV_32F, 1, 0, ksize=3) for f in stack]) / 8.0
     gy = np.stack([cv2.Sobel(f, cv2.CV_32F, 0, 1, ksize=3) for f in stack]) / 8.0
     grads = np.hypot(gx, gy)
-    seen = np.stack([cv2.dilate(f, kernel) - cv2.erode(f, kernel) for f in stack]) > contrast
-    votes = seen.sum(axis=0)
-    persist = ((grads > edge) & seen).sum(axis=0) / np.maximum(votes, 1)
-    persist[votes < max(2.0, seen_share * n)] = 0.0
+    persist = edge_persistence(stack, grads, edge, contrast, seen_share)
     total = grads.sum(axis=0)
     coherence = np.hypot(gx.sum(axis=0), gy.sum(axis=0)) / (total + 2.0 * n)
     gmean = total / n
@@ -74,21 +72,13 @@ def overlay_maps(frames: list[np.ndarray], chroma: list[np.ndarray] | None, cfg)
     """MAP_CHANNELS (C, h, w float32, each in 0..1) of grey frames (all one size; `chroma`: their
     half-size U, V planes stacked on the last axis, or None) and whether the clip is frozen (then None).
     `cfg` is the WatermarkConfig (blank, frozen, moving_level, edge_threshold, contrast, seen)."""
-    from stages.watermark import largest_step  # (stages.watermark imports this module when it scores)
+    from stages.watermark import largest_step, shown_frames  # (stages.watermark imports this module when it scores)
 
-    stack = np.stack(frames).astype(np.float32)
-    keep = stack.std(axis=(1, 2)) >= cfg.blank
-    if keep.sum() < 2:
-        keep[:] = True
-    stack = stack[keep]
-    if len(stack) < 2:
+    shown = shown_frames(frames, cfg)
+    if shown is None:
         return None, True
+    stack, keep, dev, moving = shown
     h, w = stack.shape[1:]
-    norm = (stack - stack.mean(axis=(1, 2), keepdims=True)) / (stack.std(axis=(1, 2), keepdims=True) + 1.0) * 48.0 + 128.0
-    dev = norm.std(axis=0)
-    moving = max(float((dev > cfg.moving_level).mean()), float((stack.std(axis=0) > cfg.moving_level).mean()))
-    if moving < cfg.frozen:
-        return None, True
     persist, coherence, gmean, gcv = _persistence(stack, cfg.edge_threshold, cfg.contrast, cfg.seen)
     mean = stack.mean(axis=0)
     kernel = np.ones((5, 5), np.uint8)
@@ -124,37 +114,57 @@ def overlay_maps(frames: list[np.ndarray], chroma: list[np.ndarray] | None, cfg)
     return np.clip(maps, 0.0, 1.0), False
 
 
-def build_net():
+def build_net(members: int = 1):
     """The network: MAP_CHANNELS in, one overlay logit per STRIDE x STRIDE pixels out (receptive field
     about 90 pixels: a logo's parts together with the picture around them). Borders are padded by
-    repeating the edge pixels: a zero pad would be a strong edge at every frame border."""
+    repeating the edge pixels: a zero pad would be a strong edge at every frame border. With
+    `members` > 1: that many such networks, their calibrated logits averaged (`watermark_train --combine`)."""
+    import torch
     from torch import nn
 
     def conv(a, b, stride=1, dilation=1):
         return nn.Conv2d(a, b, 3, stride=stride, padding=dilation, dilation=dilation, padding_mode="replicate")
 
-    c = len(MAP_CHANNELS)
-    return nn.Sequential(
-        conv(c, 24), nn.LeakyReLU(0.1),
-        conv(24, 32, stride=2), nn.LeakyReLU(0.1),
-        conv(32, 32, dilation=2), nn.LeakyReLU(0.1),
-        conv(32, 48, stride=2), nn.LeakyReLU(0.1),
-        conv(48, 48, dilation=2), nn.LeakyReLU(0.1),
-        conv(48, 48, dilation=4), nn.LeakyReLU(0.1),
-        nn.Conv2d(48, 1, 1),
-    )
+    def one():
+        c = len(MAP_CHANNELS)
+        return nn.Sequential(
+            conv(c, 24), nn.LeakyReLU(0.1),
+            conv(24, 32, stride=2), nn.LeakyReLU(0.1),
+            conv(32, 32, dilation=2), nn.LeakyReLU(0.1),
+            conv(32, 48, stride=2), nn.LeakyReLU(0.1),
+            conv(48, 48, dilation=2), nn.LeakyReLU(0.1),
+            conv(48, 48, dilation=4), nn.LeakyReLU(0.1),
+            nn.Conv2d(48, 1, 1),
+        )
+
+    if members == 1:
+        return one()
+
+    class Mean(nn.Module):
+        """Networks trained apart (other seeds, other pairs), each with its own calibration offset
+        (`shift`): the mean of their calibrated logits. They err on different clean clips."""
+
+        def __init__(self):
+            super().__init__()
+            self.members = nn.ModuleList(one() for _ in range(members))
+            self.register_buffer("shift", torch.zeros(members))
+
+        def forward(self, x):
+            return torch.stack([m(x) + self.shift[k] for k, m in enumerate(self.members)]).mean(dim=0)
+
+    return Mean()
 
 
 @functools.lru_cache(maxsize=4)
 def load_net(path: str = NET_FILE):
     """(network in eval mode, calibration offset) from a state dict saved by the training script:
-    {"net": state dict, "offset": float, "channels": MAP_CHANNELS}."""
+    {"net": state dict, "offset": float, "channels": MAP_CHANNELS, "members": networks averaged (1)}."""
     import torch
 
     saved = torch.load(path, map_location="cpu", weights_only=True)
     if tuple(saved.get("channels", ())) != MAP_CHANNELS:
         raise ValueError(f"{path}: made for map channels {saved.get('channels')}, this code has {MAP_CHANNELS}")
-    net = build_net()
+    net = build_net(int(saved.get("members", 1)))
     net.load_state_dict(saved["net"])
     net.eval()
     return net, float(saved["offset"])

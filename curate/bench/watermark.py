@@ -549,12 +549,14 @@ def main(argv: list[str] | None = None) -> None:
             t1 = time.time()
             clips = clip_features(pairs, cfg, args.words)
             pos, neg, ious = [], [], []
-            for (clean, marked, box), a, b in zip(pairs, [c["found"] for c in clips[0::2]], [c["found"] for c in clips[1::2]]):
+            for (clean, marked, box), ca, cb in zip(pairs, clips[0::2], clips[1::2]):
+                a, b = ca["found"], cb["found"]
                 neg.append(a.score)
                 pos.append(b.score)
                 ious.append(iou(b.box, box))
                 if args.verbose:
-                    print(f"  {box['source']:24s} {box['kind']:9s} op {box['opacity']:.2f}  clean {a.score:.3f}  overlay {b.score:.3f}  IoU {ious[-1]:.2f}")
+                    said = f"  static words: clean {ca['words'] or 0:.3f}, overlay {cb['words'] or 0:.3f}" if args.words else ""
+                    print(f"  {box['source']:24s} {box['kind']:9s} op {box['opacity']:.2f}  clean {a.score:.3f}  overlay {b.score:.3f}  IoU {ious[-1]:.2f}{said}")
             t2 = time.time()
             _report(f"watermark ({args.method}{' + static words' if args.words else ''}), seed {seed}", pairs, pos, neg, ious)
             if args.styles:

@@ -18,9 +18,11 @@ from stages.watermark_net import MAP_CHANNELS, NET_FILE, STRIDE, build_net, load
 
 def test_the_shipped_detector_loads_from_the_package_and_says_where_it_came_from(tmp_path):
     net, offset = load_net(NET_FILE)
-    assert sum(p.numel() for p in net.parameters()) < 100_000 and os.path.getsize(NET_FILE) < 400_000
     info = provenance(NET_FILE)
+    members = info.get("members") or [info]  # a --combine of networks trained apart lists theirs
+    assert sum(p.numel() for p in net.parameters()) < 100_000 * len(members) and os.path.getsize(NET_FILE) < 400_000 * len(members)
     assert info["made_by"].startswith("python -m curate.bench.watermark_train")
+    assert all(m["made_by"].startswith("python -m curate.bench.watermark_train") and m["steps"] > 0 for m in members)
     assert set(info["footage"]["videos"]) <= set(T.FOOTAGE) and "none of the watermark bench's seven styles" in info["overlays"]
     assert info["calibration"]["roc_auc"] > 0.9 and info["parameters"] == sum(p.numel() for p in net.parameters())
     assert np.isfinite(offset)
@@ -138,3 +140,66 @@ def test_the_watermark_step_is_scored_again_when_the_weights_change(tmp_path):
     with pytest.raises(FileNotFoundError, match="net_weights"):
         WatermarkConfig(net_weights=str(tmp_path / "missing.pt")).check()
     assert json.loads(json.dumps(provenance(str(other)))) == {}  # no JSON beside it: no provenance claimed
+
+
+def test_the_net_gives_the_same_bits_on_a_busy_machine_and_whatever_threads_torch_has(videos):
+    """The logits of one real clip: idle, with the CPU saturated by other processes, and with torch set
+    to more threads in the process (the network runs on one thread: the same summation order)."""
+    from stages.watermark_net import logit_map
+    from tests.conftest import busy_cpu
+
+    cfg = WatermarkConfig()
+    grey, chroma, _, _ = sample_yuv(str(videos / "traffic_camera.mp4"), 16, 480)
+    net, offset = load_net(NET_FILE)
+
+    def logits():
+        maps, frozen = overlay_maps(grey, chroma, cfg)
+        assert not frozen
+        return logit_map(maps, net, offset).tobytes()
+
+    idle = logits()
+    with busy_cpu():
+        busy = [logits() for _ in range(3)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        many = logits()
+    finally:
+        torch.set_num_threads(threads)
+    assert all(b == idle for b in busy) and many == idle and torch.get_num_threads() == threads
+
+
+def test_the_training_footage_is_upright_as_players_show_it_and_some_stretches_are_turned(videos):
+    """issue-134-rotate.mp4 is stored 1280x544 with a 90-degree display rotation: the training script
+    reads it portrait, as the split writes its clips, and turns a share of stretches a quarter turn."""
+    T._FOOTAGE.update(T.load_footage(str(videos), ["issue-134-rotate.mp4", "carphone_pristine.mp4"]))
+    h, w = T._FOOTAGE["issue-134-rotate.mp4"][0].shape[:2]
+    assert h > w and (w, h) == (544, 1280)
+    turned = 0
+    for seed in range(8):
+        pair = T.make_pair(seed, ("carphone_pristine.mp4",))
+        if pair is not None:
+            ch, cw = pair[0][0].shape[1:]
+            turned += ch > cw  # carphone is 176x144: a pair taller than wide was turned
+    assert 0 < turned < 8
+
+
+def test_combined_networks_average_their_calibrated_logits_and_load_like_one(tmp_path):
+    """--combine: members trained apart, each with its offset, saved as one file; loaded back it gives
+    the mean of the members' calibrated logits (plus its own offset)."""
+    paths = []
+    for k in range(2):
+        torch.manual_seed(k)
+        net = build_net()
+        path = tmp_path / f"m{k}.pt"
+        torch.save({"net": net.state_dict(), "offset": float(k) - 0.5, "channels": MAP_CHANNELS}, path)
+        paths.append(str(path))
+    mean = T.combine(paths)
+    torch.save({"net": mean.state_dict(), "offset": 0.25, "channels": MAP_CHANNELS, "members": 2}, tmp_path / "mean.pt")
+    net, offset = load_net(str(tmp_path / "mean.pt"))
+    maps = np.random.default_rng(0).random((len(MAP_CHANNELS), 40, 56)).astype(np.float32)
+    from stages.watermark_net import logit_map
+
+    each = [logit_map(maps, *load_net(p)) for p in paths]
+    assert offset == 0.25 and not np.allclose(each[0], each[1])
+    np.testing.assert_allclose(logit_map(maps, net, offset), (each[0] + each[1]) / 2 + 0.25, rtol=1e-5, atol=1e-5)
