@@ -1,10 +1,12 @@
 """Train the learned overlay detector (stages/watermark_net.py) on synthetic overlays over real footage.
 
-    python -m curate.bench.watermark_train [--videos ../shared/data/videos] [--pairs 1500] [--steps 6000]
+    python -m curate.bench.watermark_train [--videos ../shared/data/videos] [--pairs 1500] [--steps 8000]
         [--hold-out bikes.mp4 vtest.avi ...] [--out stages/watermark_net.pt] [--seed 0]
+    python -m curate.bench.watermark_train --combine A.pt B.pt ... --seed 9 [--val-pairs 400] --out stages/watermark_net.pt
 
-What it makes, all from real footage (../shared/data/videos; never copied into the project): pairs of
-the same 16 frames of one shot (a random shot, stretch of 1-5 s, crop, mirror, brightness), once clean
+What it makes, all from real footage (../shared/data/videos; never copied into the project, read
+upright as players show it): pairs of the same 16 frames of one shot (a random shot, stretch of 1-5 s,
+crop, mirror, brightness, a quarter of them turned a quarter turn: portrait pictures), once clean
 and once with an overlay composited with alpha, both encoded with x264 (crf 16-28, preset ultrafast to
 medium, then half the time again at veryfast, as a video reaches curate and is split), then read back exactly as the watermark scorer reads a clip
 (`stages.watermark.sample_yuv`, `stages.watermark_net.overlay_maps`). Where the overlay changes the
@@ -22,8 +24,15 @@ the width.
 The network is fitted with per-pixel and per-clip losses (AdamW, fixed seeds; random 128-pixel crops,
 most of the overlaid ones around the mark), then calibrated on pairs it did not fit (another seed): 0.5 is put at
 the clip threshold that best separates them among those flagging at most 3% of the clean clips. It
-writes the weights (`--out`, about 200 kB) and beside them a JSON of their provenance (this command,
+writes the weights (`--out`, about 300 kB) and beside them a JSON of their provenance (this command,
 seed, videos, counts, validation ROC AUC and rates, library versions).
+
+`--combine` trains nothing: it joins networks trained apart (other seeds, other data) into one file
+whose logit is the mean of theirs, each after its own calibration, and calibrates that mean the same
+way on pairs of `--seed` (take one no member was trained or calibrated on: seed s makes training pairs
+from seed 2s+1 and calibration pairs from 2s+2). Networks trained apart err on different clean clips
+(a fixed camera's still scene, a screen of rendered UI), so their mean flags fewer of them at the same
+catch rate. The provenance lists each member's.
 """
 
 from __future__ import annotations
@@ -44,7 +53,7 @@ import cv2
 import numpy as np
 
 from stages.watermark import WatermarkConfig, sample_yuv
-from stages.watermark_net import MAP_CHANNELS, NET_FILE, STRIDE, build_net, logit_map, overlay_maps
+from stages.watermark_net import MAP_CHANNELS, NET_FILE, STRIDE, build_net, load_net, logit_map, overlay_maps, provenance
 
 # (video, shots as [first, end) decode indices, crop of the picture as (top, bottom) shares kept).
 # Shots from ../shared/data/ground_truth.json (cuts, fades and black stretches left out); testvideo's
@@ -62,6 +71,7 @@ FOOTAGE = {
     "delayed_start.mp4": ([(0, 24)], (0.0, 1.0)),
     "issue53_brightness_change.avi": ([(0, 59)], (0.0, 1.0)),
 }
+TURNED = 0.25  # share of training stretches turned a quarter turn (portrait)
 VISIBLE = 8.0  # grey levels a mark must change the picture by (mean over the frames) to be labelled there
 DECODE_WIDTH = 640  # frames are kept at most this wide; overlays are composited at 480-640
 FONT_DIR = "/usr/share/fonts/truetype/dejavu"
@@ -282,7 +292,8 @@ _FOOTAGE: dict[str, list[np.ndarray]] = {}
 
 
 def load_footage(videos: str, names) -> dict[str, list[np.ndarray]]:
-    """Every frame of each video, RGB, at most DECODE_WIDTH wide, cropped as FOOTAGE says."""
+    """Every frame of each video, RGB, upright as players show it (the clips curate writes are stored
+    upright: stages/stream.py), at most DECODE_WIDTH wide, cropped as FOOTAGE says."""
     out = {}
     for name in names:
         top, bottom = FOOTAGE[name][1]
@@ -290,9 +301,12 @@ def load_footage(videos: str, names) -> dict[str, list[np.ndarray]]:
         with av.open(os.path.join(videos, name)) as c:
             s = c.streams.video[0]
             for f in c.decode(s):
-                w = min(DECODE_WIDTH, f.width) // 2 * 2
-                h = round(f.height * w / f.width / 2) * 2
-                img = f.to_ndarray(format="rgb24", width=w, height=h)
+                turns = round((f.rotation or 0) / 90) % 4
+                fw, fh = (f.height, f.width) if turns % 2 else (f.width, f.height)
+                w = min(DECODE_WIDTH, fw) // 2 * 2
+                h = round(fh * w / fw / 2) * 2
+                img = f.to_ndarray(format="rgb24", width=h if turns % 2 else w, height=w if turns % 2 else h)
+                img = np.ascontiguousarray(np.rot90(img, turns)) if turns else img
                 frames.append(img[int(h * top) // 2 * 2:int(h * bottom) // 2 * 2])
         out[name] = frames
     return out
@@ -328,7 +342,10 @@ def make_pair(seed: int, names: tuple[str, ...], frames_per_clip: int = 16):
     span = min(b - a, max(4, int(rng.uniform(1.0, 5.0) * 25)))
     start = rng.randint(a, b - span)
     idx = np.linspace(start, start + span - 1, frames_per_clip).round().astype(int)
-    h0, w0 = video[0].shape[:2]
+    # A quarter of the stretches are turned a quarter turn (portrait pictures, filmed lines that run up
+    # the frame) before the marks go on, upright, as on a phone video.
+    turn = rng.choice([1, 3]) if rng.random() < TURNED else 0
+    h0, w0 = video[0].shape[1::-1] if turn else video[0].shape[:2]
     f = rng.uniform(0.65, 1.0)
     cw, ch = int(w0 * f) // 2 * 2, int(h0 * rng.uniform(f * 0.85, min(1.0, f * 1.15))) // 2 * 2
     x0, y0 = rng.randint(0, w0 - cw), rng.randint(0, h0 - ch)
@@ -339,7 +356,8 @@ def make_pair(seed: int, names: tuple[str, ...], frames_per_clip: int = 16):
     lut = np.clip(255.0 * (np.arange(256) / 255.0) ** gamma * gain, 0, 255).astype(np.uint8)
     clip = []
     for i in idx:
-        img = cv2.resize(video[i][y0:y0 + ch, x0:x0 + cw], (width, height), interpolation=cv2.INTER_AREA)
+        src = np.rot90(video[i], turn) if turn else video[i]
+        img = cv2.resize(np.ascontiguousarray(src[y0:y0 + ch, x0:x0 + cw]), (width, height), interpolation=cv2.INTER_AREA)
         clip.append(lut[img[:, ::-1] if flip else img])
     canvas = place_marks(rng, width, height)
     a = canvas[..., 3:4]
@@ -454,6 +472,18 @@ def fit(samples, steps: int, seed: int, batch: int = 12, size: int = 128, log=pr
     return net
 
 
+def combine(paths: list[str]):
+    """One network of several trained apart: the mean of their calibrated logits (stages.watermark_net.build_net)."""
+    import torch
+
+    nets = [load_net(os.path.abspath(p)) for p in paths]
+    mean = build_net(len(nets))
+    for member, (net, _) in zip(mean.members, nets):
+        member.load_state_dict(net.state_dict())
+    mean.shift.copy_(torch.tensor([offset for _, offset in nets], dtype=torch.float32))
+    return mean.eval()
+
+
 def clip_logits(net, samples) -> tuple[np.ndarray, np.ndarray]:
     """(largest logit, has an overlay) of each sample, over the whole frame as the scorer sees it."""
     got, lab = [], []
@@ -488,12 +518,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--videos", default=os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "videos"))
     ap.add_argument("--pairs", type=int, default=1500, help="training pairs (clean + overlaid)")
     ap.add_argument("--val-pairs", type=int, default=200, help="calibration pairs (another seed)")
-    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--steps", type=int, default=8000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--hold-out", nargs="*", default=[], help="videos left out of training and calibration (to measure on them)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", default=NET_FILE)
+    ap.add_argument("--combine", nargs="+", default=None, metavar="WEIGHTS",
+                    help="instead of training: average these trained networks' calibrated logits and calibrate the mean on "
+                         "--val-pairs pairs of --seed (pick one no member trained or calibrated on)")
     args = ap.parse_args(argv)
+    if args.combine is not None and len(args.combine) < 2:
+        ap.error("--combine takes two or more weight files")
     import torch
 
     torch.set_num_threads(max(1, args.workers))
@@ -503,19 +538,23 @@ def main(argv: list[str] | None = None) -> None:
     _FOOTAGE.update(load_footage(videos, names))
     print(f"decoded {sum(len(v) for v in _FOOTAGE.values())} frames of {len(names)} videos in {time.time() - t0:.0f} s")
     t0 = time.time()
-    train = make_pairs(args.pairs, args.seed * 2 + 1, names, args.workers)
+    train = [] if args.combine else make_pairs(args.pairs, args.seed * 2 + 1, names, args.workers)
     val = make_pairs(args.val_pairs, args.seed * 2 + 2, names, args.workers)
     print(f"made {len(train)} training and {len(val)} calibration clips in {time.time() - t0:.0f} s")
     t0 = time.time()
-    net = fit(train, args.steps, args.seed)
-    print(f"fitted in {time.time() - t0:.0f} s")
+    if args.combine:
+        net = combine(args.combine)
+    else:
+        net = fit(train, args.steps, args.seed)
+        print(f"fitted in {time.time() - t0:.0f} s")
     logits, labels = clip_logits(net, val)
     offset = calibrate(logits, labels)
     scores = 1 / (1 + np.exp(-(logits + offset)))
     pos, neg = scores[labels], scores[~labels]
     val_auc = roc_auc(pos, neg)
     print(f"calibration pairs: ROC AUC {val_auc:.3f}; at 0.5 {(pos >= 0.5).mean():.1%} of overlays caught, {(neg >= 0.5).mean():.1%} of clean flagged (offset {offset:.3f})")
-    torch.save({"net": net.state_dict(), "offset": offset, "channels": MAP_CHANNELS}, args.out)
+    members = len(args.combine) if args.combine else 1
+    torch.save({"net": net.state_dict(), "offset": offset, "channels": MAP_CHANNELS, "members": members}, args.out)
     info = {
         "what": "curate's learned overlay (watermark) detector: stages/watermark_net.py",
         "made_by": " ".join(["python -m curate.bench.watermark_train", *(argv if argv is not None else sys.argv[1:])]),
@@ -523,7 +562,8 @@ def main(argv: list[str] | None = None) -> None:
         "seed": args.seed,
         "footage": {"videos": list(names), "held_out": list(args.hold_out), "source": "../shared/data/videos (see its README and licences)"},
         "overlays": "synthetic, this module's families " + ", ".join(FAMILIES) + "; none of the watermark bench's seven styles",
-        "training_clips": len(train), "calibration_clips": len(val), "steps": args.steps,
+        "training_clips": len(train), "calibration_clips": len(val), "steps": 0 if args.combine else args.steps,
+        "members": [provenance(p) for p in args.combine] if args.combine else None,
         "calibration": {"roc_auc": round(val_auc, 4), "caught_at_0.5": round(float((pos >= 0.5).mean()), 4),
                         "clean_flagged_at_0.5": round(float((neg >= 0.5).mean()), 4), "offset": round(offset, 4)},
         "parameters": sum(p.numel() for p in net.parameters()),
