@@ -237,11 +237,13 @@ def _image_models(job: dict) -> list[tuple[str, str]]:
 
         path = wm.get("net_weights") or NET_FILE
         info = provenance(path)
-        members = (info or {}).get("members") or []
-        trained = (f"the mean of {len(members)} networks trained by " + ", ".join(f"`{m['made_by']}`" for m in members)
-                   + f" (joined by `{info['made_by']}`, {info['date']})") if members else f"trained by `{(info or {}).get('made_by')}` ({(info or {}).get('date')})"
-        made = (f"{trained} on synthetic overlays ({info['overlays']}) over {len(info['footage']['videos'])} real test videos; "
-                f"calibration ROC AUC {info['calibration']['roc_auc']}") if info else "no provenance recorded"
+        made = "no provenance recorded"
+        if info:
+            members = info.get("members") or []
+            trained = (f"the mean of {len(members)} networks trained by " + ", ".join(f"`{m['made_by']}`" for m in members)
+                       + f" (joined by `{info['made_by']}`, {info['date']})") if members else f"trained by `{info['made_by']}` ({info['date']})"
+            made = (f"{trained} on synthetic overlays ({info['overlays']}) over {len(info['footage']['videos'])} real test videos; "
+                    f"calibration ROC AUC {info['calibration']['roc_auc']}")
         rows.append(("watermark (watermark_score, watermark_box)",
                      f"curate's learned overlay detector `{os.path.basename(path)}` (sha256 {file_sha256(path)[:16]}…), {made}"))
     elif wm:

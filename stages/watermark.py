@@ -402,6 +402,11 @@ def detect_net(frames: list[np.ndarray], chroma: list[np.ndarray] | None, cfg: W
     return Overlay(score=float(1.0 / (1.0 + np.exp(-logits.max()))), box=region_box(logits, (w, h), (clip_w, clip_h)))
 
 
+def find_overlay(frames: list[np.ndarray], chroma: list[np.ndarray] | None, cfg: WatermarkConfig, clip_w: int, clip_h: int) -> Overlay | None:
+    """What the configured frame-map method (`net` or `edges`) finds in a clip's sampled frames."""
+    return detect_net(frames, chroma, cfg, clip_w, clip_h) if cfg.method == "net" else detect(frames, cfg, clip_w, clip_h, chroma=chroma)
+
+
 # ------------------------------------------------------------------------------------------- classifier
 
 
@@ -479,7 +484,7 @@ class ScoreWatermark:
                 frames, chroma, w, h = sample_yuv(path, self.cfg.frames, self.cfg.width)
         except (OSError, MediaError) as e:
             raise ScoreError(f"cannot read {row['clip_uri']}: {e}") from e
-        found = detect_net(frames, chroma, self.cfg, w, h) if self.cfg.method == "net" else detect(frames, self.cfg, w, h, chroma=chroma)
+        found = find_overlay(frames, chroma, self.cfg, w, h)
         if found is None:
             return {}
         words = None if found.frozen else words_score(row.get("text_static"), row.get("text_area"), self.cfg)

@@ -53,7 +53,7 @@ import cv2
 import numpy as np
 
 from stages.media import ffmpeg_exe
-from stages.watermark import FEATURES, Overlay, WatermarkConfig, best_overlay, blob_features, detect, detect_net, sample_yuv, words_score
+from stages.watermark import FEATURES, Overlay, WatermarkConfig, best_overlay, blob_features, detect_net, find_overlay, sample_yuv, words_score
 
 # (file, start_s, seconds): segments inside one shot, picture moving. vtest/traffic: static cameras;
 # goldeneye: a still screen whose text changes; testvideo 6.2: a still photo fading in; delayed_start:
@@ -305,7 +305,7 @@ def auc(positive: list[float], negative: list[float]) -> float:
 
 def score_file(path: str, cfg: WatermarkConfig):
     frames, chroma, w, h = sample_yuv(path, cfg.frames, cfg.width)
-    return detect_net(frames, chroma, cfg, w, h) if cfg.method == "net" else detect(frames, cfg, w, h, chroma=chroma)
+    return find_overlay(frames, chroma, cfg, w, h)
 
 
 def iou(got: dict | None, want: dict) -> float:
@@ -433,14 +433,22 @@ def calibrate(clips: list[dict], weights, bias, max_clean: float = 0.03) -> floa
     logits = [(c["feats"] @ np.asarray(weights) + bias).max() if len(c["boxes"]) and not c["frozen"] else -np.inf for c in clips]
     pos = np.array([x for x, c in zip(logits, clips) if c["overlay"]])
     neg = np.array([x for x, c in zip(logits, clips) if not c["overlay"]])
-    cuts = np.unique(np.concatenate([pos, neg])[np.isfinite(np.concatenate([pos, neg]))])
-    best, at = -1.0, 0.0
+    return bias - best_cut(pos, neg, max_clean)
+
+
+def best_cut(pos: np.ndarray, neg: np.ndarray, max_clean: float = 0.03, default: float = 0.0) -> float:
+    """The clip-level threshold that best separates overlaid (`pos`) from clean (`neg`) clip logits
+    (largest true- minus false-positive rate; midway between neighbouring finite values) among those
+    flagging at most `max_clean` of the clean clips; `default` when none does."""
+    both = np.concatenate([pos, neg])
+    cuts = np.unique(both[np.isfinite(both)])
+    best, at = -1.0, default
     for lo, hi in zip(cuts[:-1], cuts[1:]):
         t = (lo + hi) / 2
         gain = (pos > t).mean() - (neg > t).mean()
         if (neg > t).mean() <= max_clean + 1e-9 and gain > best + 1e-9:
             best, at = gain, t
-    return bias - at
+    return at
 
 
 def clip_scores(clips: list[dict], weights, bias) -> list[float]:

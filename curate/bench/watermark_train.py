@@ -52,6 +52,7 @@ import av
 import cv2
 import numpy as np
 
+from curate.bench.watermark import auc, best_cut
 from stages.watermark import WatermarkConfig, sample_yuv
 from stages.watermark_net import MAP_CHANNELS, NET_FILE, STRIDE, build_net, load_net, logit_map, overlay_maps, provenance
 
@@ -496,21 +497,7 @@ def clip_logits(net, samples) -> tuple[np.ndarray, np.ndarray]:
 def calibrate(logits: np.ndarray, labels: np.ndarray, max_clean: float = 0.03) -> float:
     """The offset that puts 0.5 at the clip threshold that best separates overlaid from clean (largest
     true- minus false-positive rate, midway between neighbours) among those flagging <= max_clean."""
-    pos, neg = logits[labels], logits[~labels]
-    cuts = np.unique(logits)
-    best, at = -1.0, float(cuts[-1])
-    for lo, hi in zip(cuts[:-1], cuts[1:]):
-        t = (lo + hi) / 2
-        fpr = (neg > t).mean()
-        gain = (pos > t).mean() - fpr
-        if fpr <= max_clean + 1e-9 and gain > best + 1e-9:
-            best, at = gain, t
-    return -float(at)
-
-
-def roc_auc(pos, neg) -> float:
-    p, n = np.asarray(pos, float)[:, None], np.asarray(neg, float)[None, :]
-    return float(((p > n).sum() + 0.5 * (p == n).sum()) / max(1, p.size * n.size))
+    return -float(best_cut(logits[labels], logits[~labels], max_clean, default=float(logits.max())))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -551,7 +538,7 @@ def main(argv: list[str] | None = None) -> None:
     offset = calibrate(logits, labels)
     scores = 1 / (1 + np.exp(-(logits + offset)))
     pos, neg = scores[labels], scores[~labels]
-    val_auc = roc_auc(pos, neg)
+    val_auc = auc(pos, neg)
     print(f"calibration pairs: ROC AUC {val_auc:.3f}; at 0.5 {(pos >= 0.5).mean():.1%} of overlays caught, {(neg >= 0.5).mean():.1%} of clean flagged (offset {offset:.3f})")
     members = len(args.combine) if args.combine else 1
     torch.save({"net": net.state_dict(), "offset": offset, "channels": MAP_CHANNELS, "members": members}, args.out)

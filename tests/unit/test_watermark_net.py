@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from curate.bench import watermark_train as T
+from curate.bench.watermark import auc
 from stages.watermark import WatermarkConfig, detect_net, sample_yuv
 from stages.watermark_net import MAP_CHANNELS, NET_FILE, STRIDE, build_net, load_net, overlay_maps, provenance
 
@@ -118,7 +119,7 @@ def test_fitting_learns_the_label_and_calibration_puts_half_at_the_chosen_cut():
         samples.append((maps, label))
     net = T.fit(samples, steps=60, seed=0, batch=4, size=64, log=lambda *_: None)
     logits, labels = T.clip_logits(net, samples)
-    assert T.roc_auc(logits[labels], logits[~labels]) == 1.0
+    assert auc(logits[labels], logits[~labels]) == 1.0
     assert isinstance(build_net()[0], torch.nn.Conv2d)
     # calibration: 0.5 goes midway between the clean clips' highest and the overlays above it
     logits = np.array([-3.0, -2.0, -1.0, 0.5, 1.0, 2.0])
