@@ -5,10 +5,13 @@
     python -m curate.bench.watermark_train --combine A.pt B.pt ... --seed 9 [--val-pairs 400] --out stages/watermark_net.pt
 
 What it makes, all from real footage (../shared/data/videos; never copied into the project, read
-upright as players show it): pairs of the same 16 frames of one shot (a random shot, stretch of 1-5 s,
-crop, mirror, brightness, a quarter of them turned a quarter turn: portrait pictures), once clean
-and once with an overlay composited with alpha, both encoded with x264 (crf 16-28, preset ultrafast to
-medium, then half the time again at veryfast, as a video reaches curate and is split), then read back exactly as the watermark scorer reads a clip
+upright as players show it): pairs of the same stretch of one shot (16-40 consecutive frames, every
+frame or every second or third, at least 1.5 s where the shot is that long; crop, mirror, brightness, a quarter of them turned a quarter turn:
+portrait pictures), scaled once from the footage's own size to 480-854 wide with one of four scalers
+(bicubic as ffmpeg's default, area, bilinear, Lanczos), once clean and once with an overlay
+composited with alpha, both encoded with x264 at the rate they were filmed at (crf 16-28, preset
+ultrafast to medium, then half the time again at veryfast, as a video reaches curate and is split),
+then read back exactly as the watermark scorer reads a clip
 (`stages.watermark.sample_yuv`, `stages.watermark_net.overlay_maps`). Where the overlay changes the
 picture by at least VISIBLE grey levels (mean over the frames), scaled to the sampled frames, is the
 per-pixel label.
@@ -74,7 +77,12 @@ FOOTAGE = {
 }
 TURNED = 0.25  # share of training stretches turned a quarter turn (portrait)
 VISIBLE = 8.0  # grey levels a mark must change the picture by (mean over the frames) to be labelled there
-DECODE_WIDTH = 640  # frames are kept at most this wide; overlays are composited at 480-640
+DECODE_WIDTH = 1280  # frames are kept at most this wide (the footage's own size); a clip is scaled from it once
+WIDTHS = (480, 540, 640, 720, 854)  # a clip's width, as uploads come (never wider than its crop)
+# The scalers a clip may have been made with (ffmpeg's scale defaults to bicubic; area and bilinear are
+# other tools'): the network's score on one clean segment moved by up to 4 logits with the scaler when it
+# only ever saw area-scaled footage, scaled twice.
+SCALERS = (cv2.INTER_CUBIC, cv2.INTER_AREA, cv2.INTER_LINEAR, cv2.INTER_LANCZOS4)
 FONT_DIR = "/usr/share/fonts/truetype/dejavu"
 # The DejaVu faces the watermark bench does not draw with (it uses Sans, Sans-Bold, Serif, SansMono,
 # SansCondensed-Oblique), Pillow's own Aileron (None), and OpenCV's Hershey faces but its DUPLEX.
@@ -290,6 +298,7 @@ def place_marks(rng: random.Random, W: int, H: int) -> np.ndarray:
 
 
 _FOOTAGE: dict[str, list[np.ndarray]] = {}
+_RATE: dict[str, float] = {}
 
 
 def load_footage(videos: str, names) -> dict[str, list[np.ndarray]]:
@@ -301,6 +310,7 @@ def load_footage(videos: str, names) -> dict[str, list[np.ndarray]]:
         frames = []
         with av.open(os.path.join(videos, name)) as c:
             s = c.streams.video[0]
+            _RATE[name] = float(s.average_rate or s.guessed_rate or 25)
             for f in c.decode(s):
                 turns = round((f.rotation or 0) / 90) % 4
                 fw, fh = (f.height, f.width) if turns % 2 else (f.width, f.height)
@@ -313,9 +323,9 @@ def load_footage(videos: str, names) -> dict[str, list[np.ndarray]]:
     return out
 
 
-def _encode(frames: list[np.ndarray], path: str, crf: int, preset: str = "veryfast") -> None:
+def _encode(frames: list[np.ndarray], path: str, crf: int, preset: str = "veryfast", rate: int = 10) -> None:
     with av.open(path, "w") as c:
-        s = c.add_stream("libx264", rate=10)
+        s = c.add_stream("libx264", rate=rate)
         s.width, s.height, s.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
         s.options = {"crf": str(crf), "preset": preset, "threads": "1"}
         for img in frames:
@@ -330,9 +340,26 @@ def _decode(path: str) -> list[np.ndarray]:
         return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
 
 
-def make_pair(seed: int, names: tuple[str, ...], frames_per_clip: int = 16):
+def stretch(rng: random.Random, name: str, a: int, b: int) -> tuple[range, int]:
+    """Which frames of shot [a, b) of `name` a clip is made of, and the rate it is encoded at: 16-40
+    consecutive frames, every frame or every second or third, spanning at least 1.5 s where the shot is
+    that long, at the rate they were filmed at over that step."""
+    fps = _RATE.get(name, 25.0)
+    step, n = rng.choice([1, 2, 3]), rng.randint(16, 40)
+    step = max(step, math.ceil(1.5 * fps / n))
+    step = max(1, min(step, (b - a) // n))
+    n = max(4, min(n, (b - a) // step))
+    start = rng.randint(a, b - (n - 1) * step - 1)
+    return range(start, start + n * step, step), max(1, round(fps / step))
+
+
+def make_pair(seed: int, names: tuple[str, ...]):
     """One training pair (clean, overlaid) as [(maps uint8 (C, h, w), label uint8 (h/STRIDE, w/STRIDE))],
-    or None when the stretch is frozen. Deterministic in `seed`."""
+    or None when the stretch is frozen. Deterministic in `seed`.
+
+    A clip is made as uploads are: a stretch of one shot (`stretch`), cropped, scaled once from the
+    footage's own size with one of SCALERS, encoded at the rate it was filmed at; the scorer then
+    samples its frames from the clip."""
     rng = random.Random(seed)
     cfg = WatermarkConfig()
     name = rng.choice(names)
@@ -340,9 +367,7 @@ def make_pair(seed: int, names: tuple[str, ...], frames_per_clip: int = 16):
     a, b = rng.choice(shots)
     video = _FOOTAGE[name]
     b = min(b, len(video))
-    span = min(b - a, max(4, int(rng.uniform(1.0, 5.0) * 25)))
-    start = rng.randint(a, b - span)
-    idx = np.linspace(start, start + span - 1, frames_per_clip).round().astype(int)
+    idx, rate = stretch(rng, name, a, b)
     # A quarter of the stretches are turned a quarter turn (portrait pictures, filmed lines that run up
     # the frame) before the marks go on, upright, as on a phone video.
     turn = rng.choice([1, 3]) if rng.random() < TURNED else 0
@@ -350,15 +375,16 @@ def make_pair(seed: int, names: tuple[str, ...], frames_per_clip: int = 16):
     f = rng.uniform(0.65, 1.0)
     cw, ch = int(w0 * f) // 2 * 2, int(h0 * rng.uniform(f * 0.85, min(1.0, f * 1.15))) // 2 * 2
     x0, y0 = rng.randint(0, w0 - cw), rng.randint(0, h0 - ch)
-    width = max(2, min(cw, rng.randint(480, DECODE_WIDTH)) // 2 * 2)
+    width = max(2, min(cw, rng.choice(WIDTHS)) // 2 * 2)
     height = max(2, round(ch * width / cw / 2) * 2)
+    scaler = rng.choice(SCALERS)
     flip = rng.random() < 0.5
     gain, gamma = rng.uniform(0.8, 1.15), rng.uniform(0.8, 1.25)
     lut = np.clip(255.0 * (np.arange(256) / 255.0) ** gamma * gain, 0, 255).astype(np.uint8)
     clip = []
     for i in idx:
         src = np.rot90(video[i], turn) if turn else video[i]
-        img = cv2.resize(np.ascontiguousarray(src[y0:y0 + ch, x0:x0 + cw]), (width, height), interpolation=cv2.INTER_AREA)
+        img = cv2.resize(np.ascontiguousarray(src[y0:y0 + ch, x0:x0 + cw]), (width, height), interpolation=scaler)
         clip.append(lut[img[:, ::-1] if flip else img])
     canvas = place_marks(rng, width, height)
     a = canvas[..., 3:4]
@@ -375,7 +401,7 @@ def make_pair(seed: int, names: tuple[str, ...], frames_per_clip: int = 16):
         for frames, seen in ((clip, None), (marked, shown)):
             path = os.path.join(tmp, "c.mp4")
             for k, crf in enumerate(crfs):
-                _encode(frames if k == 0 else _decode(path), path if k == 0 else path + ".2.mp4", crf, presets[k])
+                _encode(frames if k == 0 else _decode(path), path if k == 0 else path + ".2.mp4", crf, presets[k], rate)
                 if k:
                     os.replace(path + ".2.mp4", path)
             grey, chroma, _, _ = sample_yuv(path, cfg.frames, cfg.width)

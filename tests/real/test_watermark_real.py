@@ -112,11 +112,13 @@ def test_the_learned_detector_finds_overlay_styles_it_was_not_trained_on(videos,
     clean = [score_file(c, cfg) for c, _, _ in pairs]
     marked = [score_file(m, cfg) for _, m, _ in pairs]
     cs, ms = [r.score for r in clean], [r.score for r in marked]
-    # Measured (the DejaVu fonts only): clean 0.00-0.15 but the fourth segment's (bikes.mp4 at 7.6 s: a
-    # still edge of the wall at the frame's left border, the shipped network's known false alarm, 0.78
-    # in each style; see the README's benchmarks); overlaid 0.89-1.00 but one antialiased word (0.02); AUC 0.97.
+    # Measured (the DejaVu fonts only): clean 0.01-0.06 but the fourth segment's (bikes.mp4 at 7.6 s: a
+    # still edge of the wall at the frame's left border, 0.39 in each style; the network before, trained
+    # on clips of 16 frames far apart scaled twice, gave it 0.78); overlaid 0.95-1.00 but one
+    # antialiased word (0.07); AUC 0.99, the box on the mark in 14/15.
     # (The edges method, on the same kind of pairs: emblems 0.70 and antialiased words 0.81 left out of its fit.)
-    assert auc(ms, cs) >= 0.9 and all(c < 0.3 for k, c in enumerate(cs) if k % 5 != 3), (ms, cs)
-    assert sum(m >= 0.5 for m in ms) >= 11, (ms, cs)
+    assert auc(ms, cs) >= 0.95 and all(c < 0.5 for c in cs), (ms, cs)
+    assert all(c < 0.15 for k, c in enumerate(cs) if k % 5 != 3), (ms, cs)
+    assert sum(m >= 0.5 for m in ms) >= 12, (ms, cs)
     hits = sum(iou(r.box, b) >= 0.3 for r, (_, _, b) in zip(marked, pairs))
-    assert hits >= 10, [(r.box, b) for r, (_, _, b) in zip(marked, pairs)]
+    assert hits >= 12, [(r.box, b) for r, (_, _, b) in zip(marked, pairs)]

@@ -185,6 +185,23 @@ def test_the_training_footage_is_upright_as_players_show_it_and_some_stretches_a
     assert 0 < turned < 8
 
 
+def test_a_training_clip_is_a_stretch_of_consecutive_frames_encoded_at_the_rate_they_were_filmed_at(monkeypatch):
+    """Clips reach the scorer with every frame at their own rate (a fixed camera's still scene then
+    stays exactly still between frames); the training clips are made the same way, not from 16 frames
+    picked far apart."""
+    monkeypatch.setitem(T._RATE, "long.mp4", 25.0)
+    steps = set()
+    for seed in range(200):
+        idx, rate = T.stretch(random.Random(seed), "long.mp4", 100, 900)
+        step = idx.step
+        steps.add(step)
+        assert 100 <= idx[0] and idx[-1] < 900 and 16 <= len(idx) <= 40
+        assert rate == round(25 / step) and len(idx) * step / 25.0 >= 1.5  # at least 1.5 s of the shot
+    assert steps == {1, 2, 3}
+    idx, rate = T.stretch(random.Random(0), "long.mp4", 10, 14)  # a 4-frame shot: all of it, every frame
+    assert list(idx) == [10, 11, 12, 13] and rate == 25
+
+
 def test_combined_networks_average_their_calibrated_logits_and_load_like_one(tmp_path):
     """--combine: members trained apart, each with its offset, saved as one file; loaded back it gives
     the mean of the members' calibrated logits (plus its own offset)."""
