@@ -6,8 +6,8 @@
 
 What it makes, all from real footage (../shared/data/videos; never copied into the project, read
 upright as players show it): pairs of the same stretch of one shot (16-40 consecutive frames, every
-frame or every second or third, at least 1.5 s where the shot is that long; crop, mirror, brightness, a quarter of them turned a quarter turn:
-portrait pictures), scaled once from the footage's own size to 480-854 wide with one of four scalers
+frame or every second or third, at least 1.5 s where the shot is that long; crop, mirror, brightness,
+a quarter of them turned a quarter turn: portrait pictures), scaled once from the footage's own size to 480-854 wide with one of four scalers
 (bicubic as ffmpeg's default, area, bilinear, Lanczos), once clean and once with an overlay
 composited with alpha, both encoded with x264 at the rate they were filmed at (crf 16-28, preset
 ultrafast to medium, then half the time again at veryfast, as a video reaches curate and is split),
@@ -80,8 +80,8 @@ VISIBLE = 8.0  # grey levels a mark must change the picture by (mean over the fr
 DECODE_WIDTH = 1280  # frames are kept at most this wide (the footage's own size); a clip is scaled from it once
 WIDTHS = (480, 540, 640, 720, 854)  # a clip's width, as uploads come (never wider than its crop)
 # The scalers a clip may have been made with (ffmpeg's scale defaults to bicubic; area and bilinear are
-# other tools'): the network's score on one clean segment moved by up to 4 logits with the scaler when it
-# only ever saw area-scaled footage, scaled twice.
+# other tools'): a network that had only seen footage scaled twice by area gave vtest's clean segment,
+# scaled to 480 by ffmpeg, a logit of -0.2, +1.1 or +2.6 with the bilinear, bicubic or area scaler.
 SCALERS = (cv2.INTER_CUBIC, cv2.INTER_AREA, cv2.INTER_LINEAR, cv2.INTER_LANCZOS4)
 FONT_DIR = "/usr/share/fonts/truetype/dejavu"
 # The DejaVu faces the watermark bench does not draw with (it uses Sans, Sans-Bold, Serif, SansMono,
