@@ -353,16 +353,23 @@ def _steps(stack: np.ndarray, cfg: WatermarkConfig):
     sharpness (gradient / 5x5 range), step (largest one-pixel difference / 5x5 range) and drawn-step
     evidence (step between step_low and step_high, on still pixels)."""
     grads = np.stack([_gradient(g) for g in stack])
-    kernel = np.ones((5, 5), np.uint8)
     freq = edge_persistence(stack, grads, cfg.edge_threshold, cfg.contrast, cfg.seen)
     mean = stack.mean(axis=0)
-    local_range = cv2.dilate(mean, kernel) - cv2.erode(mean, kernel)
+    local_range, gx, gy, big = mean_frame_cues(mean)
     still = (freq >= cfg.persist - 1e-6) & (local_range > cfg.contrast)
-    gx, gy = cv2.Sobel(mean, cv2.CV_32F, 1, 0, ksize=3) / 8.0, cv2.Sobel(mean, cv2.CV_32F, 0, 1, ksize=3) / 8.0
     sharp = (np.hypot(gx, gy) + 1e-6) / (local_range + 1e-3)
-    step = largest_step(mean) / (local_range + 1e-3)
+    step = big / (local_range + 1e-3)
     evidence = np.clip((step - cfg.step_low) / (cfg.step_high - cfg.step_low), 0.0, 1.0) * still
     return grads, mean, still, gx, gy, sharp, step, evidence
+
+
+def mean_frame_cues(mean: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The mean frame's 5x5 grey-level range, Sobel gradient (gx, gy in grey levels per pixel) and
+    largest one-pixel step (`largest_step`): what its sharpness and step cues are made of."""
+    kernel = np.ones((5, 5), np.uint8)
+    local_range = cv2.dilate(mean, kernel) - cv2.erode(mean, kernel)
+    gx, gy = cv2.Sobel(mean, cv2.CV_32F, 1, 0, ksize=3) / 8.0, cv2.Sobel(mean, cv2.CV_32F, 0, 1, ksize=3) / 8.0
+    return local_range, gx, gy, largest_step(mean)
 
 
 def largest_step(mean: np.ndarray) -> np.ndarray:

@@ -72,7 +72,7 @@ def overlay_maps(frames: list[np.ndarray], chroma: list[np.ndarray] | None, cfg)
     """MAP_CHANNELS (C, h, w float32, each in 0..1) of grey frames (all one size; `chroma`: their
     half-size U, V planes stacked on the last axis, or None) and whether the clip is frozen (then None).
     `cfg` is the WatermarkConfig (blank, frozen, moving_level, edge_threshold, contrast, seen)."""
-    from stages.watermark import largest_step, shown_frames  # (stages.watermark imports this module when it scores)
+    from stages.watermark import mean_frame_cues, shown_frames  # (stages.watermark imports this module when it scores)
 
     shown = shown_frames(frames, cfg)
     if shown is None:
@@ -81,11 +81,9 @@ def overlay_maps(frames: list[np.ndarray], chroma: list[np.ndarray] | None, cfg)
     h, w = stack.shape[1:]
     persist, coherence, gmean, gcv = _persistence(stack, cfg.edge_threshold, cfg.contrast, cfg.seen)
     mean = stack.mean(axis=0)
-    kernel = np.ones((5, 5), np.uint8)
-    local_range = cv2.dilate(mean, kernel) - cv2.erode(mean, kernel)
-    mgx, mgy = cv2.Sobel(mean, cv2.CV_32F, 1, 0, ksize=3) / 8.0, cv2.Sobel(mean, cv2.CV_32F, 0, 1, ksize=3) / 8.0
+    local_range, mgx, mgy, big = mean_frame_cues(mean)
     sharp = np.hypot(mgx, mgy) / (local_range + 4.0)
-    step = largest_step(mean) / (local_range + 4.0)
+    step = big / (local_range + 4.0)
     if chroma is not None:
         cst = np.stack(chroma).astype(np.float32)[keep]
         cmean = cst.mean(axis=0)

@@ -7,11 +7,11 @@
 What it makes, all from real footage (../shared/data/videos; never copied into the project, read
 upright as players show it): pairs of the same stretch of one shot (16-40 consecutive frames, every
 frame or every second or third, at least 1.5 s where the shot is that long; crop, mirror, brightness,
-a quarter of them turned a quarter turn: portrait pictures), scaled once from the footage's own size to 480-854 wide with one of four scalers
-(bicubic as ffmpeg's default, area, bilinear, Lanczos), once clean and once with an overlay
-composited with alpha, both encoded with x264 at the rate they were filmed at (crf 16-28, preset
-ultrafast to medium, then half the time again at veryfast, as a video reaches curate and is split),
-then read back exactly as the watermark scorer reads a clip
+a quarter of them turned a quarter turn: portrait pictures), scaled once from the footage's own size
+to 480-854 wide with one of four scalers (bicubic as ffmpeg's default, area, bilinear, Lanczos),
+once clean and once with an overlay composited with alpha, both encoded with x264 at the rate they
+were filmed at (crf 16-28, preset ultrafast to medium, then half the time again at veryfast, as a
+video reaches curate and is split), then read back exactly as the watermark scorer reads a clip
 (`stages.watermark.sample_yuv`, `stages.watermark_net.overlay_maps`). Where the overlay changes the
 picture by at least VISIBLE grey levels (mean over the frames), scaled to the sampled frames, is the
 per-pixel label.
@@ -301,10 +301,11 @@ _FOOTAGE: dict[str, list[np.ndarray]] = {}
 _RATE: dict[str, float] = {}
 
 
-def load_footage(videos: str, names) -> dict[str, list[np.ndarray]]:
-    """Every frame of each video, RGB, upright as players show it (the clips curate writes are stored
-    upright: stages/stream.py), at most DECODE_WIDTH wide, cropped as FOOTAGE says."""
-    out = {}
+def load_footage(videos: str, names) -> int:
+    """Decode each video into the tables `make_pair` reads (the fork workers share them): `_FOOTAGE`,
+    every frame, RGB, upright as players show it (the clips curate writes are stored upright:
+    stages/stream.py), at most DECODE_WIDTH wide, cropped as FOOTAGE says; `_RATE`, the rate it was
+    filmed at. Returns the number of frames decoded."""
     for name in names:
         top, bottom = FOOTAGE[name][1]
         frames = []
@@ -319,8 +320,8 @@ def load_footage(videos: str, names) -> dict[str, list[np.ndarray]]:
                 img = f.to_ndarray(format="rgb24", width=h if turns % 2 else w, height=w if turns % 2 else h)
                 img = np.ascontiguousarray(np.rot90(img, turns)) if turns else img
                 frames.append(img[int(h * top) // 2 * 2:int(h * bottom) // 2 * 2])
-        out[name] = frames
-    return out
+        _FOOTAGE[name] = frames
+    return sum(len(_FOOTAGE[name]) for name in names)
 
 
 def _encode(frames: list[np.ndarray], path: str, crf: int, preset: str = "veryfast", rate: int = 10) -> None:
@@ -548,8 +549,8 @@ def main(argv: list[str] | None = None) -> None:
     videos = os.path.abspath(args.videos)
     names = tuple(n for n in FOOTAGE if n not in set(args.hold_out))
     t0 = time.time()
-    _FOOTAGE.update(load_footage(videos, names))
-    print(f"decoded {sum(len(v) for v in _FOOTAGE.values())} frames of {len(names)} videos in {time.time() - t0:.0f} s")
+    frames = load_footage(videos, names)
+    print(f"decoded {frames} frames of {len(names)} videos in {time.time() - t0:.0f} s")
     t0 = time.time()
     train = [] if args.combine else make_pairs(args.pairs, args.seed * 2 + 1, names, args.workers)
     val = make_pairs(args.val_pairs, args.seed * 2 + 2, names, args.workers)

@@ -67,7 +67,7 @@ def test_maps_hold_a_still_mark_apart_from_a_moving_picture():
 def test_the_net_finds_a_mark_composited_over_real_footage_and_boxes_it(videos, tmp_path):
     """An emblem-like mark of the training script's own drawing over bikes.mp4's third shot, encoded
     as a clip is: scored above the clean copy, past 0.5, the box on the mark."""
-    T._FOOTAGE.update(T.load_footage(str(videos), ["bikes.mp4"]))
+    T.load_footage(str(videos), ["bikes.mp4"])
     clip = [f[:, :480] for f in T._FOOTAGE["bikes.mp4"][80:128:3]]
     h, w = clip[0].shape[:2]
     rng = random.Random(3)
@@ -93,7 +93,7 @@ def test_the_net_finds_a_mark_composited_over_real_footage_and_boxes_it(videos, 
 
 
 def test_training_pairs_are_the_same_from_the_same_seed_and_labelled_where_the_mark_is(videos):
-    T._FOOTAGE.update(T.load_footage(str(videos), ["carphone_pristine.mp4"]))
+    T.load_footage(str(videos), ["carphone_pristine.mp4"])
     names = ("carphone_pristine.mp4",)
     a, b = T.make_pair(7, names), T.make_pair(7, names)
     (clean, clean_label), (marked, label) = a
@@ -173,7 +173,7 @@ def test_the_net_gives_the_same_bits_on_a_busy_machine_and_whatever_threads_torc
 def test_the_training_footage_is_upright_as_players_show_it_and_some_stretches_are_turned(videos):
     """issue-134-rotate.mp4 is stored 1280x544 with a 90-degree display rotation: the training script
     reads it portrait, as the split writes its clips, and turns a share of stretches a quarter turn."""
-    T._FOOTAGE.update(T.load_footage(str(videos), ["issue-134-rotate.mp4", "carphone_pristine.mp4"]))
+    T.load_footage(str(videos), ["issue-134-rotate.mp4", "carphone_pristine.mp4"])
     h, w = T._FOOTAGE["issue-134-rotate.mp4"][0].shape[:2]
     assert h > w and (w, h) == (544, 1280)
     turned = 0
