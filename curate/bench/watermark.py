@@ -14,6 +14,7 @@ half). Two sets of pairs:
 
     python -m curate.bench.watermark [--method net|edges] [--net PATH] [--videos ../shared/data/videos] [--pairs 42] [--seeds 1 2 3] [-v]
     python -m curate.bench.watermark --styles --seeds 0 1       # the learned detector (the default) on the seven styles, 28 pairs each
+    python -m curate.bench.watermark --styles --seeds 0 1 --net HELD.pt --only bikes.mp4 vtest.avi   # on videos HELD.pt never saw
     python -m curate.bench.watermark --method edges [--lovo]
     python -m curate.bench.watermark --method edges --styles --loso    # the edges model, seven styles, + leave-one-style-out
     python -m curate.bench.watermark --method edges --styles --loso --words   # ... with the text scorer's static words folded in
@@ -298,8 +299,11 @@ def make_style_pairs(videos: str, out: str, styles=STYLES, per_style: int = 14, 
 
 
 def auc(positive: list[float], negative: list[float]) -> float:
-    """ROC AUC: P(a positive scores above a negative), ties half."""
+    """ROC AUC: P(a positive scores above a negative), ties half; NaN when either side is empty (an
+    opacity band no pair fell in)."""
     p, n = np.asarray(positive, float)[:, None], np.asarray(negative, float)[None, :]
+    if not p.size or not n.size:
+        return float("nan")
     return float(((p > n).sum() + 0.5 * (p == n).sum()) / (p.size * n.size))
 
 
@@ -523,6 +527,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--method", choices=("net", "edges"), default="net", help="the detector measured: the learned one (the default; "
                     "fitted on none of these pairs' styles, so every style is left out of its fit) or the weight-free edges model")
     ap.add_argument("--net", default=None, help="net: weights to measure instead of the shipped ones (e.g. a model trained with --hold-out)")
+    ap.add_argument("--only", nargs="+", default=None, metavar="VIDEO", help="report only the pairs made from these videos (the same pairs "
+                    "as in the whole run): e.g. the videos a network was trained without (watermark_train --hold-out)")
     ap.add_argument("--verbose", "-v", action="store_true")
     args = ap.parse_args(argv)
     args.styles = args.styles or args.loso
@@ -532,11 +538,16 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--fit, --lovo and --loso refit the edges model: add --method edges (the net is fitted on none of these styles or pairs: "
                  "every report of it is already left out; see python -m curate.bench.watermark_train --hold-out for videos)")
     videos = os.path.abspath(args.videos)
+    unknown = set(args.only or ()) - {name for name, _, _ in SEGMENTS}
+    if unknown or (args.only and args.fit):
+        ap.error(f"--only: {', '.join(sorted(unknown))} not among the bench's videos ({', '.join(sorted({name for name, _, _ in SEGMENTS}))})"
+                 if unknown else "--only reports on some videos' pairs; --fit fits on all of seed 0's")
 
     def made(seed, tmp):
         out = os.path.join(tmp, f"s{seed}")
         os.makedirs(out, exist_ok=True)
-        return make_style_pairs(videos, out, seed=seed) if args.styles else make_pairs(videos, out, 28 if seed == 0 else args.pairs, seed=seed)
+        pairs = make_style_pairs(videos, out, seed=seed) if args.styles else make_pairs(videos, out, 28 if seed == 0 else args.pairs, seed=seed)
+        return pairs if args.only is None else [p for p in pairs if p[2]["source"] in args.only]
 
     with tempfile.TemporaryDirectory(prefix="curate-bench-wm-") as tmp:
         if args.fit:  # both calibration sets: seed 0 of the four ffmpeg kinds and of the seven styles

@@ -317,3 +317,33 @@ def test_static_words_from_the_text_scorer_make_an_overlay(media):
     assert got[1:4] == edges[1:4]  # subtitles (changing), a speck (0.2% of the frame), no text scorer
     assert got[5] == 0.0  # frozen: the words are as still as everything else
     assert words_score(1.0, 0.02, WatermarkConfig(words=False)) is None and words_score(0.5, 0.008, cfg) == 0.75
+
+
+def test_the_bench_reports_only_the_pairs_of_the_videos_asked_for(monkeypatch, capsys):
+    """`--only VIDEO ...` (to measure a network trained with --hold-out on the videos it never saw) keeps
+    the pairs made from those videos out of the same run's pairs; a name that is not a bench video is an error."""
+    from curate.bench import watermark as W
+    from stages.watermark import Overlay
+
+    made = []
+
+    def pairs(videos, out, n, seed=0):
+        got = [(f"{k}c.mp4", f"{k}m.mp4", {"source": src, "kind": "box", "opacity": 0.5, "x": 0, "y": 0, "w": 8, "h": 8})
+               for k, src in enumerate(["bikes.mp4", "vtest.avi", "bikes.mp4", "traffic_camera.mp4"])]
+        made.append(len(got))
+        return got
+
+    def features(pairs, cfg, words=False):  # an overlaid clip scores 0.9 on bikes, 0.2 elsewhere; clean 0.1
+        return [{"found": Overlay(score=(0.9 if b["source"] == "bikes.mp4" else 0.2) if marked else 0.1, box=None), "words": None}
+                for _, _, b in pairs for marked in (False, True)]
+
+    monkeypatch.setattr(W, "make_pairs", pairs)
+    monkeypatch.setattr(W, "clip_features", features)
+    W.main(["--seeds", "1", "--only", "bikes.mp4"])
+    out = capsys.readouterr().out
+    assert made == [4] and "2 pairs, ROC AUC 1.000" in out and "2/2 overlays caught" in out
+    W.main(["--seeds", "1"])
+    assert "4 pairs, ROC AUC 1.000" in capsys.readouterr().out  # the 0.2s are still above every clean 0.1
+    with pytest.raises(SystemExit):
+        W.main(["--only", "nope.mp4"])
+    assert "nope.mp4 not among the bench's videos" in capsys.readouterr().err
