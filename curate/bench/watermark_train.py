@@ -354,9 +354,29 @@ def stretch(rng: random.Random, name: str, a: int, b: int) -> tuple[range, int]:
     return range(start, start + n * step, step), max(1, round(fps / step))
 
 
-def make_pair(seed: int, names: tuple[str, ...]):
+def still_scene(rng: random.Random, clip: list[np.ndarray]) -> list[np.ndarray]:
+    """The clip as a fixed camera would have filmed it: one of its frames held still everywhere but in
+    one to four soft-edged regions where its own frames move (people, cars, leaves), with sensor noise
+    over the whole picture. The still scene's filmed edges stay put as an overlay's do; labelled clean,
+    they teach the network what a fixed camera's scene looks like (a network trained without two of
+    the videos flagged a fixed camera it never saw: curate.bench.watermark --only)."""
+    h, w = clip[0].shape[:2]
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    weight = np.zeros((h, w), np.float32)
+    for _ in range(rng.randint(1, 4)):
+        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0.05, 0.18) * w
+        weight = np.maximum(weight, np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * r * r)))
+    weight = np.clip((weight - 0.25) / 0.5, 0.0, 1.0)[..., None]
+    still = clip[rng.randrange(len(clip))].astype(np.float32)
+    noise = np.random.default_rng(rng.randrange(2**32))
+    sigma = rng.uniform(0.5, 2.5)
+    return [(still * (1 - weight) + f * weight + noise.normal(0, sigma, f.shape)).round().clip(0, 255).astype(np.uint8) for f in clip]
+
+
+def make_pair(seed: int, names: tuple[str, ...], still: float = 0.0):
     """One training pair (clean, overlaid) as [(maps uint8 (C, h, w), label uint8 (h/STRIDE, w/STRIDE))],
-    or None when the stretch is frozen. Deterministic in `seed`.
+    or None when the stretch is frozen. Deterministic in `seed`. With `still` > 0 that share of the
+    clips are made fixed-camera clips (`still_scene`) before the marks go on.
 
     A clip is made as uploads are: a stretch of one shot (`stretch`), cropped, scaled once from the
     footage's own size with one of SCALERS, encoded at the rate it was filmed at; the scorer then
@@ -387,6 +407,8 @@ def make_pair(seed: int, names: tuple[str, ...]):
         src = np.rot90(video[i], turn) if turn else video[i]
         img = cv2.resize(np.ascontiguousarray(src[y0:y0 + ch, x0:x0 + cw]), (width, height), interpolation=scaler)
         clip.append(lut[img[:, ::-1] if flip else img])
+    if still and rng.random() < still:
+        clip = still_scene(rng, clip)
     canvas = place_marks(rng, width, height)
     a = canvas[..., 3:4]
     marked = [(img.astype(np.float32) * (1 - a) + canvas[..., :3] * 255.0 * a).round().clip(0, 255).astype(np.uint8) for img in clip]
@@ -419,16 +441,16 @@ def make_pair(seed: int, names: tuple[str, ...]):
 
 
 def _make(args):
-    seed, names = args
+    seed, names, still = args
     try:
-        return make_pair(seed, names)
+        return make_pair(seed, names, still)
     except Exception as e:  # a failed pair is reported and left out; it never stops the run
         print(f"pair {seed}: {type(e).__name__}: {e}", file=sys.stderr)
         return None
 
 
-def make_pairs(n: int, seed: int, names: tuple[str, ...], workers: int) -> list:
-    jobs = [(seed * 1_000_003 + i, names) for i in range(n)]
+def make_pairs(n: int, seed: int, names: tuple[str, ...], workers: int, still: float = 0.0) -> list:
+    jobs = [(seed * 1_000_003 + i, names, still) for i in range(n)]
     if workers <= 1:
         got = [_make(j) for j in jobs]
     else:
@@ -534,6 +556,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--val-pairs", type=int, default=200, help="calibration pairs (another seed)")
     ap.add_argument("--steps", type=int, default=8000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--still", type=float, default=0.0, help="share of the clips made fixed-camera clips (still_scene): a frame held still "
+                    "but for soft regions that move")
     ap.add_argument("--hold-out", nargs="*", default=[], help="videos left out of training and calibration (to measure on them)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", default=NET_FILE)
@@ -541,6 +565,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="instead of training: average these trained networks' calibrated logits and calibrate the mean on "
                          "--val-pairs pairs of --seed (pick one no member trained or calibrated on)")
     args = ap.parse_args(argv)
+    if not 0.0 <= args.still <= 1.0:
+        ap.error(f"--still is a share: 0..1, got {args.still}")
     if args.combine is not None and len(args.combine) < 2:
         ap.error("--combine takes two or more weight files")
     import torch
@@ -552,8 +578,8 @@ def main(argv: list[str] | None = None) -> None:
     frames = load_footage(videos, names)
     print(f"decoded {frames} frames of {len(names)} videos in {time.time() - t0:.0f} s")
     t0 = time.time()
-    train = [] if args.combine else make_pairs(args.pairs, args.seed * 2 + 1, names, args.workers)
-    val = make_pairs(args.val_pairs, args.seed * 2 + 2, names, args.workers)
+    train = [] if args.combine else make_pairs(args.pairs, args.seed * 2 + 1, names, args.workers, args.still)
+    val = make_pairs(args.val_pairs, args.seed * 2 + 2, names, args.workers, args.still)
     print(f"made {len(train)} training and {len(val)} calibration clips in {time.time() - t0:.0f} s")
     t0 = time.time()
     if args.combine:
@@ -576,6 +602,7 @@ def main(argv: list[str] | None = None) -> None:
         "seed": args.seed,
         "footage": {"videos": list(names), "held_out": list(args.hold_out), "source": "../shared/data/videos (see its README and licences)"},
         "overlays": "synthetic, this module's families " + ", ".join(FAMILIES) + "; none of the watermark bench's seven styles",
+        "still_share": args.still,
         "training_clips": len(train), "calibration_clips": len(val), "steps": 0 if args.combine else args.steps,
         "members": [provenance(p) for p in args.combine] if args.combine else None,
         "calibration": {"roc_auc": round(val_auc, 4), "caught_at_0.5": round(float((pos >= 0.5).mean()), 4),

@@ -202,6 +202,22 @@ def test_a_training_clip_is_a_stretch_of_consecutive_frames_encoded_at_the_rate_
     assert list(idx) == [10, 11, 12, 13] and rate == 25
 
 
+def test_a_still_scene_clip_holds_one_frame_still_but_for_soft_regions_that_move():
+    """--still: a fixed camera's clip made from any stretch: most of the picture is one of its frames
+    (moving by the sensor noise only), some regions follow the frames; the same seed, the same clip."""
+    pics = np.random.default_rng(0).integers(0, 256, (20, 96, 128, 3)).astype(np.uint8)  # every pixel changes every frame
+    clip = list(pics)
+    for seed in range(8):
+        out = T.still_scene(random.Random(seed), clip)
+        assert len(out) == 20 and out[0].shape == (96, 128, 3) and out[0].dtype == np.uint8
+        std = np.stack(out).astype(np.float32).std(axis=0).max(axis=2)
+        still, moving = std < 4.0, std > 40.0
+        assert 0.3 < still.mean() and 0.005 < moving.mean() < 0.7, (still.mean(), moving.mean())
+        held = [k for k in range(20) if np.abs(out[0][still].astype(np.int16) - pics[k][still]).mean() < 3.0]
+        assert len(held) == 1  # the still part is one of the clip's frames
+        assert np.array_equal(out[-1], T.still_scene(random.Random(seed), clip)[-1])
+
+
 def test_combined_networks_average_their_calibrated_logits_and_load_like_one(tmp_path):
     """--combine: members trained apart, each with its offset, saved as one file; loaded back it gives
     the mean of the members' calibrated logits (plus its own offset)."""
