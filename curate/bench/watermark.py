@@ -543,6 +543,8 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--only: {', '.join(sorted(unknown))} not among the bench's videos ({', '.join(sorted({name for name, _, _ in SEGMENTS}))})"
                  if unknown else "--only reports on some videos' pairs; --fit fits on all of seed 0's")
 
+    measured = f"the weights {args.net}" if args.method == "net" and args.net else f"the shipped {'weights' if args.method == 'net' else 'constants'}"
+
     def made(seed, tmp):
         out = os.path.join(tmp, f"s{seed}")
         os.makedirs(out, exist_ok=True)
@@ -579,7 +581,7 @@ def main(argv: list[str] | None = None) -> None:
             t2 = time.time()
             _report(f"watermark ({args.method}{' + static words' if args.words else ''}), seed {seed}", pairs, pos, neg, ious)
             if args.styles:
-                _per_style(f"  per style, seed {seed} (the shipped {'weights' if args.method == 'net' else 'constants'})", pairs,
+                _per_style(f"  per style, seed {seed} ({measured})", pairs,
                            [x for ab in zip(neg, pos) for x in ab])
             for acc, part in zip(held, (pairs, pos, neg, ious)):
                 acc.extend(part)
@@ -588,7 +590,7 @@ def main(argv: list[str] | None = None) -> None:
             all_pairs += pairs
             all_clips += clips
         if len(seeds) > 1:
-            _report(f"seeds {', '.join(map(str, seeds))} together (the shipped {'weights' if args.method == 'net' else 'constants, fitted on seed 0'})", *held)
+            _report(f"seeds {', '.join(map(str, seeds))} together ({measured}{'' if args.method == 'net' else ', fitted on seed 0'})", *held)
             if args.styles:
                 _per_style(f"  per style, seeds {', '.join(map(str, seeds))}", held[0], [x for ab in zip(held[2], held[1]) for x in ab])
         if args.lovo or args.loso:
