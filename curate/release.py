@@ -244,6 +244,8 @@ def _image_models(job: dict) -> list[tuple[str, str]]:
                        + f" (joined by `{info['made_by']}`, {info['date']})") if members else f"trained by `{info['made_by']}` ({info['date']})"
             made = (f"{trained} on synthetic overlays ({info['overlays']}) over {len(info['footage']['videos'])} real test videos; "
                     f"calibration ROC AUC {info['calibration']['roc_auc']}")
+            if info.get("unseen_footage"):
+                made += f"; on videos it was not trained over: {info['unseen_footage']}"
         rows.append(("watermark (watermark_score, watermark_box)",
                      f"curate's learned overlay detector `{os.path.basename(path)}` (sha256 {file_sha256(path)[:16]}…), {made}"))
     elif wm:

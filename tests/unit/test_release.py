@@ -308,5 +308,10 @@ def test_data_card_lists_the_ocr_and_nsfw_models_with_versions(tmp_path):
     assert "`PP-OCRv6_det_small.onnx` (sha256 " in card and "`PP-OCRv6_rec_small.onnx` (sha256 " in card
     assert f"NudeNet detector from nudenet {version('nudenet')}" in card and "`320n.onnx` (sha256 " in card
     assert "nsfw_score counts FEMALE_BREAST_EXPOSED" in card
+    from stages.watermark_net import NET_FILE, provenance
+
+    # the learned watermark detector, with what it gave on videos it was not trained over (its limit)
+    assert "curate's learned overlay detector `watermark_net.pt`" in card
+    assert f"on videos it was not trained over: {provenance(NET_FILE)['unseen_footage']}" in card
     off = data_card({**job, "text": None, "nsfw": None}, connect_tables(out))
     assert "PP-OCR" not in off and "NudeNet" not in off
