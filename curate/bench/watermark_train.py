@@ -1,7 +1,7 @@
 """Train the learned overlay detector (stages/watermark_net.py) on synthetic overlays over real footage.
 
     python -m curate.bench.watermark_train [--videos ../shared/data/videos] [--pairs 1500] [--steps 8000]
-        [--hold-out bikes.mp4 vtest.avi ...] [--out stages/watermark_net.pt] [--seed 0]
+        [--hold-out bikes.mp4 vtest.avi ...] [--still 0.3] [--out stages/watermark_net.pt] [--seed 0]
     python -m curate.bench.watermark_train --combine A.pt B.pt ... --seed 9 [--val-pairs 400] --out stages/watermark_net.pt
 
 What it makes, all from real footage (../shared/data/videos; never copied into the project, read
