@@ -538,9 +538,10 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--fit, --lovo and --loso refit the edges model: add --method edges (the net is fitted on none of these styles or pairs: "
                  "every report of it is already left out; see python -m curate.bench.watermark_train --hold-out for videos)")
     videos = os.path.abspath(args.videos)
-    unknown = set(args.only or ()) - {name for name, _, _ in SEGMENTS}
+    bench_videos = {name for name, _, _ in SEGMENTS}
+    unknown = set(args.only or ()) - bench_videos
     if unknown or (args.only and args.fit):
-        ap.error(f"--only: {', '.join(sorted(unknown))} not among the bench's videos ({', '.join(sorted({name for name, _, _ in SEGMENTS}))})"
+        ap.error(f"--only: {', '.join(sorted(unknown))} not among the bench's videos ({', '.join(sorted(bench_videos))})"
                  if unknown else "--only reports on some videos' pairs; --fit fits on all of seed 0's")
 
     measured = f"the weights {args.net}" if args.method == "net" and args.net else f"the shipped {'weights' if args.method == 'net' else 'constants'}"
