@@ -567,6 +567,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="instead of training: average these trained networks' calibrated logits and calibrate the mean on "
                          "--val-pairs pairs of --seed (pick one no member trained or calibrated on)")
     args = ap.parse_args(argv)
+    unknown = set(args.hold_out) - set(FOOTAGE)
+    if unknown:  # a misspelt name would hold nothing out, and the measurement after it would not be left out
+        ap.error(f"--hold-out: {', '.join(sorted(unknown))} not among the training footage ({', '.join(FOOTAGE)})")
     if not 0.0 <= args.still <= 1.0:
         ap.error(f"--still is a share: 0..1, got {args.still}")
     if args.combine is not None and len(args.combine) < 2:

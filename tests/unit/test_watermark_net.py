@@ -202,6 +202,13 @@ def test_a_training_clip_is_a_stretch_of_consecutive_frames_encoded_at_the_rate_
     assert list(idx) == [10, 11, 12, 13] and rate == 25
 
 
+def test_an_unknown_video_to_hold_out_is_an_error(capsys):
+    """A misspelt --hold-out name would train over every video while the measurement after it claims otherwise."""
+    with pytest.raises(SystemExit):
+        T.main(["--hold-out", "bikes.mp4", "vtest.mp4", "--out", "/nonexistent/x.pt"])
+    assert "vtest.mp4 not among the training footage" in capsys.readouterr().err
+
+
 def test_a_still_scene_clip_holds_one_frame_still_but_for_soft_regions_that_move():
     """--still: a fixed camera's clip made from any stretch: most of the picture is one of its frames
     (moving by the sensor noise only), some regions follow the frames; the same seed, the same clip."""
