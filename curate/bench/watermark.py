@@ -106,10 +106,10 @@ KINDS = ("box", "outline", "logo", "text")
 OPACITY_BANDS = ((0.25, 0.45), (0.45, 0.7), (0.7, 1.0))  # low, mid, high; pairs cycle through them
 
 
-def make_pairs(videos: str, out: str, n: int, seed: int = 0, width: int = 480) -> list[tuple[str, str, dict]]:
+def make_pairs(videos: str, out: str, n: int, seed: int = 0, width: int = 480, segments=SEGMENTS) -> list[tuple[str, str, dict]]:
     """n (clean clip, overlaid clip, overlay box in clip pixels + kind, opacity, source) from the segments.
 
-    Pair i uses segment i mod 14, kind i mod 4 (a filled box, a box outline, a text logo PNG laid
+    Pair i uses segment i mod 14 (of `segments`), kind i mod 4 (a filled box, a box outline, a text logo PNG laid
     over, ffmpeg drawtext; drawtext falls back to the PNG logo when no font is found) and opacity
     band i mod 3; the seed draws position (a corner or the centre), size, colour, text and the exact
     opacity in the band. Clips are `width` wide, x264, no audio.
@@ -119,7 +119,7 @@ def make_pairs(videos: str, out: str, n: int, seed: int = 0, width: int = 480) -
     font = font_file()
     pairs = []
     for i in range(n):
-        name, start, dur = SEGMENTS[i % len(SEGMENTS)]
+        name, start, dur = segments[i % len(segments)]
         src = os.path.join(videos, name)
         clean, marked = os.path.join(out, f"{i:03d}_clean.mp4"), os.path.join(out, f"{i:03d}_mark.mp4")
         enc = ["-an", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "20", "-pix_fmt", "yuv420p", "-threads", "1"]
@@ -234,7 +234,7 @@ def render_overlay(style: str, w: int, h: int, rng: random.Random):
     return img
 
 
-def make_style_pairs(videos: str, out: str, styles=STYLES, per_style: int = 14, seed: int = 0) -> list[tuple[str, str, dict]]:
+def make_style_pairs(videos: str, out: str, styles=STYLES, per_style: int = 14, seed: int = 0, segments=SEGMENTS) -> list[tuple[str, str, dict]]:
     """`per_style` pairs of each style (segment k mod 14 for the k-th pair of a style, so each style sees
     every segment): (clean clip, overlaid clip, overlay box in clip pixels + kind (the style), opacity,
     source). The seed draws the distribution width, position, size, colour, font, words and opacity
@@ -245,7 +245,7 @@ def make_style_pairs(videos: str, out: str, styles=STYLES, per_style: int = 14, 
     pairs = []
     for style in styles:
         for k in range(per_style):
-            name, start, dur = SEGMENTS[k % len(SEGMENTS)]
+            name, start, dur = segments[k % len(segments)]
             tag = f"{style}_{k:03d}"
             src = os.path.join(videos, name)
             with av.open(src) as c:
@@ -529,6 +529,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--net", default=None, help="net: weights to measure instead of the shipped ones (e.g. a model trained with --hold-out)")
     ap.add_argument("--only", nargs="+", default=None, metavar="VIDEO", help="report only the pairs made from these videos (the same pairs "
                     "as in the whole run): e.g. the videos a network was trained without (watermark_train --hold-out)")
+    ap.add_argument("--footage", default=None, metavar="DIR", help="make the pairs from the videos Debian ships (curate.bench.footage: "
+                    "`python -m curate.bench.footage --dir DIR` fetches them; 14 segments, 7 of them fixed cameras) instead of --videos")
     ap.add_argument("--verbose", "-v", action="store_true")
     args = ap.parse_args(argv)
     args.styles = args.styles or args.loso
@@ -537,8 +539,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.method == "net" and (args.fit or args.lovo or args.loso):
         ap.error("--fit, --lovo and --loso refit the edges model: add --method edges (the net is fitted on none of these styles or pairs: "
                  "every report of it is already left out; see python -m curate.bench.watermark_train --hold-out for videos)")
-    videos = os.path.abspath(args.videos)
-    bench_videos = {name for name, _, _ in SEGMENTS}
+    videos = os.path.abspath(args.footage or args.videos)
+    segments = SEGMENTS
+    if args.footage:
+        from curate.bench.footage import SEGMENTS as segments
+
+        missing = sorted({n for n, _, _ in segments if not os.path.exists(os.path.join(videos, n))})
+        if missing:
+            ap.error(f"--footage {args.footage}: {', '.join(missing)} missing (python -m curate.bench.footage --dir {args.footage} fetches them)")
+        if args.fit:
+            ap.error("--fit fits on the calibration pairs of ../shared/data's videos; --footage measures on others")
+    bench_videos = {name for name, _, _ in segments}
     unknown = set(args.only or ()) - bench_videos
     if unknown or (args.only and args.fit):
         ap.error(f"--only: {', '.join(sorted(unknown))} not among the bench's videos ({', '.join(sorted(bench_videos))})"
@@ -549,7 +560,8 @@ def main(argv: list[str] | None = None) -> None:
     def made(seed, tmp):
         out = os.path.join(tmp, f"s{seed}")
         os.makedirs(out, exist_ok=True)
-        pairs = make_style_pairs(videos, out, seed=seed) if args.styles else make_pairs(videos, out, 28 if seed == 0 else args.pairs, seed=seed)
+        pairs = (make_style_pairs(videos, out, seed=seed, segments=segments) if args.styles
+                 else make_pairs(videos, out, 28 if seed == 0 else args.pairs, seed=seed, segments=segments))
         return pairs if args.only is None else [p for p in pairs if p[2]["source"] in args.only]
 
     with tempfile.TemporaryDirectory(prefix="curate-bench-wm-") as tmp:

@@ -299,17 +299,30 @@ def place_marks(rng: random.Random, W: int, H: int) -> np.ndarray:
 
 _FOOTAGE: dict[str, list[np.ndarray]] = {}
 _RATE: dict[str, float] = {}
+_SHOTS: dict[str, list[tuple[int, int]]] = {}
 
 
-def load_footage(videos: str, names) -> int:
+def footage(videos: str, more: str | None = None) -> dict[str, tuple[str, list[tuple[int, int]], tuple[float, float]]]:
+    """Every video training may use: name -> (path, shots, crop). FOOTAGE's in `videos`, and with `more`
+    the videos Debian ships (curate.bench.footage, fetched into that folder), whole pictures."""
+    table = {name: (os.path.join(videos, name), shots, crop) for name, (shots, crop) in FOOTAGE.items()}
+    if more:
+        from curate.bench.footage import SHOTS
+
+        table.update({name: (os.path.join(more, name), shots, (0.0, 1.0)) for name, shots in SHOTS.items()})
+    return table
+
+
+def load_footage(videos: str, names, more: str | None = None) -> int:
     """Decode each video into the tables `make_pair` reads (the fork workers share them): `_FOOTAGE`,
     every frame, RGB, upright as players show it (the clips curate writes are stored upright:
-    stages/stream.py), at most DECODE_WIDTH wide, cropped as FOOTAGE says; `_RATE`, the rate it was
-    filmed at. Returns the number of frames decoded."""
+    stages/stream.py), at most DECODE_WIDTH wide, cropped as its table says (`footage`); `_RATE`, the
+    rate it was filmed at; `_SHOTS`, its shots. Returns the number of frames decoded."""
+    table = footage(videos, more)
     for name in names:
-        top, bottom = FOOTAGE[name][1]
+        path, _SHOTS[name], (top, bottom) = table[name]
         frames = []
-        with av.open(os.path.join(videos, name)) as c:
+        with av.open(path) as c:
             s = c.streams.video[0]
             _RATE[name] = float(s.average_rate or s.guessed_rate or 25)
             for f in c.decode(s):
@@ -386,7 +399,7 @@ def make_pair(seed: int, names: tuple[str, ...], still: float = 0.0):
     rng = random.Random(seed)
     cfg = WatermarkConfig()
     name = rng.choice(names)
-    shots = [s for s in FOOTAGE[name][0] if s[1] - s[0] >= 4]
+    shots = [s for s in _SHOTS[name] if s[1] - s[0] >= 4]
     a, b = rng.choice(shots)
     video = _FOOTAGE[name]
     b = min(b, len(video))
@@ -560,6 +573,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--still", type=float, default=0.0, help="share of the clips made fixed-camera clips (still_scene): a frame held still "
                     "but for soft regions that move")
+    ap.add_argument("--footage", default=None, metavar="DIR", help="train over the videos Debian ships too (curate.bench.footage: "
+                    "`python -m curate.bench.footage --dir DIR` fetches them): 11 videos, 6 of them fixed cameras")
     ap.add_argument("--hold-out", nargs="*", default=[], help="videos left out of training and calibration (to measure on them)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", default=NET_FILE)
@@ -567,9 +582,14 @@ def main(argv: list[str] | None = None) -> None:
                     help="instead of training: average these trained networks' calibrated logits and calibrate the mean on "
                          "--val-pairs pairs of --seed (pick one no member trained or calibrated on)")
     args = ap.parse_args(argv)
-    unknown = set(args.hold_out) - set(FOOTAGE)
+    videos = os.path.abspath(args.videos)
+    table = footage(videos, args.footage and os.path.abspath(args.footage))
+    unknown = set(args.hold_out) - set(table)
     if unknown:  # a misspelt name would hold nothing out, and the measurement after it would not be left out
-        ap.error(f"--hold-out: {', '.join(sorted(unknown))} not among the training footage ({', '.join(FOOTAGE)})")
+        ap.error(f"--hold-out: {', '.join(sorted(unknown))} not among the training footage ({', '.join(table)})")
+    missing = [name for name, (path, _, _) in table.items() if name not in args.hold_out and not os.path.exists(path)]
+    if missing:
+        ap.error(f"missing footage: {', '.join(missing)}" + (f" (python -m curate.bench.footage --dir {args.footage} fetches it)" if args.footage else ""))
     if not 0.0 <= args.still <= 1.0:
         ap.error(f"--still is a share: 0..1, got {args.still}")
     if args.combine is not None and len(args.combine) < 2:
@@ -577,10 +597,9 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(max(1, args.workers))
-    videos = os.path.abspath(args.videos)
-    names = tuple(n for n in FOOTAGE if n not in set(args.hold_out))
+    names = tuple(n for n in table if n not in set(args.hold_out))
     t0 = time.time()
-    frames = load_footage(videos, names)
+    frames = load_footage(videos, names, args.footage and os.path.abspath(args.footage))
     print(f"decoded {frames} frames of {len(names)} videos in {time.time() - t0:.0f} s")
     t0 = time.time()
     train = [] if args.combine else make_pairs(args.pairs, args.seed * 2 + 1, names, args.workers, args.still)
@@ -605,7 +624,8 @@ def main(argv: list[str] | None = None) -> None:
         "made_by": " ".join(["python -m curate.bench.watermark_train", *(argv if argv is not None else sys.argv[1:])]),
         "date": datetime.date.today().isoformat(),
         "seed": args.seed,
-        "footage": {"videos": list(names), "held_out": list(args.hold_out), "source": "../shared/data/videos (see its README and licences)"},
+        "footage": {"videos": list(names), "held_out": list(args.hold_out), "source": "../shared/data/videos (see its README and licences)"
+                    + ("; the videos Debian ships, curate.bench.footage.VIDEOS (each with its package, sha256 and licence)" if args.footage else "")},
         "overlays": "synthetic, this module's families " + ", ".join(FAMILIES) + "; none of the watermark bench's seven styles",
         "still_share": args.still,
         "training_clips": len(train), "calibration_clips": len(val), "steps": 0 if args.combine else args.steps,

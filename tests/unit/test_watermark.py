@@ -327,7 +327,7 @@ def test_the_bench_reports_only_the_pairs_of_the_videos_asked_for(monkeypatch, c
 
     made = []
 
-    def pairs(videos, out, n, seed=0):
+    def pairs(videos, out, n, seed=0, segments=None):
         got = [(f"{k}c.mp4", f"{k}m.mp4", {"source": src, "kind": "box", "opacity": 0.5, "x": 0, "y": 0, "w": 8, "h": 8})
                for k, src in enumerate(["bikes.mp4", "vtest.avi", "bikes.mp4", "traffic_camera.mp4"])]
         made.append(len(got))
