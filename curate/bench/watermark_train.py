@@ -1,11 +1,14 @@
 """Train the learned overlay detector (stages/watermark_net.py) on synthetic overlays over real footage.
 
-    python -m curate.bench.watermark_train [--videos ../shared/data/videos] [--pairs 1500] [--steps 8000]
+    python -m curate.bench.watermark_train [--videos ../shared/data/videos] [--footage DIR] [--pairs 1500] [--steps 8000]
         [--hold-out bikes.mp4 vtest.avi ...] [--still 0.3] [--out stages/watermark_net.pt] [--seed 0]
     python -m curate.bench.watermark_train --combine A.pt B.pt ... --seed 9 [--val-pairs 400] --out stages/watermark_net.pt
 
-What it makes, all from real footage (../shared/data/videos; never copied into the project, read
-upright as players show it): pairs of the same stretch of one shot (16-40 consecutive frames, every
+The shipped weights: `python -m curate.bench.footage --dir DIR`, then `--seed 0 --footage DIR`.
+
+What it makes, all from real footage (../shared/data/videos, and with --footage the videos Debian
+ships, curate.bench.footage; never copied into the project, read upright as players show it): pairs
+of the same stretch of one shot (16-40 consecutive frames, every
 frame or every second or third, at least 1.5 s where the shot is that long; crop, mirror, brightness,
 a quarter of them turned a quarter turn: portrait pictures), scaled once from the footage's own size
 to 480-854 wide with one of four scalers (bicubic as ffmpeg's default, area, bilinear, Lanczos),

@@ -24,7 +24,7 @@ def test_the_shipped_detector_loads_from_the_package_and_says_where_it_came_from
     assert sum(p.numel() for p in net.parameters()) < 100_000 * len(members) and os.path.getsize(NET_FILE) < 400_000 * len(members)
     assert info["made_by"].startswith("python -m curate.bench.watermark_train")
     assert all(m["made_by"].startswith("python -m curate.bench.watermark_train") and m["steps"] > 0 for m in members)
-    assert set(info["footage"]["videos"]) <= set(T.FOOTAGE) and "none of the watermark bench's seven styles" in info["overlays"]
+    assert set(info["footage"]["videos"]) <= set(T.footage("videos", "more")) and "none of the watermark bench's seven styles" in info["overlays"]
     assert info["calibration"]["roc_auc"] > 0.9 and info["parameters"] == sum(p.numel() for p in net.parameters())
     assert np.isfinite(offset)
     # weights made for other input maps are refused, not misread
