@@ -6,18 +6,17 @@
 
 The shipped weights: `python -m curate.bench.footage --dir DIR`, then `--seed 0 --footage DIR`.
 
-What it makes, all from real footage (../shared/data/videos, and with --footage the videos Debian
-ships, curate.bench.footage; never copied into the project, read upright as players show it): pairs
-of the same stretch of one shot (16-40 consecutive frames, every
-frame or every second or third, at least 1.5 s where the shot is that long; crop, mirror, brightness,
-a quarter of them turned a quarter turn: portrait pictures), scaled once from the footage's own size
-to 480-854 wide with one of four scalers (bicubic as ffmpeg's default, area, bilinear, Lanczos),
-once clean and once with an overlay composited with alpha, both encoded with x264 at the rate they
-were filmed at (crf 16-28, preset ultrafast to medium, then half the time again at veryfast, as a
-video reaches curate and is split), then read back exactly as the watermark scorer reads a clip
-(`stages.watermark.sample_yuv`, `stages.watermark_net.overlay_maps`). Where the overlay changes the
-picture by at least VISIBLE grey levels (mean over the frames), scaled to the sampled frames, is the
-per-pixel label.
+What it makes, all from real footage (../shared/data/videos, and with --footage the videos Debian ships,
+curate.bench.footage; never copied into the project, read upright as players show it): pairs of the same
+stretch of one shot (16-40 consecutive frames, every frame or every second or third, at least 1.5 s
+where the shot is that long; crop, mirror, brightness, a quarter of them turned a quarter turn: portrait
+pictures), scaled once from the footage's own size to 480-854 wide with one of four scalers (bicubic as
+ffmpeg's default, area, bilinear, Lanczos), once clean and once with an overlay composited with alpha,
+both encoded with x264 at the rate they were filmed at (crf 16-28, preset ultrafast to medium, then half
+the time again at veryfast, as a video reaches curate and is split), then read back exactly as the
+watermark scorer reads a clip (`stages.watermark.sample_yuv`, `stages.watermark_net.overlay_maps`).
+Where the overlay changes the picture by at least VISIBLE grey levels (mean over the frames), scaled to
+the sampled frames, is the per-pixel label.
 
 The overlay families are this module's own (`draw_mark`), kept apart from the watermark bench's seven
 (`curate.bench.watermark`, which are only ever used to measure): words in fonts the bench does not use
@@ -585,8 +584,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="instead of training: average these trained networks' calibrated logits and calibrate the mean on "
                          "--val-pairs pairs of --seed (pick one no member trained or calibrated on)")
     args = ap.parse_args(argv)
-    videos = os.path.abspath(args.videos)
-    table = footage(videos, args.footage and os.path.abspath(args.footage))
+    videos, more = os.path.abspath(args.videos), args.footage and os.path.abspath(args.footage)
+    table = footage(videos, more)
     unknown = set(args.hold_out) - set(table)
     if unknown:  # a misspelt name would hold nothing out, and the measurement after it would not be left out
         ap.error(f"--hold-out: {', '.join(sorted(unknown))} not among the training footage ({', '.join(table)})")
@@ -602,7 +601,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(max(1, args.workers))
     names = tuple(n for n in table if n not in set(args.hold_out))
     t0 = time.time()
-    frames = load_footage(videos, names, args.footage and os.path.abspath(args.footage))
+    frames = load_footage(videos, names, more)
     print(f"decoded {frames} frames of {len(names)} videos in {time.time() - t0:.0f} s")
     t0 = time.time()
     train = [] if args.combine else make_pairs(args.pairs, args.seed * 2 + 1, names, args.workers, args.still)
