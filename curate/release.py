@@ -231,7 +231,7 @@ def _image_models(job: dict) -> list[tuple[str, str]]:
     rows = []
     files = lambda info: ", ".join(f"`{f}` (sha256 {h}…)" for f, h in info["files"].items())  # noqa: E731
     wm = job.get("watermark")
-    if wm and wm.get("method", "net") == "net":
+    if wm and wm.get("method", "both") in ("both", "net"):
         from stages.text import file_sha256
         from stages.watermark_net import NET_FILE, provenance
 
@@ -247,7 +247,9 @@ def _image_models(job: dict) -> list[tuple[str, str]]:
             if info.get("unseen_footage"):
                 made += f"; on videos it was not trained over: {info['unseen_footage']}"
         rows.append(("watermark (watermark_score, watermark_box)",
-                     f"curate's learned overlay detector `{os.path.basename(path)}` (sha256 {file_sha256(path)[:16]}…), {made}"))
+                     f"curate's learned overlay detector `{os.path.basename(path)}` (sha256 {file_sha256(path)[:16]}…), {made}"
+                     + ("; with the weight-free `edges` detector beside it (stages/watermark.py; the higher score counts)"
+                        if wm.get("method", "both") == "both" else "")))
     elif wm:
         rows.append(("watermark (watermark_score, watermark_box)", f"curate's `{wm.get('method')}` method (stages/watermark.py)"))
     if job.get("text"):

@@ -111,9 +111,11 @@ def score_pools(cfg: JobConfig) -> list[tuple]:
 
 def watermark_model_info(cfg) -> list:
     """What decides the watermark scores besides the settings: the edges model's constants, or the
-    learned detector's weights file (its sha256: retrained weights score again)."""
+    learned detector's weights file (its sha256: retrained weights score again), or both."""
     if cfg.method == "net":
         return ["net", file_sha256(cfg.net_file)]
+    if cfg.method == "both":
+        return ["both", file_sha256(cfg.net_file), WEIGHTS, BIAS, BOX_MARGIN]
     return [WEIGHTS, BIAS, BOX_MARGIN]
 
 

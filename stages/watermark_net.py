@@ -1,6 +1,6 @@
-"""The learned overlay detector (watermark `method: net`, the default): a small fully convolutional
-network over per-pixel maps of what stays put in a clip, trained by this project on synthetic overlays
-composited over real footage.
+"""The learned overlay detector (watermark `method: net`; in `both`, the default, with the edges model
+beside it): a small fully convolutional network over per-pixel maps of what stays put in a clip,
+trained by this project on synthetic overlays composited over real footage.
 
 Why learned: the hand-set cues of the `edges` method (a drawn edge is a one-pixel step, still while the
 picture moves) hold for overlays drawn by ffmpeg and fail on what image libraries render: antialiased

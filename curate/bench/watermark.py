@@ -12,19 +12,21 @@ half). Two sets of pairs:
   (a ring with a shape inside); made as a video reaches curate: scaled to a distribution width
   (480-960), composited and encoded at crf 20, then encoded again as the split encodes a clip.
 
-    python -m curate.bench.watermark [--method net|edges] [--net PATH] [--videos ../shared/data/videos] [--pairs 42] [--seeds 1 2 3] [-v]
-    python -m curate.bench.watermark --styles --seeds 0 1       # the learned detector (the default) on the seven styles, 28 pairs each
-    python -m curate.bench.watermark --styles --seeds 0 1 --net HELD.pt --only bikes.mp4 vtest.avi   # on videos HELD.pt never saw
+    python -m curate.bench.watermark [--method both|net|edges] [--net PATH] [--videos ../shared/data/videos] [--pairs 42] [--seeds 1 2 3] [-v]
+    python -m curate.bench.watermark --styles --seeds 0 1 --loso --words   # the default (both) on the seven styles, 28 pairs each, + left out
+    python -m curate.bench.watermark --method net --styles --seeds 0 1 --net HELD.pt --only bikes.mp4 vtest.avi   # on videos HELD.pt never saw
     python -m curate.bench.watermark --method edges [--lovo]
     python -m curate.bench.watermark --method edges --styles --loso    # the edges model, seven styles, + leave-one-style-out
     python -m curate.bench.watermark --method edges --styles --loso --words   # ... with the text scorer's static words folded in
     python -m curate.bench.watermark --method edges --fit      # refit stages.watermark.WEIGHTS/BIAS on seed 0 of both sets
 
-The learned detector (`--method net`, the default; stages/watermark_net.py) is trained by
+The learned detector (`--method net`; stages/watermark_net.py) is trained by
 `python -m curate.bench.watermark_train` on overlay families of its own over the same real videos and
 never on any pair or style made here: every style this bench reports is left out of its fit, so it
 needs no refits. (Its videos are the bench's too: `watermark_train --hold-out VIDEO ... --out PATH`,
-then `--net PATH` here, measures it on footage it never saw.)
+then `--net PATH` here, measures it on footage it never saw.) `--method both` (the default, as the job
+runs) is the higher of the network's and the edges model's findings (stages.watermark.higher); its
+`--loso` and `--lovo` refit the edges half and keep the network's.
 
 The detector scores candidate blobs with a small logistic model (stages.watermark.FEATURES, WEIGHTS)
 and a clip by its best blob. `--fit` fits that model on seed 0 of both sets (28 + 98 calibration pairs)
@@ -54,7 +56,7 @@ import cv2
 import numpy as np
 
 from stages.media import ffmpeg_exe
-from stages.watermark import FEATURES, Overlay, WatermarkConfig, best_overlay, blob_features, detect_net, find_overlay, sample_yuv, words_score
+from stages.watermark import FEATURES, Overlay, WatermarkConfig, best_overlay, blob_features, detect_net, find_overlay, higher, sample_yuv, words_score
 
 # (file, start_s, seconds): segments inside one shot, picture moving. vtest/traffic: static cameras;
 # goldeneye: a still screen whose text changes; testvideo 6.2: a still photo fading in; delayed_start:
@@ -322,7 +324,8 @@ def iou(got: dict | None, want: dict) -> float:
 
 def clip_features(pairs, cfg: WatermarkConfig, words: bool = False) -> list[dict]:
     """Per clip of each pair (clean, then overlaid): its blobs' features, boxes (clip pixels), whether
-    it is frozen, and what the shipped detector gives it (`found`, the same as score_file's). With
+    it is frozen (to the edges model), what the shipped detector gives it (`found`, the same as
+    score_file's) and, with the network on (`net`, `both`), what the network gives it (`net`). With
     `words`, the text scorer (the job's defaults) runs on the clip too, and `words` holds what its static
     words say (`stages.watermark.words_score`, None when nothing), folded into `found` as the job does."""
     out = []
@@ -334,19 +337,23 @@ def clip_features(pairs, cfg: WatermarkConfig, words: bool = False) -> list[dict
     for clean, marked, box in pairs:
         for path, overlay in ((clean, False), (marked, True)):
             frames, chroma, w, h = sample_yuv(path, cfg.frames, cfg.width)
+            net = detect_net(frames, chroma, cfg, w, h) if cfg.method in ("net", "both") else None
             if cfg.method == "net":
-                found = detect_net(frames, chroma, cfg, w, h)
+                found = net
                 feats, boxes, frozen = np.zeros((0, len(FEATURES))), [], found.frozen
             else:
                 feats, frame_boxes, frozen = blob_features(frames, cfg, chroma)
                 fh, fw = frames[0].shape[:2]
                 found = best_overlay(feats, frame_boxes, frozen, (fw, fh), (w, h))
                 boxes = [{"x": x * w / fw, "y": y * h / fh, "w": bw * w / fw, "h": bh * h / fh} for x, y, bw, bh in frame_boxes]
+                if net is not None:  # both: as find_overlay (a clip the network finds frozen scores 0)
+                    found = net if net.frozen else higher(net, found, w / fw)
             said = None
-            if text is not None and not frozen:
+            if text is not None and not found.frozen:
                 said = words_score(*_text_stats(text, path), cfg)
                 found = Overlay(max(found.score, said or 0.0), found.box, found.frozen)
-            out.append({"feats": feats, "boxes": boxes, "frozen": frozen, "overlay": overlay, "truth": box, "found": found, "words": said})
+            out.append({"feats": feats, "boxes": boxes, "frozen": frozen, "overlay": overlay, "truth": box, "found": found, "words": said,
+                        "net": net, "frame_boxes": frame_boxes if cfg.method != "net" else [], "sizes": (frames[0].shape[1::-1], (w, h))})
     return out
 
 
@@ -487,14 +494,20 @@ def _fit(clips: list[dict]) -> tuple[tuple[float, ...], float]:
 
 
 def leave_one_out(pairs, clips, group) -> list[float]:
-    """Each clip scored by a model fitted and calibrated without the pairs that share anything of its
-    group (`group(box)`: a tuple, e.g. (style,), (video,) or (style, video): neither that style nor that video)."""
+    """Each clip scored by an edges model fitted and calibrated without the pairs that share anything of
+    its group (`group(box)`: a tuple, e.g. (style,), (video,) or (style, video): neither that style nor
+    that video); with `both`, the network's score beside it as the job combines them (the network is
+    fitted on none of these pairs)."""
     keys = [group(b) for _, _, b in pairs for _ in (0, 1)]
     scores = [0.0] * len(clips)
     for key in sorted(set(keys)):
         weights, bias = _fit([c for c, k in zip(clips, keys) if not any(a == b for a, b in zip(k, key))])
         held = [i for i, k in enumerate(keys) if k == key]
         for i, sc in zip(held, clip_scores([clips[i] for i in held], weights, bias)):
+            c, net = clips[i], clips[i].get("net")
+            if net is not None:  # both: as find_overlay, the edges' box from the refitted model
+                edges = best_overlay(c["feats"], c["frame_boxes"], c["frozen"], *c["sizes"], weights, bias)
+                sc = 0.0 if net.frozen else higher(net, edges, c["sizes"][1][0] / c["sizes"][0][0]).score
             scores[i] = max(sc, clips[i].get("words") or 0.0)  # static words (with --words) need no fit
     return scores
 
@@ -524,9 +537,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--loso", action="store_true", help="with --styles: leave-one-style-out (and leave-one-style-and-video-out) over seed 0 and the reported seeds")
     ap.add_argument("--words", action="store_true", help="run the text scorer too and fold its static words into the score, as a job with "
                     "both the text and watermark sections does (watermark.words; no fit: the rule's thresholds are the job's)")
-    ap.add_argument("--method", choices=("net", "edges"), default="net", help="the detector measured: the learned one (the default; "
+    ap.add_argument("--method", choices=("both", "net", "edges"), default="both", help="the detector measured: both (the default, as "
+                    "the job runs it: the higher of the network's and the edges model's scores), the learned network alone ("
                     "fitted on none of these pairs' styles, so every style is left out of its fit) or the weight-free edges model")
-    ap.add_argument("--net", default=None, help="net: weights to measure instead of the shipped ones (e.g. a model trained with --hold-out)")
+    ap.add_argument("--net", default=None, help="net, both: weights to measure instead of the shipped ones (e.g. a model trained with --hold-out)")
     ap.add_argument("--only", nargs="+", default=None, metavar="VIDEO", help="report only the pairs made from these videos (the same pairs "
                     "as in the whole run): e.g. the videos a network was trained without (watermark_train --hold-out)")
     ap.add_argument("--footage", default=None, metavar="DIR", help="make the pairs from the videos Debian ships (curate.bench.footage: "
@@ -537,7 +551,7 @@ def main(argv: list[str] | None = None) -> None:
     seeds = args.seeds or ([1] if args.styles else [1, 2, 3])
     cfg = WatermarkConfig(method=args.method, net_weights=args.net)
     if args.method == "net" and (args.fit or args.lovo or args.loso):
-        ap.error("--fit, --lovo and --loso refit the edges model: add --method edges (the net is fitted on none of these styles or pairs: "
+        ap.error("--fit, --lovo and --loso refit the edges model: add --method edges or both (the net is fitted on none of these styles or pairs: "
                  "every report of it is already left out; see python -m curate.bench.watermark_train --hold-out for videos)")
     videos = os.path.abspath(args.footage or args.videos)
     segments = SEGMENTS
@@ -555,7 +569,9 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--only: {', '.join(sorted(unknown))} not among the bench's videos ({', '.join(sorted(bench_videos))})"
                  if unknown else "--only reports on some videos' pairs; --fit fits on all of seed 0's")
 
-    measured = f"the weights {args.net}" if args.method == "net" and args.net else f"the shipped {'weights' if args.method == 'net' else 'constants'}"
+    measured = {"net": "the shipped weights", "edges": "the shipped constants", "both": "the shipped weights and edges constants"}[args.method]
+    if args.net and args.method != "edges":
+        measured = measured.replace("the shipped weights", f"the weights {args.net}")
 
     def made(seed, tmp):
         out = os.path.join(tmp, f"s{seed}")
@@ -603,7 +619,7 @@ def main(argv: list[str] | None = None) -> None:
             all_pairs += pairs
             all_clips += clips
         if len(seeds) > 1:
-            _report(f"seeds {', '.join(map(str, seeds))} together ({measured}{'' if args.method == 'net' else ', fitted on seed 0'})", *held)
+            _report(f"seeds {', '.join(map(str, seeds))} together ({measured}{'' if args.method == 'net' else ', the edges constants fitted on seed 0'})", *held)
             if args.styles:
                 _per_style(f"  per style, seeds {', '.join(map(str, seeds))}", held[0], [x for ab in zip(held[2], held[1]) for x in ab])
         if args.lovo or args.loso:
@@ -616,7 +632,8 @@ def main(argv: list[str] | None = None) -> None:
                 _report(f"leave-one-video-out ({names}; each video's pairs scored by a model fitted without that video)",
                         all_pairs, scores[1::2], scores[0::2])
             if args.loso:
-                _per_style(f"leave-one-style-out ({names}; each style's pairs scored by a model fitted and calibrated on the other six)",
+                _per_style(f"leave-one-style-out ({names}; each style's pairs scored by an edges model fitted and calibrated on the other six"
+                           + (", with the network, which no style is fitted in, beside it)" if args.method == "both" else ")"),
                            all_pairs, leave_one_out(all_pairs, all_clips, lambda b: (b["kind"],)))
                 _per_style(f"leave-one-style-and-video-out ({names}; fitted without that style and without that video)",
                            all_pairs, leave_one_out(all_pairs, all_clips, lambda b: (b["kind"], b["source"])))

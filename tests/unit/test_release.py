@@ -313,5 +313,7 @@ def test_data_card_lists_the_ocr_and_nsfw_models_with_versions(tmp_path):
     # the learned watermark detector, with what it gave on videos it was not trained over (its limit)
     assert "curate's learned overlay detector `watermark_net.pt`" in card
     assert f"on videos it was not trained over: {provenance(NET_FILE)['unseen_footage']}" in card
+    beside = "with the weight-free `edges` detector beside it"
+    assert beside in card and beside not in data_card({**job, "watermark": {**job["watermark"], "method": "net"}}, connect_tables(out))
     off = data_card({**job, "text": None, "nsfw": None}, connect_tables(out))
     assert "PP-OCR" not in off and "NudeNet" not in off

@@ -13,7 +13,7 @@ import torch
 
 from curate.bench import watermark_train as T
 from curate.bench.watermark import auc
-from stages.watermark import WatermarkConfig, detect_net, sample_yuv
+from stages.watermark import Overlay, WatermarkConfig, detect_net, sample_yuv
 from stages.watermark_net import MAP_CHANNELS, NET_FILE, STRIDE, build_net, load_net, overlay_maps, provenance
 
 
@@ -62,6 +62,41 @@ def test_maps_hold_a_still_mark_apart_from_a_moving_picture():
     assert persist[on].mean() > 0.7 and persist[~on].mean() < 0.3, (persist[on].mean(), persist[~on].mean())
     assert coherence[on].mean() > 2 * coherence[~on].mean() and dev[on].mean() < dev[~on].mean()
     assert overlay_maps([frames[0]] * 8, None, cfg) == (None, True)  # nothing moves: frozen
+
+
+def test_both_takes_the_detector_that_scores_the_clip_higher_with_its_box():
+    """The default method `both`: the network and the weight-free edges model on the same frames; the
+    clip gets the higher score and that detector's box. A one-pixel outline over a panning texture:
+    both find it, the edges model surer and boxing the whole outline (the network: its left side);
+    the clean texture: the network's low score (the edges model finds no candidate at all)."""
+    from stages.watermark import detect, find_overlay
+
+    cfg = WatermarkConfig()
+    assert cfg.method == "both"
+    frames = _moving()
+    marked = [f.copy() for f in frames]
+    for f in marked:
+        cv2.rectangle(f, (100, 10), (150, 40), 255, 1)
+    for clip in (frames, marked):
+        net, edges, got = detect_net(clip, None, cfg, 320, 240), detect(clip, cfg, 320, 240), find_overlay(clip, None, cfg, 320, 240)
+        assert got == max(net, edges, key=lambda o: o.score), (net, edges, got)
+        assert find_overlay(clip, None, WatermarkConfig(method="net"), 320, 240) == net
+        assert find_overlay(clip, None, WatermarkConfig(method="edges"), 320, 240) == edges
+    clean, found = find_overlay(frames, None, cfg, 320, 240), find_overlay(marked, None, cfg, 320, 240)
+    assert clean.score < 0.01 and clean == detect_net(frames, None, cfg, 320, 240)
+    assert found.score > detect_net(marked, None, cfg, 320, 240).score > 0.5
+    b = found.box  # clip pixels (the frames are half the clip's size): the outline at x 200-300, y 20-80
+    assert b["x"] <= 200 and b["x"] + b["w"] >= 300 and b["y"] <= 20 and b["y"] + b["h"] >= 80, b
+    # a frozen clip: 0 from the network's maps, the edges not asked
+    assert find_overlay([marked[0]] * 8, None, cfg, 320, 240) == Overlay(score=0.0, box=None, frozen=True)
+    # the edges' finding counts only with a box at least MIN_SIDE frame pixels across: a one-pixel line
+    # of steps (a lamp's rim on a fixed camera) is filmed
+    from stages.watermark import MIN_SIDE, higher
+
+    low = Overlay(0.1, {"x": 0, "y": 0, "w": 40, "h": 30})
+    thin, wide = Overlay(0.8, {"x": 5, "y": 5, "w": 16, "h": 2}), Overlay(0.8, {"x": 5, "y": 5, "w": 16, "h": 4})
+    assert higher(low, thin, 1.0) == thin and higher(low, thin, 2.0) == low and higher(low, wide, 2.0) == wide
+    assert higher(low, Overlay(0.05, wide.box), 1.0) == low and MIN_SIDE == 2
 
 
 def test_the_net_finds_a_mark_composited_over_real_footage_and_boxes_it(videos, tmp_path):
@@ -135,11 +170,13 @@ def test_the_watermark_step_is_scored_again_when_the_weights_change(tmp_path):
     saved = torch.load(NET_FILE, weights_only=True)
     saved["offset"] = saved["offset"] + 1.0
     torch.save(saved, other)
-    shipped = watermark_model_info(WatermarkConfig())
-    assert shipped[0] == "net" and shipped != watermark_model_info(WatermarkConfig(net_weights=str(other)))
-    assert watermark_model_info(WatermarkConfig(method="edges"))[0] != "net"
-    with pytest.raises(FileNotFoundError, match="net_weights"):
-        WatermarkConfig(net_weights=str(tmp_path / "missing.pt")).check()
+    for method in ("net", "both"):
+        shipped = watermark_model_info(WatermarkConfig(method=method))
+        assert shipped[0] == method and shipped != watermark_model_info(WatermarkConfig(method=method, net_weights=str(other)))
+        with pytest.raises(FileNotFoundError, match="net_weights"):
+            WatermarkConfig(method=method, net_weights=str(tmp_path / "missing.pt")).check()
+    edges = watermark_model_info(WatermarkConfig(method="edges"))
+    assert edges[0] != "net" and watermark_model_info(WatermarkConfig())[2:] == edges  # both: the network's file and the edges constants
     assert json.loads(json.dumps(provenance(str(other)))) == {}  # no JSON beside it: no provenance claimed
 
 
