@@ -112,11 +112,10 @@ def score_pools(cfg: JobConfig) -> list[tuple]:
 def watermark_model_info(cfg) -> list:
     """What decides the watermark scores besides the settings: the edges model's constants, or the
     learned detector's weights file (its sha256: retrained weights score again), or both."""
+    edges = [WEIGHTS, BIAS, BOX_MARGIN]
     if cfg.method == "net":
         return ["net", file_sha256(cfg.net_file)]
-    if cfg.method == "both":
-        return ["both", file_sha256(cfg.net_file), WEIGHTS, BIAS, BOX_MARGIN]
-    return [WEIGHTS, BIAS, BOX_MARGIN]
+    return ["both", file_sha256(cfg.net_file), *edges] if cfg.method == "both" else edges
 
 
 file_sha256 = functools.lru_cache(maxsize=16)(text_file_sha256)

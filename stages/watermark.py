@@ -442,8 +442,8 @@ def higher(net: Overlay, edges: Overlay, scale: float) -> Overlay:
     per frame pixel). A one-pixel line of drawn-looking steps is filmed: on a fixed camera's clip of
     Debian's footage (balle1-vp9.avi, which neither model was fitted on), the rim of a ceiling lamp, an
     8x1 box, scored 0.79 by the edges model; no overlay of the bench's is caught by an edges box under
-    3 pixels across."""
-    if edges.frozen or not edges.box or edges.score <= net.score:
+    3 pixels across. A clip the network finds frozen keeps the network's 0."""
+    if net.frozen or edges.frozen or not edges.box or edges.score <= net.score:
         return net
     return edges if min(edges.box["w"], edges.box["h"]) >= MIN_SIDE * scale else net
 

@@ -346,8 +346,8 @@ def clip_features(pairs, cfg: WatermarkConfig, words: bool = False) -> list[dict
                 fh, fw = frames[0].shape[:2]
                 found = best_overlay(feats, frame_boxes, frozen, (fw, fh), (w, h))
                 boxes = [{"x": x * w / fw, "y": y * h / fh, "w": bw * w / fw, "h": bh * h / fh} for x, y, bw, bh in frame_boxes]
-                if net is not None:  # both: as find_overlay (a clip the network finds frozen scores 0)
-                    found = net if net.frozen else higher(net, found, w / fw)
+                if net is not None:  # both: as find_overlay
+                    found = higher(net, found, w / fw)
             said = None
             if text is not None and not found.frozen:
                 said = words_score(*_text_stats(text, path), cfg)
@@ -507,7 +507,7 @@ def leave_one_out(pairs, clips, group) -> list[float]:
             c, net = clips[i], clips[i].get("net")
             if net is not None:  # both: as find_overlay, the edges' box from the refitted model
                 edges = best_overlay(c["feats"], c["frame_boxes"], c["frozen"], *c["sizes"], weights, bias)
-                sc = 0.0 if net.frozen else higher(net, edges, c["sizes"][1][0] / c["sizes"][0][0]).score
+                sc = higher(net, edges, c["sizes"][1][0] / c["sizes"][0][0]).score
             scores[i] = max(sc, clips[i].get("words") or 0.0)  # static words (with --words) need no fit
     return scores
 

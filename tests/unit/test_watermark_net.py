@@ -97,6 +97,8 @@ def test_both_takes_the_detector_that_scores_the_clip_higher_with_its_box():
     thin, wide = Overlay(0.8, {"x": 5, "y": 5, "w": 16, "h": 2}), Overlay(0.8, {"x": 5, "y": 5, "w": 16, "h": 4})
     assert higher(low, thin, 1.0) == thin and higher(low, thin, 2.0) == low and higher(low, wide, 2.0) == wide
     assert higher(low, Overlay(0.05, wide.box), 1.0) == low and MIN_SIDE == 2
+    frozen = Overlay(0.0, None, frozen=True)
+    assert higher(frozen, wide, 1.0) == frozen  # a clip the network finds frozen keeps its 0
 
 
 def test_the_net_finds_a_mark_composited_over_real_footage_and_boxes_it(videos, tmp_path):
