@@ -184,12 +184,14 @@ def test_the_watermark_step_is_scored_again_when_the_weights_change(tmp_path):
 
 def test_the_net_gives_the_same_bits_on_a_busy_machine_and_whatever_threads_torch_has(videos):
     """The logits of one real clip: idle, with the CPU saturated by other processes, and with torch set
-    to more threads in the process (the network runs on one thread: the same summation order)."""
+    to more threads in the process (the network runs on one thread: the same summation order). The
+    default method's finding (`both`: the network and the edges model) too."""
+    from stages.watermark import find_overlay
     from stages.watermark_net import logit_map
     from tests.conftest import busy_cpu
 
     cfg = WatermarkConfig()
-    grey, chroma, _, _ = sample_yuv(str(videos / "traffic_camera.mp4"), 16, 480)
+    grey, chroma, w, h = sample_yuv(str(videos / "traffic_camera.mp4"), 16, 480)
     net, offset = load_net(NET_FILE)
 
     def logits():
@@ -197,9 +199,10 @@ def test_the_net_gives_the_same_bits_on_a_busy_machine_and_whatever_threads_torc
         assert not frozen
         return logit_map(maps, net, offset).tobytes()
 
-    idle = logits()
+    idle, found = logits(), find_overlay(grey, chroma, cfg, w, h)
     with busy_cpu():
         busy = [logits() for _ in range(3)]
+        assert find_overlay(grey, chroma, cfg, w, h) == found
     threads = torch.get_num_threads()
     torch.set_num_threads(4)
     try:
