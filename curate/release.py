@@ -248,7 +248,7 @@ def _image_models(job: dict) -> list[tuple[str, str]]:
                 made += f"; on videos it was not trained over: {info['unseen_footage']}"
         rows.append(("watermark (watermark_score, watermark_box)",
                      f"curate's learned overlay detector `{os.path.basename(path)}` (sha256 {file_sha256(path)[:16]}…), {made}"
-                     + ("; with the weight-free `edges` detector beside it (stages/watermark.py; the higher score counts)"
+                     + ("; with the weight-free `edges` detector beside it (stages/watermark.py; the higher score counts, and where both point at the same place their logits add up)"
                         if wm.get("method", "both") == "both" else "")))
     elif wm:
         rows.append(("watermark (watermark_score, watermark_box)", f"curate's `{wm.get('method')}` method (stages/watermark.py)"))

@@ -23,7 +23,7 @@ from stages.nsfw import model_info as nsfw_model_info
 from stages.text import ScoreText
 from stages.text import file_sha256 as text_file_sha256
 from stages.text import model_info as text_model_info
-from stages.watermark import BIAS, BOX_MARGIN, WEIGHTS, ScoreWatermark
+from stages.watermark import AGREEMENT, BIAS, BOX_MARGIN, MIN_SIDE, NEAR, WEIGHTS, ScoreWatermark
 
 
 def check_scorers(cfg: JobConfig) -> None:
@@ -111,11 +111,12 @@ def score_pools(cfg: JobConfig) -> list[tuple]:
 
 def watermark_model_info(cfg) -> list:
     """What decides the watermark scores besides the settings: the edges model's constants, or the
-    learned detector's weights file (its sha256: retrained weights score again), or both."""
+    learned detector's weights file (its sha256: retrained weights score again), or both, with how
+    they are combined."""
     edges = [WEIGHTS, BIAS, BOX_MARGIN]
     if cfg.method == "net":
         return ["net", file_sha256(cfg.net_file)]
-    return ["both", file_sha256(cfg.net_file), *edges] if cfg.method == "both" else edges
+    return ["both", file_sha256(cfg.net_file), *edges, MIN_SIDE, AGREEMENT, NEAR] if cfg.method == "both" else edges
 
 
 file_sha256 = functools.lru_cache(maxsize=16)(text_file_sha256)

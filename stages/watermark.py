@@ -4,7 +4,8 @@ Four methods. `net`: curate's learned overlay detector, a small convolutional ne
 maps of what stays put (stages/watermark_net.py; weights shipped beside it, trained by
 `python -m curate.bench.watermark_train` on synthetic overlays over real footage, none of the watermark
 bench's styles among them). `edges`: the weight-free detector below. `both` (the default): the two on
-the same frames, the clip scored by the one that scores it higher, with that one's box. `classifier`: a
+the same frames, the clip scored by the one that scores it higher, with that one's box, or, where
+both point at the same place, by the two together (`higher`). `classifier`: a
 timm or open_clip classifier of your own. `net` and `edges` read the same frames (`sample_yuv`), score
 a frozen clip 0 and give a box.
 
@@ -12,11 +13,13 @@ Why both: they miss different overlays and false-alarm on few clean clips, so th
 catches more at the same cost in clean clips. The network misses marks over still scenes, where only
 their look tells them apart (a yellow outline over Big Buck Bunny's still sky: 0.001); the edges catch
 drawn one-pixel steps wherever they are, and miss antialiased, scaled-down words and emblems, which
-the network finds. Measured (`python -m curate.bench.watermark`, README Benchmarks), with the static
-words: the bench's seven styles, overlays caught at 0.5 from 142 (the network alone) to 163 of 196, 0
-of 196 clean clips flagged (the edges half refitted without the style it scores: 163, 4 clean); on
-Debian's footage, which neither half was fitted on (without the words), from 157 to 168 of 196, 0
-clean flagged.
+the network finds. And where each is unsure but both point at the same place (the network's logits
+at the edges' box), their evidence adds up: the two logits plus AGREEMENT, a constant fitted on the
+calibration pairs. Measured (`python -m curate.bench.watermark`, README Benchmarks), with the static
+words: the bench's seven styles, overlays caught at 0.5 from 142 (the network alone) to 163 of 196
+with the higher of the two and 168 with their agreement too, 0 of 196 clean clips flagged (the edges
+half and the constant refitted without the style they score: 167, 4 clean); on Debian's footage,
+which neither half was fitted on (without the words), from 157 to 168 to 172 of 196, 0 clean flagged.
 
 The `edges` detector needs no weights (a handful of logistic constants in this file). On a few frames
 spread over the clip (grey, at most 480 wide, never upscaled; blank frames left out unless all are) it
@@ -63,7 +66,7 @@ two classes, weights from a path); it gives a score and no box.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import cv2
@@ -134,6 +137,7 @@ class Overlay:
     score: float
     box: dict | None  # x, y, w, h in clip pixels
     frozen: bool = False  # nothing in the clip moves: nothing tells an overlay from the picture
+    logits: np.ndarray | None = field(default=None, compare=False, repr=False)  # net: its calibrated logit map (a cell per STRIDE frame pixels)
 
 
 def words_score(text_static: float | None, text_area: float | None, cfg: WatermarkConfig) -> float | None:
@@ -417,7 +421,7 @@ def detect_net(frames: list[np.ndarray], chroma: list[np.ndarray] | None, cfg: W
     net, offset = load_net(cfg.net_file)
     logits = logit_map(maps, net, offset)
     h, w = frames[0].shape[:2]
-    return Overlay(score=float(1.0 / (1.0 + np.exp(-logits.max()))), box=region_box(logits, (w, h), (clip_w, clip_h)))
+    return Overlay(score=float(1.0 / (1.0 + np.exp(-logits.max()))), box=region_box(logits, (w, h), (clip_w, clip_h)), logits=logits)
 
 
 def find_overlay(frames: list[np.ndarray], chroma: list[np.ndarray] | None, cfg: WatermarkConfig, clip_w: int, clip_h: int) -> Overlay | None:
@@ -434,18 +438,59 @@ def find_overlay(frames: list[np.ndarray], chroma: list[np.ndarray] | None, cfg:
 
 
 MIN_SIDE = 2  # both: an edges box thinner than this (pixels of the sampled frames) is no mark
+AGREEMENT = 3.5  # both: added to the two logits where they point at the same place (fitted by `python -m curate.bench.watermark --fit`)
+NEAR = 2  # both: the network's logits this many cells (STRIDE frame pixels each) around the edges' box count as pointing at it
 
 
-def higher(net: Overlay, edges: Overlay, scale: float) -> Overlay:
-    """`both`: the network's finding or the edges model's, whichever scores the clip higher; the edges'
-    only where their box is at least MIN_SIDE pixels of the sampled frames across (`scale`: clip pixels
-    per frame pixel). A one-pixel line of drawn-looking steps is filmed: on a fixed camera's clip of
-    Debian's footage (balle1-vp9.avi, which neither model was fitted on), the rim of a ceiling lamp, an
-    8x1 box, scored 0.79 by the edges model; no overlay of the bench's is caught by an edges box under
-    3 pixels across. A clip the network finds frozen keeps the network's 0."""
-    if net.frozen or edges.frozen or not edges.box or edges.score <= net.score:
+def higher(net: Overlay, edges: Overlay, scale: float, agreement: float = AGREEMENT) -> Overlay:
+    """`both`: the highest of three findings. The network's; the edges model's, only where its box is at
+    least MIN_SIDE pixels of the sampled frames across (`scale`: clip pixels per frame pixel); and, where
+    the network sees something at the edges' box too, the two together: P = sigmoid(the edges' logit +
+    the network's largest logit over that box, NEAR cells around it included, + `agreement`), with the
+    edges' box. Two detectors that look at different things (drawn one-pixel steps; a learned look of
+    what stays put) and agree on the place are surer than either: adding their logits is naive Bayes,
+    `agreement` its one constant (the prior counted twice, and how far the two are from independent),
+    fitted on the calibration pairs (bench `--fit`; refitted without the style left out by `--loso`).
+
+    A one-pixel line of drawn-looking steps is filmed: on a fixed camera's clip of Debian's footage
+    (balle1-vp9.avi, which neither model was fitted on), the rim of a ceiling lamp, an 8x1 box, scored
+    0.79 by the edges model; no overlay of the bench's is caught by an edges box under 3 pixels across.
+    A clip the network finds frozen keeps the network's 0."""
+    if not counts(edges, net, scale):
         return net
-    return edges if min(edges.box["w"], edges.box["h"]) >= MIN_SIDE * scale else net
+    best = edges if edges.score > net.score else net
+    together = joint_logit(net, edges, scale)
+    if together is not None:
+        joint = float(1.0 / (1.0 + np.exp(-(together + agreement))))
+        if joint > best.score:
+            best = Overlay(score=joint, box=edges.box)
+    return best
+
+
+def counts(edges: Overlay, net: Overlay, scale: float) -> bool:
+    """Whether the edges' finding counts beside the network's (`higher`)."""
+    return not (net.frozen or edges.frozen or not edges.box or min(edges.box["w"], edges.box["h"]) < MIN_SIDE * scale)
+
+
+def joint_logit(net: Overlay, edges: Overlay, scale: float) -> float | None:
+    """The edges' logit plus the network's largest logit at the edges' box (`higher`, less the
+    agreement constant); None where they have nothing to agree on."""
+    if net.logits is None or edges.score <= 0 or not counts(edges, net, scale):
+        return None
+    p = min(max(edges.score, 1e-12), 1.0 - 1e-12)
+    return float(np.log(p / (1.0 - p))) + box_logit(net.logits, edges.box, scale)
+
+
+def box_logit(logits: np.ndarray, box: dict, scale: float) -> float:
+    """The network's largest logit over `box` (clip pixels; `scale` clip pixels per frame pixel) and
+    NEAR cells around it."""
+    from stages.watermark_net import STRIDE
+
+    cell = scale * STRIDE
+    y0, x0 = max(0, int(box["y"] // cell) - NEAR), max(0, int(box["x"] // cell) - NEAR)
+    y1, x1 = int(np.ceil((box["y"] + box["h"]) / cell)) + NEAR, int(np.ceil((box["x"] + box["w"]) / cell)) + NEAR
+    part = logits[y0:y1, x0:x1]
+    return float(part.max()) if part.size else float(logits.max())
 
 
 # ------------------------------------------------------------------------------------------- classifier

@@ -19,14 +19,17 @@ half). Two sets of pairs:
     python -m curate.bench.watermark --method edges --styles --loso    # the edges model, seven styles, + leave-one-style-out
     python -m curate.bench.watermark --method edges --styles --loso --words   # ... with the text scorer's static words folded in
     python -m curate.bench.watermark --method edges --fit      # refit stages.watermark.WEIGHTS/BIAS on seed 0 of both sets
+    python -m curate.bench.watermark --fit                     # ... and stages.watermark.AGREEMENT after them (both)
 
 The learned detector (`--method net`; stages/watermark_net.py) is trained by
 `python -m curate.bench.watermark_train` on overlay families of its own over the same real videos and
 never on any pair or style made here: every style this bench reports is left out of its fit, so it
 needs no refits. (Its videos are the bench's too: `watermark_train --hold-out VIDEO ... --out PATH`,
 then `--net PATH` here, measures it on footage it never saw.) `--method both` (the default, as the job
-runs) is the higher of the network's and the edges model's findings (stages.watermark.higher); its
-`--loso` and `--lovo` refit the edges half and keep the network's.
+runs) is the highest of the network's finding, the edges model's, and where both point at the same
+place the two together (stages.watermark.higher: their logits added, plus AGREEMENT); its `--loso`
+and `--lovo` refit the edges half and the agreement constant after it (`fit_agreement`) and keep the
+network's.
 
 The detector scores candidate blobs with a small logistic model (stages.watermark.FEATURES, WEIGHTS)
 and a clip by its best blob. `--fit` fits that model on seed 0 of both sets (28 + 98 calibration pairs)
@@ -56,7 +59,8 @@ import cv2
 import numpy as np
 
 from stages.media import ffmpeg_exe
-from stages.watermark import FEATURES, Overlay, WatermarkConfig, best_overlay, blob_features, detect_net, find_overlay, higher, sample_yuv, words_score
+from stages.watermark import (AGREEMENT, FEATURES, Overlay, WatermarkConfig, best_overlay, blob_features, detect_net, find_overlay, higher,
+                              joint_logit, sample_yuv, words_score)
 
 # (file, start_s, seconds): segments inside one shot, picture moving. vtest/traffic: static cameras;
 # goldeneye: a still screen whose text changes; testvideo 6.2: a still photo fading in; delayed_start:
@@ -488,26 +492,59 @@ def _report(name: str, pairs, pos, neg, ious=None) -> None:
               f">= 0.3 on {sum(i >= 0.3 for i in ious)}/{len(ious)}")
 
 
-def _fit(clips: list[dict]) -> tuple[tuple[float, ...], float]:
+def _fit(clips: list[dict]) -> tuple[tuple[float, ...], float, float | None]:
+    """The edges model's weights and calibrated bias, and with the network's findings in the clips
+    (`both`) the agreement constant fitted after them (`fit_agreement`; else None)."""
     weights, bias = fit_clips(clips)
-    return weights, calibrate(clips, weights, bias)
+    bias = calibrate(clips, weights, bias)
+    return weights, bias, fit_agreement(clips, weights, bias) if any(c.get("net") is not None for c in clips) else None
+
+
+def _joint(c: dict, weights, bias) -> tuple[Overlay, Overlay, float]:
+    """(the network's finding, the edges' under these constants, the scale) of a clip from clip_features."""
+    edges = best_overlay(c["feats"], c["frame_boxes"], c["frozen"], *c["sizes"], weights, bias)
+    return c["net"], edges, c["sizes"][1][0] / c["sizes"][0][0]
+
+
+def fit_agreement(clips: list[dict], weights, bias, max_clean: float = 0.03) -> float:
+    """`both`'s agreement constant (stages.watermark.higher): the two logits where the network and the
+    edges point at the same place, plus the constant, flag a clip past 0.5; the constant puts that at
+    the threshold on their sum that best separates the overlaid clips from the clean ones (largest
+    true- minus false-positive rate, midway between neighbours) among those flagging at most
+    `max_clean` of the clean clips, counting the clips the network or the edges alone flag already."""
+    pos, neg = [], []
+    for c in clips:
+        if c.get("net") is None:
+            continue
+        net, edges, scale = _joint(c, weights, bias)
+        together = joint_logit(net, edges, scale)
+        if higher(net, edges, scale, agreement=-np.inf).score >= 0.5:
+            s = np.inf  # flagged by one alone, whatever the constant
+        else:
+            s = -np.inf if together is None else together  # None: nothing to agree on (frozen, no edges box, a thin one)
+        (pos if c["overlay"] else neg).append(s)
+    pos, neg = np.array(pos), np.array(neg)
+    finite = np.concatenate([pos, neg])
+    finite = finite[np.isfinite(finite)]
+    if not len(finite):
+        return AGREEMENT
+    return -best_cut(pos, neg, max_clean, default=float(finite.max()) + 1.0)
 
 
 def leave_one_out(pairs, clips, group) -> list[float]:
     """Each clip scored by an edges model fitted and calibrated without the pairs that share anything of
     its group (`group(box)`: a tuple, e.g. (style,), (video,) or (style, video): neither that style nor
-    that video); with `both`, the network's score beside it as the job combines them (the network is
-    fitted on none of these pairs)."""
+    that video); with `both`, the network's finding beside it as the job combines them, the agreement
+    constant refitted too (the network is fitted on none of these pairs)."""
     keys = [group(b) for _, _, b in pairs for _ in (0, 1)]
     scores = [0.0] * len(clips)
     for key in sorted(set(keys)):
-        weights, bias = _fit([c for c, k in zip(clips, keys) if not any(a == b for a, b in zip(k, key))])
+        weights, bias, agreement = _fit([c for c, k in zip(clips, keys) if not any(a == b for a, b in zip(k, key))])
         held = [i for i, k in enumerate(keys) if k == key]
         for i, sc in zip(held, clip_scores([clips[i] for i in held], weights, bias)):
             c, net = clips[i], clips[i].get("net")
             if net is not None:  # both: as find_overlay, the edges' box from the refitted model
-                edges = best_overlay(c["feats"], c["frame_boxes"], c["frozen"], *c["sizes"], weights, bias)
-                sc = higher(net, edges, c["sizes"][1][0] / c["sizes"][0][0]).score
+                sc = higher(*_joint(c, weights, bias), agreement=agreement).score
             scores[i] = max(sc, clips[i].get("words") or 0.0)  # static words (with --words) need no fit
     return scores
 
@@ -586,10 +623,12 @@ def main(argv: list[str] | None = None) -> None:
                 os.makedirs(os.path.join(tmp, sub))
             pairs = make_pairs(videos, os.path.join(tmp, "k0"), 28, seed=0) + make_style_pairs(videos, os.path.join(tmp, "s0"), seed=0)
             clips = clip_features(pairs, cfg)
-            weights, bias = _fit(clips)
+            weights, bias, agreement = _fit(clips)
             print(f"fitted on seed 0's {len(pairs)} pairs (28 of the ffmpeg kinds, 98 of the seven styles): {sum(len(c['boxes']) for c in clips)} blobs in {len(clips)} clips")
             print(f"WEIGHTS = ({', '.join(f'{w:.3g}' for w in weights)})  # {', '.join(FEATURES)}")
             print(f"BIAS = {bias:.3g}")
+            if agreement is not None:
+                print(f"AGREEMENT = {agreement:.3g}")
             return
         all_pairs, all_clips = [], []
         held = ([], [], [], [])  # pairs, overlaid scores, clean scores, IoUs of the reported seeds

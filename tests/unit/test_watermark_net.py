@@ -66,9 +66,10 @@ def test_maps_hold_a_still_mark_apart_from_a_moving_picture():
 
 def test_both_takes_the_detector_that_scores_the_clip_higher_with_its_box():
     """The default method `both`: the network and the weight-free edges model on the same frames; the
-    clip gets the higher score and that detector's box. A one-pixel outline over a panning texture:
-    both find it, the edges model surer and boxing the whole outline (the network: its left side);
-    the clean texture: the network's low score (the edges model finds no candidate at all)."""
+    clip gets the highest of their findings (and of the two together where they agree: see the test
+    below) with its box. A one-pixel outline over a panning texture: both find it, the edges model
+    surer and boxing the whole outline (the network: its left side); the clean texture: the network's
+    low score (the edges model finds no candidate at all)."""
     from stages.watermark import detect, find_overlay
 
     cfg = WatermarkConfig()
@@ -79,7 +80,7 @@ def test_both_takes_the_detector_that_scores_the_clip_higher_with_its_box():
         cv2.rectangle(f, (100, 10), (150, 40), 255, 1)
     for clip in (frames, marked):
         net, edges, got = detect_net(clip, None, cfg, 320, 240), detect(clip, cfg, 320, 240), find_overlay(clip, None, cfg, 320, 240)
-        assert got == max(net, edges, key=lambda o: o.score), (net, edges, got)
+        assert got.score >= max(net.score, edges.score) and got.box in (net.box, edges.box), (net, edges, got)
         assert find_overlay(clip, None, WatermarkConfig(method="net"), 320, 240) == net
         assert find_overlay(clip, None, WatermarkConfig(method="edges"), 320, 240) == edges
     clean, found = find_overlay(frames, None, cfg, 320, 240), find_overlay(marked, None, cfg, 320, 240)
@@ -99,6 +100,39 @@ def test_both_takes_the_detector_that_scores_the_clip_higher_with_its_box():
     assert higher(low, Overlay(0.05, wide.box), 1.0) == low and MIN_SIDE == 2
     frozen = Overlay(0.0, None, frozen=True)
     assert higher(frozen, wide, 1.0) == frozen  # a clip the network finds frozen keeps its 0
+
+
+def test_both_adds_the_two_logits_where_the_network_and_the_edges_point_at_the_same_place():
+    """Where the network's map is high at the edges' box, the clip scores sigmoid(edges' logit + the
+    network's largest logit there + AGREEMENT), with the edges' box: two detectors that look at
+    different things and agree on the place are surer than either. Where the network's high logits are
+    elsewhere, or the edges' box is too thin to count, there is nothing to agree on."""
+    from stages.watermark import AGREEMENT, NEAR, higher, joint_logit
+    from stages.watermark_net import STRIDE
+
+    logits = np.full((30, 40), -8.0)
+    logits[5:8, 30:34] = -1.0  # the network's peak: frame pixels x 120-136, y 20-32
+    at = {"x": 2 * 118, "y": 2 * 18, "w": 2 * 20, "h": 2 * 16}  # clip pixels, the clip twice the frames' size
+    away = {"x": 2 * 8, "y": 2 * 80, "w": 2 * 20, "h": 2 * 16}
+    net = Overlay(1 / (1 + np.exp(1.0)), {"x": 240, "y": 40, "w": 32, "h": 24}, logits=logits)
+    edges = Overlay(0.2, at)
+    want = 1 / (1 + np.exp(-(np.log(0.2 / 0.8) - 1.0 + AGREEMENT)))
+    got = higher(net, edges, 2.0)
+    assert got.box == at and got.score == pytest.approx(want) and want > 0.5 > max(net.score, edges.score)
+    assert joint_logit(net, edges, 2.0) == pytest.approx(np.log(0.2 / 0.8) - 1.0)
+    # elsewhere: the network's logits at that box are its floor, and the higher of the two stands
+    assert joint_logit(net, Overlay(0.2, away), 2.0) == pytest.approx(np.log(0.2 / 0.8) - 8.0)
+    assert higher(net, Overlay(0.2, away), 2.0) == net
+    # just NEAR cells beside the box still count; one cell further does not
+    beside = {"x": 2 * (120 - STRIDE * (NEAR - 1) - 24), "y": 2 * 20, "w": 2 * 24, "h": 2 * 8}
+    past = {**beside, "x": beside["x"] - 2 * STRIDE}
+    assert joint_logit(net, Overlay(0.2, beside), 2.0) == pytest.approx(np.log(0.2 / 0.8) - 1.0)
+    assert joint_logit(net, Overlay(0.2, past), 2.0) == pytest.approx(np.log(0.2 / 0.8) - 8.0)
+    # a thin edges box does not count, alone or together; a network without its map: the higher one
+    assert joint_logit(net, Overlay(0.2, {**at, "h": 2}), 2.0) is None and higher(net, Overlay(0.2, {**at, "h": 2}), 2.0) == net
+    assert higher(Overlay(net.score, net.box), edges, 2.0) == net and higher(Overlay(net.score, net.box), Overlay(0.4, at), 2.0) == Overlay(0.4, at)
+    # the agreement constant is the bench's to fit (--fit prints it, --loso refits it): at -inf, the higher one
+    assert higher(net, edges, 2.0, agreement=-np.inf) == net
 
 
 def test_the_net_finds_a_mark_composited_over_real_footage_and_boxes_it(videos, tmp_path):
@@ -178,7 +212,10 @@ def test_the_watermark_step_is_scored_again_when_the_weights_change(tmp_path):
         with pytest.raises(FileNotFoundError, match="net_weights"):
             WatermarkConfig(method=method, net_weights=str(tmp_path / "missing.pt")).check()
     edges = watermark_model_info(WatermarkConfig(method="edges"))
-    assert edges[0] != "net" and watermark_model_info(WatermarkConfig())[2:] == edges  # both: the network's file and the edges constants
+    # both: the network's file, the edges constants and how the two are combined
+    from stages.watermark import AGREEMENT, MIN_SIDE, NEAR
+
+    assert edges[0] != "net" and watermark_model_info(WatermarkConfig())[2:] == [*edges, MIN_SIDE, AGREEMENT, NEAR]
     assert json.loads(json.dumps(provenance(str(other)))) == {}  # no JSON beside it: no provenance claimed
 
 
