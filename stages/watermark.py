@@ -17,9 +17,9 @@ the network finds. And where each is unsure but both point at the same place (th
 at the edges' box), their evidence adds up: the two logits plus AGREEMENT, a constant fitted on the
 calibration pairs. Measured (`python -m curate.bench.watermark`, README Benchmarks), with the static
 words: the bench's seven styles, overlays caught at 0.5 from 142 (the network alone) to 163 of 196
-with the higher of the two and 168 with their agreement too, 0 of 196 clean clips flagged (the edges
-half and the constant refitted without the style they score: 167, 4 clean); on Debian's footage,
-which neither half was fitted on (without the words), from 157 to 168 to 172 of 196, 0 clean flagged.
+with the higher of the two and 171 with their agreement too, 0 of 196 clean clips flagged (the edges
+half and the constant refitted without the style they score: 171, 4 clean); on Debian's footage,
+which neither half was fitted on (without the words), from 157 to 168 to 174 of 196, 0 clean flagged.
 
 The `edges` detector needs no weights (a handful of logistic constants in this file). On a few frames
 spread over the clip (grey, at most 480 wide, never upscaled; blank frames left out unless all are) it
@@ -438,8 +438,8 @@ def find_overlay(frames: list[np.ndarray], chroma: list[np.ndarray] | None, cfg:
 
 
 MIN_SIDE = 2  # both: an edges box thinner than this (pixels of the sampled frames) is no mark
-AGREEMENT = 3.5  # both: added to the two logits where they point at the same place (fitted by `python -m curate.bench.watermark --fit`)
-NEAR = 2  # both: the network's logits this many cells (STRIDE frame pixels each) around the edges' box count as pointing at it
+AGREEMENT = 4.48  # both: added to the two logits where they point at the same place (fitted by `python -m curate.bench.watermark --fit`)
+NEAR = 1  # both: the network's logits this many cells (STRIDE frame pixels each) around the edges' box count as pointing at it
 
 
 def higher(net: Overlay, edges: Overlay, scale: float, agreement: float = AGREEMENT) -> Overlay:
