@@ -456,7 +456,7 @@ def higher(net: Overlay, edges: Overlay, scale: float, agreement: float = AGREEM
     (balle1-vp9.avi, which neither model was fitted on), the rim of a ceiling lamp, an 8x1 box, scored
     0.79 by the edges model; no overlay of the bench's is caught by an edges box under 3 pixels across.
     A clip the network finds frozen keeps the network's 0."""
-    if not counts(edges, net, scale):
+    if not counts(net, edges, scale):
         return net
     best = edges if edges.score > net.score else net
     together = joint_logit(net, edges, scale)
@@ -467,7 +467,7 @@ def higher(net: Overlay, edges: Overlay, scale: float, agreement: float = AGREEM
     return best
 
 
-def counts(edges: Overlay, net: Overlay, scale: float) -> bool:
+def counts(net: Overlay, edges: Overlay, scale: float) -> bool:
     """Whether the edges' finding counts beside the network's (`higher`)."""
     return not (net.frozen or edges.frozen or not edges.box or min(edges.box["w"], edges.box["h"]) < MIN_SIDE * scale)
 
@@ -475,7 +475,7 @@ def counts(edges: Overlay, net: Overlay, scale: float) -> bool:
 def joint_logit(net: Overlay, edges: Overlay, scale: float) -> float | None:
     """The edges' logit plus the network's largest logit at the edges' box (`higher`, less the
     agreement constant); None where they have nothing to agree on."""
-    if net.logits is None or edges.score <= 0 or not counts(edges, net, scale):
+    if net.logits is None or edges.score <= 0 or not counts(net, edges, scale):
         return None
     p = min(max(edges.score, 1e-12), 1.0 - 1e-12)
     return float(np.log(p / (1.0 - p))) + box_logit(net.logits, edges.box, scale)
@@ -483,14 +483,14 @@ def joint_logit(net: Overlay, edges: Overlay, scale: float) -> float | None:
 
 def box_logit(logits: np.ndarray, box: dict, scale: float) -> float:
     """The network's largest logit over `box` (clip pixels; `scale` clip pixels per frame pixel) and
-    NEAR cells around it."""
+    NEAR cells around it; -inf (nothing there to agree with) for a box off the map."""
     from stages.watermark_net import STRIDE
 
     cell = scale * STRIDE
     y0, x0 = max(0, int(box["y"] // cell) - NEAR), max(0, int(box["x"] // cell) - NEAR)
     y1, x1 = int(np.ceil((box["y"] + box["h"]) / cell)) + NEAR, int(np.ceil((box["x"] + box["w"]) / cell)) + NEAR
     part = logits[y0:y1, x0:x1]
-    return float(part.max()) if part.size else float(logits.max())
+    return float(part.max()) if part.size else -np.inf
 
 
 # ------------------------------------------------------------------------------------------- classifier
