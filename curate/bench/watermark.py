@@ -517,10 +517,10 @@ def fit_agreement(clips: list[dict], weights, bias, max_clean: float = 0.03) -> 
         if c.get("net") is None:
             continue
         net, edges, scale = _joint(c, weights, bias)
-        together = joint_logit(net, edges, scale)
         if higher(net, edges, scale, agreement=-np.inf).score >= 0.5:
             s = np.inf  # flagged by one alone, whatever the constant
         else:
+            together = joint_logit(net, edges, scale)
             s = -np.inf if together is None else together  # None: nothing to agree on (frozen, no edges box, a thin one)
         (pos if c["overlay"] else neg).append(s)
     pos, neg = np.array(pos), np.array(neg)

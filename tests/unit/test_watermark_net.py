@@ -135,6 +135,43 @@ def test_both_adds_the_two_logits_where_the_network_and_the_edges_point_at_the_s
     assert higher(net, edges, 2.0, agreement=-np.inf) == net
 
 
+def test_the_agreement_constant_is_fitted_where_the_summed_logits_best_separate_overlaid_from_clean():
+    """bench fit_agreement: 0.5 goes midway between the summed logits (edges' + the network's at the
+    edges' box) that best separate overlaid from clean clips; clips one detector alone flags already
+    count as caught whatever the constant, and clips with nothing to agree on (frozen, no edges box)
+    as never flagged by it. The constant fitted puts the joint score of each clip on its side of 0.5."""
+    from curate.bench.watermark import _joint, fit_agreement
+    from stages.watermark import FEATURES, higher
+
+    weights, bias = (1.0,) + (0.0,) * (len(FEATURES) - 1), 0.0  # the edges' logit is the blob's first feature
+
+    def clip(edges_logit, net_logit, overlay, frozen=False, boxes=True):
+        logits = np.full((30, 40), -9.0)
+        logits[5:8, 10:14] = net_logit  # frame pixels x 40-56, y 20-32: where the edges' blob is
+        feats = np.zeros((1, len(FEATURES)))
+        feats[0, 0] = edges_logit
+        net = Overlay(float(1 / (1 + np.exp(-net_logit))), {"x": 40, "y": 20, "w": 16, "h": 12}, frozen=frozen, logits=logits)
+        return {"feats": feats if boxes else feats[:0], "frame_boxes": [(40, 20, 16, 12)] if boxes else [], "frozen": frozen,
+                "sizes": ((160, 120), (160, 120)), "net": net, "overlay": overlay}
+
+    # summed logits: overlaid -1.5, -1.0, -0.5; clean -4.0, -3.5, -3.0: the cut goes midway, at -2.25
+    clips = [clip(-0.5, -1.0, True), clip(-0.5, -0.5, True), clip(-0.25, -0.25, True),
+             clip(-2.0, -2.0, False), clip(-1.5, -2.0, False), clip(-1.0, -2.0, False)]
+    extra = [clip(3.0, -9.0, True),  # the edges alone flag it: caught at any constant
+             clip(-1.0, -1.0, True, boxes=False),  # no edges blob: nothing to agree on
+             clip(-3.0, -3.0, False, frozen=True)]
+    c = fit_agreement(clips + extra, weights, bias)
+    assert c == pytest.approx(2.25)
+    for k in clips:
+        net, edges, scale = _joint(k, weights, bias)
+        assert (higher(net, edges, scale, agreement=c).score > 0.5) == k["overlay"]
+    # a clean clip above every overlaid one (summed -0.2): no cut catches more without flagging it (1 of 4
+    # clean is over 3 %), so the constant keeps every sum under 0.5: the largest, plus 1, lands at -1
+    stray = clip(-0.1, -0.1, False)
+    c = fit_agreement(clips + [stray], weights, bias)
+    assert c == pytest.approx(-0.8) and higher(*_joint(stray, weights, bias), agreement=c).score < 0.5
+
+
 def test_the_net_finds_a_mark_composited_over_real_footage_and_boxes_it(videos, tmp_path):
     """An emblem-like mark of the training script's own drawing over bikes.mp4's third shot, encoded
     as a clip is: scored above the clean copy, past 0.5, the box on the mark."""
