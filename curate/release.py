@@ -258,6 +258,13 @@ def _image_models(job: dict) -> list[tuple[str, str]]:
         info, what = model_info(), "detection + recognition" if job["text"].get("recognize", True) else "detection"
         rows.append(("burned-in text (text_area, text_frames, text_static, ocr_text)",
                      f"PP-OCRv6 small {what} from {info['package']} on {info['runtime']}: {files(info)}; licence {info['license']}"))
+    if wm and wm.get("method", "both") != "classifier" and wm.get("mean_words", True):
+        from stages.text import model_info
+
+        info = model_info()
+        rows.append(("watermark, words on the mean frame (watermark_score)",
+                     f"PP-OCRv6 small detection + recognition from {info['package']} on {info['runtime']}, on the mean of the sampled frames: "
+                     f"{files(info)}; licence {info['license']}"))
     if job.get("nsfw"):
         from stages.nsfw import model_info
 

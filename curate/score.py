@@ -112,11 +112,12 @@ def score_pools(cfg: JobConfig) -> list[tuple]:
 def watermark_model_info(cfg) -> list:
     """What decides the watermark scores besides the settings: the edges model's constants, or the
     learned detector's weights file (its sha256: retrained weights score again), or both, with how
-    they are combined."""
+    they are combined; with `mean_words`, the OCR models that read the mean frame."""
     edges = [WEIGHTS, BIAS, BOX_MARGIN]
+    words = [text_model_info()] if cfg.mean_words and cfg.method != "classifier" else []
     if cfg.method == "net":
-        return ["net", file_sha256(cfg.net_file)]
-    return ["both", file_sha256(cfg.net_file), *edges, MIN_SIDE, AGREEMENT, NEAR] if cfg.method == "both" else edges
+        return ["net", file_sha256(cfg.net_file), *words]
+    return ["both", file_sha256(cfg.net_file), *edges, MIN_SIDE, AGREEMENT, NEAR, *words] if cfg.method == "both" else [*edges, *words]
 
 
 file_sha256 = functools.lru_cache(maxsize=16)(text_file_sha256)

@@ -59,7 +59,12 @@ Most channel marks and watermarks are words. When the rows carry the text scorer
 with a `text` section runs it first), words that stay at the same place in every sampled frame
 (`text_static`) and cover enough of the frame raise the score (`words_score`, WatermarkConfig.words):
 a cue the edges need no help for on sharp marks, and the one that finds antialiased, scaled-down words
-whose strokes are no longer one-pixel steps.
+whose strokes are no longer one-pixel steps. The stage also reads the mean of its sampled frames with
+the same OCR model (`mean_words`, no text section needed): a mark stays while the picture under it
+moves, so the mean shows it over a blur where no single frame does (a faint "LIVE NEWS" at opacity 0.35
+over a panning texture is read on the mean and on none of the frames). A line counts when the mean has
+few lines (a screen or a page has many) and it is there in every frame (`line_presence`: typed text is
+not).
 
 `method: classifier` loads a learned watermark classifier instead (a timm or open_clip image model,
 two classes, weights from a path); it gives a score and no box.
@@ -105,6 +110,15 @@ class WatermarkConfig:
     words: bool = True
     words_static: float = 0.5
     words_area: float = 0.004
+    # Words on the mean frame: the mean of the sampled frames read by the text scorer's PP-OCR model
+    # (loaded by this stage; no text section needed). A mark stays while the picture under it moves, so
+    # the mean shows it over a blur where no single frame does. A line read there counts when it is
+    # there in every frame (`line_presence` >= mean_words_presence: typed or scrolling text is not) and
+    # the mean frame has at most mean_words_lines lines (a screen, a page or a street of signs has more):
+    # score at least 0.5 + presence / 2. Not for frozen clips.
+    mean_words: bool = True
+    mean_words_lines: int = 2
+    mean_words_presence: float = 0.3
 
     def __post_init__(self):
         if self.frames < 2:
@@ -113,6 +127,8 @@ class WatermarkConfig:
             raise ValueError(f"width must be >= 64, got {self.width}")
         if not 0 < self.persist <= 1 or not 0 < self.seen <= 1 or not 0 <= self.frozen < 1:
             raise ValueError(f"persist and seen must be in (0, 1] and frozen in [0, 1), got {self.persist}, {self.seen}, {self.frozen}")
+        if self.mean_words_lines < 1 or not 0 <= self.mean_words_presence <= 1:
+            raise ValueError(f"mean_words_lines must be >= 1 and mean_words_presence in [0, 1], got {self.mean_words_lines}, {self.mean_words_presence}")
         if not 0 <= self.step_low < self.step_high or self.blank < 0:
             raise ValueError(f"need 0 <= step_low < step_high and blank >= 0, got {self.step_low}, {self.step_high}, {self.blank}")
         if self.method == "classifier":
@@ -149,6 +165,64 @@ def words_score(text_static: float | None, text_area: float | None, cfg: Waterma
     if text_static < cfg.words_static or text_static * text_area < cfg.words_area:
         return None
     return 0.5 + 0.5 * text_static
+
+
+def mean_frame(frames: list[np.ndarray], chroma: list[np.ndarray] | None) -> np.ndarray:
+    """The mean of sampled frames as a BGR image (uint8), from their grey planes and half-size chroma
+    (grey without them)."""
+    y = np.mean(np.stack(frames).astype(np.float32), axis=0)
+    if not chroma:
+        return cv2.cvtColor(np.clip(np.round(y), 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+    uv = np.mean(np.stack(chroma).astype(np.float32), axis=0)
+    h, w = y.shape
+    u, v = (cv2.resize(np.ascontiguousarray(uv[..., k]), (w, h), interpolation=cv2.INTER_LINEAR) for k in range(2))
+    return cv2.cvtColor(np.clip(np.round(np.stack([y, v, u], axis=-1)), 0, 255).astype(np.uint8), cv2.COLOR_YCrCb2BGR)
+
+
+def line_presence(frames: list[np.ndarray], quad: np.ndarray, cells: int = 4, blank: float = 4.0) -> float:
+    """How surely a line of text found on the mean frame (`quad`: its 4 corners, frame pixels) is there
+    in every frame: its box cut into `cells` columns; in each, the mean gradient over the mean frame's
+    strongest 30% of pixels there, in every non-blank frame; the smallest of those over the median of its
+    column, the smallest over the columns. About 1 for a mark (a picture moving under it only adds
+    gradient); near 0 for text typed or scrolled in during the clip (its late letters are missing in the
+    early frames)."""
+    x, y, w, h = cv2.boundingRect(np.asarray(quad).reshape(-1, 1, 2).astype(np.int32))
+    H, W = frames[0].shape[:2]
+    x0, y0, x1, y1 = max(0, x), max(0, y), min(W, x + w), min(H, y + h)
+    if x1 - x0 < 3 or y1 - y0 < 3:
+        return 0.0
+    shown = [f for f in frames if float(f.std()) >= blank] or frames
+    stack = np.stack(shown)[:, y0:y1, x0:x1].astype(np.float32)
+    grads = np.stack([_gradient(f) for f in stack])
+    mean_grad = _gradient(stack.mean(axis=0))
+    strong = mean_grad >= np.quantile(mean_grad, 0.7)
+    bounds = np.linspace(0, x1 - x0, cells + 1).round().astype(int)
+    ratios = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        sel = strong[:, a:b]
+        if b > a and sel.any():
+            per_frame = grads[:, :, a:b][:, sel]
+            energy = per_frame.mean(axis=1)
+            ratios.append(float(energy.min() / (np.median(energy) + 1e-6)))
+    return min(ratios) if ratios else 0.0
+
+
+def mean_words(frames: list[np.ndarray], chroma: list[np.ndarray] | None, ocr, cfg: WatermarkConfig, clip_w: int, clip_h: int) -> Overlay | None:
+    """What the words read on the mean frame say (WatermarkConfig.mean_words): the score and the box (clip
+    pixels) of the line most surely there in every frame, or None. `ocr`: the text scorer's OcrModel."""
+    image = mean_frame(frames, chroma)
+    boxes = ocr.detect([image])[0]
+    if not len(boxes):
+        return None
+    lines = [q for q, t in zip(boxes, ocr.read([image], [boxes])[0]) if t]
+    if not lines or len(lines) > cfg.mean_words_lines:
+        return None
+    presence, quad = max(((line_presence(frames, q, blank=cfg.blank), i) for i, q in enumerate(lines)))
+    if presence < cfg.mean_words_presence:
+        return None
+    x, y, w, h = cv2.boundingRect(np.asarray(lines[quad]).reshape(-1, 1, 2).astype(np.int32))
+    sx, sy = clip_w / image.shape[1], clip_h / image.shape[0]
+    return Overlay(score=0.5 + 0.5 * min(1.0, presence), box={"x": round(x * sx), "y": round(y * sy), "w": round(w * sx), "h": round(h * sy)})
 
 
 # ------------------------------------------------------------------------------------------- frames
@@ -552,9 +626,10 @@ def load_classifier(arch: str, weights: str, size: int = 224):
 class ScoreWatermark:
     """CLIPS rows -> the same rows with watermark_score (0..1) and watermark_box."""
 
-    def __init__(self, cfg: WatermarkConfig, classifier=None):
+    def __init__(self, cfg: WatermarkConfig, classifier=None, ocr=None):
         self.cfg = cfg
         self.classifier = classifier
+        self.ocr = ocr  # mean_words: the text scorer's OcrModel, loaded on first use
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.cfg.method == "classifier" and self.classifier is None:
@@ -576,4 +651,15 @@ class ScoreWatermark:
         if found is None:
             return {}
         words = None if found.frozen else words_score(row.get("text_static"), row.get("text_area"), self.cfg)
+        if not found.frozen and self.cfg.mean_words:
+            read = mean_words(frames, chroma, self.text_model(), self.cfg, w, h)
+            if read is not None and read.score > max(found.score, words or 0.0):
+                found = read
         return {"watermark_score": max(found.score, words or 0.0), "watermark_box": found.box}
+
+    def text_model(self):
+        if self.ocr is None:
+            from stages.text import OcrModel, TextConfig
+
+            self.ocr = OcrModel(TextConfig(device="cpu"))  # one image a clip, in the watermark step's CPU tasks
+        return self.ocr

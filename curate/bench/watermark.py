@@ -17,7 +17,7 @@ half). Two sets of pairs:
     python -m curate.bench.watermark --method net --styles --seeds 0 1 --net HELD.pt --only bikes.mp4 vtest.avi   # on videos HELD.pt never saw
     python -m curate.bench.watermark --method edges [--lovo]
     python -m curate.bench.watermark --method edges --styles --loso    # the edges model, seven styles, + leave-one-style-out
-    python -m curate.bench.watermark --method edges --styles --loso --words   # ... with the text scorer's static words folded in
+    python -m curate.bench.watermark --method edges --styles --loso --words   # ... with the words cues folded in (static words, the mean frame's)
     python -m curate.bench.watermark --method edges --fit      # refit stages.watermark.WEIGHTS/BIAS on seed 0 of both sets
     python -m curate.bench.watermark --fit                     # ... and stages.watermark.AGREEMENT after them (both)
 
@@ -59,7 +59,7 @@ import cv2
 import numpy as np
 
 from stages.media import ffmpeg_exe
-from stages.watermark import (AGREEMENT, FEATURES, Overlay, WatermarkConfig, best_overlay, blob_features, detect_net, find_overlay, higher,
+from stages.watermark import (AGREEMENT, FEATURES, Overlay, WatermarkConfig, best_overlay, blob_features, detect_net, find_overlay, higher, mean_words,
                               joint_logit, sample_yuv, words_score)
 
 # (file, start_s, seconds): segments inside one shot, picture moving. vtest/traffic: static cameras;
@@ -335,9 +335,10 @@ def clip_features(pairs, cfg: WatermarkConfig, words: bool = False) -> list[dict
     out = []
     text = None
     if words:
-        from stages.text import ScoreText, TextConfig
+        from stages.text import OcrModel, ScoreText, TextConfig
 
-        text = ScoreText(TextConfig())
+        ocr = OcrModel(TextConfig())
+        text = ScoreText(TextConfig(), ocr)
     for clean, marked, box in pairs:
         for path, overlay in ((clean, False), (marked, True)):
             frames, chroma, w, h = sample_yuv(path, cfg.frames, cfg.width)
@@ -353,9 +354,14 @@ def clip_features(pairs, cfg: WatermarkConfig, words: bool = False) -> list[dict
                 if net is not None:  # both: as find_overlay
                     found = higher(net, found, w / fw)
             said = None
-            if text is not None and not found.frozen:
+            if text is not None and not found.frozen:  # both words cues, as a job with a text section
                 said = words_score(*_text_stats(text, path), cfg)
-                found = Overlay(max(found.score, said or 0.0), found.box, found.frozen)
+                read = mean_words(frames, chroma, ocr, cfg, w, h) if cfg.mean_words else None
+                if read is not None and read.score > max(found.score, said or 0.0):
+                    found = Overlay(read.score, read.box, found.frozen)
+                else:
+                    found = Overlay(max(found.score, said or 0.0), found.box, found.frozen)
+                said = max(said or 0.0, read.score if read else 0.0) or None
             out.append({"feats": feats, "boxes": boxes, "frozen": frozen, "overlay": overlay, "truth": box, "found": found, "words": said,
                         "net": net, "frame_boxes": frame_boxes if cfg.method != "net" else [], "sizes": (frames[0].shape[1::-1], (w, h))})
     return out
@@ -572,8 +578,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--styles", action="store_true", help="the seven style families (14 pairs each a seed, made as a video reaches curate: "
                     "encoded twice) instead of the four ffmpeg kinds; the shipped constants are fitted on their seed 0")
     ap.add_argument("--loso", action="store_true", help="with --styles: leave-one-style-out (and leave-one-style-and-video-out) over seed 0 and the reported seeds")
-    ap.add_argument("--words", action="store_true", help="run the text scorer too and fold its static words into the score, as a job with "
-                    "both the text and watermark sections does (watermark.words; no fit: the rule's thresholds are the job's)")
+    ap.add_argument("--words", action="store_true", help="run the text scorer too and fold its static words into the score, and the words "
+                    "read on the mean frame, as a job with both the text and watermark sections does (watermark.words, watermark.mean_words; "
+                    "no fit: the rules' thresholds are the job's)")
     ap.add_argument("--method", choices=("both", "net", "edges"), default="both", help="the detector measured: both (the default, as "
                     "the job runs it: the higher of the network's and the edges model's scores), the learned network alone ("
                     "fitted on none of these pairs' styles, so every style is left out of its fit) or the weight-free edges model")

@@ -347,3 +347,98 @@ def test_the_bench_reports_only_the_pairs_of_the_videos_asked_for(monkeypatch, c
     with pytest.raises(SystemExit):
         W.main(["--only", "nope.mp4"])
     assert "nope.mp4 not among the bench's videos" in capsys.readouterr().err
+
+
+def _planes(bgr_frames):
+    """Grey frames and half-size chroma (U, V on the last axis) as sample_yuv gives them."""
+    greys = [cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for f in bgr_frames]
+    chroma = []
+    for f in bgr_frames:
+        ycc = cv2.resize(cv2.cvtColor(f, cv2.COLOR_BGR2YCrCb), (f.shape[1] // 2, f.shape[0] // 2), interpolation=cv2.INTER_AREA)
+        chroma.append(np.stack([ycc[..., 2], ycc[..., 1]], axis=-1))
+    return greys, chroma
+
+
+def _words_clip(lines, opacity=0.7, typed=False, n=16, seed=3):
+    """n frames (240x400, BGR) of a texture panning under `lines` of white words with a black border at
+    `opacity`, each line at (24, 40 + 44 k); `typed`: a screen being typed on instead (a dark flat
+    picture with a little noise; line k shows its first letters only, more every frame)."""
+    tex = np.clip(_texture(seed, (240, 600)), 0, 255).astype(np.uint8)
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i in range(n):
+        bg = cv2.cvtColor(np.ascontiguousarray(tex[:, 8 * i:8 * i + 400]), cv2.COLOR_GRAY2BGR)
+        if typed:
+            bg = np.clip(rng.normal(40, 2, bg.shape), 0, 255).astype(np.uint8)
+        mark = bg.copy()
+        for k, text in enumerate(lines):
+            shown = text[:1 + i * len(text) // n] if typed else text
+            cv2.putText(mark, shown, (24, 40 + 44 * k), cv2.FONT_HERSHEY_DUPLEX, 1.1, (0, 0, 0), 5, cv2.LINE_AA)
+            cv2.putText(mark, shown, (24, 40 + 44 * k), cv2.FONT_HERSHEY_DUPLEX, 1.1, (255, 255, 255), 2, cv2.LINE_AA)
+        frames.append(cv2.addWeighted(mark, opacity, bg, 1 - opacity, 0))
+    return frames
+
+
+@pytest.fixture(scope="module")
+def ocr():
+    from stages.text import OcrModel, TextConfig
+
+    return OcrModel(TextConfig())
+
+
+def test_a_line_there_in_every_frame_is_present_and_one_typed_in_is_not():
+    from stages.watermark import line_presence
+
+    quad = np.array([[20, 10], [260, 10], [260, 50], [20, 50]])
+    still, _ = _planes(_words_clip(["LIVE NEWS"]))
+    typed, _ = _planes(_words_clip(["LIVE NEWS"], typed=True))
+    assert line_presence(still, quad) >= 0.5, line_presence(still, quad)
+    assert line_presence(typed, quad) < 0.3, line_presence(typed, quad)  # its last letters are missing in the first frames
+    assert line_presence(still, np.array([[0, 0], [1, 0], [1, 1], [0, 1]])) == 0.0  # a box too small to judge
+
+
+def test_words_on_the_mean_frame_make_an_overlay_unless_typed_in_or_a_page_of_them(ocr):
+    """PP-OCR (the text scorer's packaged model) reads the mean of the frames: a translucent channel name
+    over a panning picture gives at least 0.5 and its box, also one so faint (opacity 0.35) that no
+    single frame is read; the picture alone, a line typed in during the clip, or three lines (a screen
+    or a page, not a mark; unless mean_words_lines allows three) are not overlays by this cue."""
+    from stages.watermark import mean_words
+
+    cfg = WatermarkConfig()
+    found = mean_words(*_planes(_words_clip(["LIVE NEWS"])), ocr, cfg, 800, 480)
+    assert found is not None and found.score >= 0.75, found
+    box = found.box  # clip pixels: twice the frames' (800x480 for 400x240)
+    assert 20 <= box["x"] <= 70 and 20 <= box["y"] <= 70 and 300 <= box["w"] <= 560 and 30 <= box["h"] <= 110, box
+    faint = _words_clip(["LIVE NEWS"], opacity=0.35)
+    assert not any(any(ocr.read([f], ocr.detect([f]))[0]) for f in faint)  # no frame alone is read
+    assert mean_words(*_planes(faint), ocr, cfg, 800, 480).score >= 0.75
+    assert mean_words(*_planes(_words_clip([])), ocr, cfg, 800, 480) is None
+    assert mean_words(*_planes(_words_clip(["LIVE NEWS"], typed=True)), ocr, cfg, 800, 480) is None
+    page = _words_clip(["LIVE NEWS", "SPORT 24", "WEATHER"])
+    assert mean_words(*_planes(page), ocr, cfg, 800, 480) is None
+    assert mean_words(*_planes(page), ocr, WatermarkConfig(mean_words_lines=3), 800, 480) is not None
+
+
+def test_the_stage_folds_the_mean_frame_words_in_with_their_box(media):
+    """ScoreWatermark reads the mean frame with the OCR model it is given (or loads the text scorer's):
+    a line there in every frame raises the score and gives the box; `mean_words: false` and a frozen
+    clip do not ask it."""
+
+    class Reader:  # what OcrModel gives: quadrilaterals per image, then the text of each
+        asked = 0
+
+        def detect(self, images):
+            Reader.asked += 1
+            return [np.array([[[40, 60], [120, 60], [120, 84], [40, 84]]], np.int32)]
+
+        def read(self, images, boxes):
+            return [["TV1"]]
+
+    cfg = WatermarkConfig(method="edges", mean_words_presence=0.0)
+    out = ScoreWatermark(cfg, ocr=Reader())(_table([media["clean"], media["frozen"]])).to_pylist()
+    assert out[0]["watermark_score"] >= 0.5 and out[0]["watermark_box"] == {"x": 40, "y": 60, "w": 81, "h": 25}, out[0]
+    assert out[1]["watermark_score"] == 0.0 and Reader.asked == 1  # frozen: not asked
+    off = ScoreWatermark(WatermarkConfig(method="edges", mean_words=False), ocr=Reader())(_table([media["clean"]])).to_pylist()
+    assert off[0]["watermark_score"] < 0.1 and Reader.asked == 1
+    with pytest.raises(ValueError, match="mean_words_lines"):
+        WatermarkConfig(mean_words_lines=0)

@@ -248,11 +248,15 @@ def test_the_watermark_step_is_scored_again_when_the_weights_change(tmp_path):
         assert shipped[0] == method and shipped != watermark_model_info(WatermarkConfig(method=method, net_weights=str(other)))
         with pytest.raises(FileNotFoundError, match="net_weights"):
             WatermarkConfig(method=method, net_weights=str(tmp_path / "missing.pt")).check()
-    edges = watermark_model_info(WatermarkConfig(method="edges"))
+    edges = watermark_model_info(WatermarkConfig(method="edges", mean_words=False))
     # both: the network's file, the edges constants and how the two are combined
+    from stages.text import model_info
     from stages.watermark import AGREEMENT, MIN_SIDE, NEAR
 
-    assert edges[0] != "net" and watermark_model_info(WatermarkConfig())[2:] == [*edges, MIN_SIDE, AGREEMENT, NEAR]
+    assert edges[0] != "net" and watermark_model_info(WatermarkConfig(mean_words=False))[2:] == [*edges, MIN_SIDE, AGREEMENT, NEAR]
+    # the words read on the mean frame: the OCR models that read them (the default)
+    for method in ("net", "both", "edges"):
+        assert watermark_model_info(WatermarkConfig(method=method)) == [*watermark_model_info(WatermarkConfig(method=method, mean_words=False)), model_info()]
     assert json.loads(json.dumps(provenance(str(other)))) == {}  # no JSON beside it: no provenance claimed
 
 
