@@ -33,8 +33,9 @@ def check_scorers(cfg: JobConfig) -> None:
             cfg.aesthetic.check()
         if cfg.watermark is not None:
             cfg.watermark.check()
-        if cfg.text is not None:
-            text_model_info()  # the OCR models must be in the installed rapidocr wheel
+        reads = cfg.watermark is not None and cfg.watermark.mean_words and cfg.watermark.method != "classifier"
+        if cfg.text is not None or reads:
+            text_model_info()  # the OCR models must be in the installed rapidocr wheel (the watermark step reads the mean frame with them)
         if cfg.nsfw is not None:
             nsfw_model_info()
     except (WeightsError, FileNotFoundError) as e:

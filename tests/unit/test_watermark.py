@@ -442,3 +442,20 @@ def test_the_stage_folds_the_mean_frame_words_in_with_their_box(media):
     assert off[0]["watermark_score"] < 0.1 and Reader.asked == 1
     with pytest.raises(ValueError, match="mean_words_lines"):
         WatermarkConfig(mean_words_lines=0)
+
+
+def test_a_job_stops_at_start_when_the_ocr_models_the_watermark_step_reads_with_are_missing(monkeypatch):
+    """Without a text section the watermark step still needs PP-OCR for `mean_words`: a wheel without
+    its models stops the job at start with the reason; `mean_words: false` does not need them."""
+    import curate.score as score
+    from curate.config import ConfigError, InputConfig, JobConfig
+    from stages.aesthetic import WeightsError
+
+    def missing():
+        raise WeightsError("PP-OCRv6_det_small.onnx is not in the installed rapidocr wheel")
+
+    monkeypatch.setattr(score, "text_model_info", missing)
+    job = dict(output="out", input=InputConfig(dir="in"), text=None, nsfw=None, aesthetic=None)
+    with pytest.raises(ConfigError, match="PP-OCRv6_det_small"):
+        score.check_scorers(JobConfig(**job, watermark=WatermarkConfig()))
+    score.check_scorers(JobConfig(**job, watermark=WatermarkConfig(mean_words=False)))
