@@ -167,12 +167,10 @@ def words_score(text_static: float | None, text_area: float | None, cfg: Waterma
     return 0.5 + 0.5 * text_static
 
 
-def mean_frame(frames: list[np.ndarray], chroma: list[np.ndarray] | None) -> np.ndarray:
+def mean_frame(frames: list[np.ndarray], chroma: list[np.ndarray]) -> np.ndarray:
     """The mean of sampled frames as a BGR image (uint8), from their grey planes and half-size chroma
-    (grey without them)."""
+    (U, V on the last axis, as sample_yuv gives them)."""
     y = np.mean(np.stack(frames).astype(np.float32), axis=0)
-    if not chroma:
-        return cv2.cvtColor(np.clip(np.round(y), 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
     uv = np.mean(np.stack(chroma).astype(np.float32), axis=0)
     h, w = y.shape
     u, v = (cv2.resize(np.ascontiguousarray(uv[..., k]), (w, h), interpolation=cv2.INTER_LINEAR) for k in range(2))
@@ -207,7 +205,7 @@ def line_presence(frames: list[np.ndarray], quad: np.ndarray, cells: int = 4, bl
     return min(ratios) if ratios else 0.0
 
 
-def mean_words(frames: list[np.ndarray], chroma: list[np.ndarray] | None, ocr, cfg: WatermarkConfig, clip_w: int, clip_h: int) -> Overlay | None:
+def mean_words(frames: list[np.ndarray], chroma: list[np.ndarray], ocr, cfg: WatermarkConfig, clip_w: int, clip_h: int) -> Overlay | None:
     """What the words read on the mean frame say (WatermarkConfig.mean_words): the score and the box (clip
     pixels) of the line most surely there in every frame, or None. `ocr`: the text scorer's OcrModel."""
     image = mean_frame(frames, chroma)
@@ -223,6 +221,15 @@ def mean_words(frames: list[np.ndarray], chroma: list[np.ndarray] | None, ocr, c
     x, y, w, h = cv2.boundingRect(np.asarray(lines[quad]).reshape(-1, 1, 2).astype(np.int32))
     sx, sy = clip_w / image.shape[1], clip_h / image.shape[0]
     return Overlay(score=0.5 + 0.5 * min(1.0, presence), box={"x": round(x * sx), "y": round(y * sy), "w": round(w * sx), "h": round(h * sy)})
+
+
+def with_words(found: Overlay, words: float | None, read: Overlay | None) -> Overlay:
+    """The detectors' finding with both words cues folded in, as a job scores a clip: the mean frame's
+    line (`read`, from mean_words) with its box where it scores above the finding and the static words
+    (`words`, from words_score), else the finding with its score raised to the static words'."""
+    if read is not None and read.score > max(found.score, words or 0.0):
+        return Overlay(read.score, read.box, found.frozen)
+    return Overlay(max(found.score, words or 0.0), found.box, found.frozen)
 
 
 # ------------------------------------------------------------------------------------------- frames
@@ -650,12 +657,11 @@ class ScoreWatermark:
         found = find_overlay(frames, chroma, self.cfg, w, h)
         if found is None:
             return {}
-        words = None if found.frozen else words_score(row.get("text_static"), row.get("text_area"), self.cfg)
-        if not found.frozen and self.cfg.mean_words:
-            read = mean_words(frames, chroma, self.text_model(), self.cfg, w, h)
-            if read is not None and read.score > max(found.score, words or 0.0):
-                found = read
-        return {"watermark_score": max(found.score, words or 0.0), "watermark_box": found.box}
+        if not found.frozen:
+            words = words_score(row.get("text_static"), row.get("text_area"), self.cfg)
+            read = mean_words(frames, chroma, self.text_model(), self.cfg, w, h) if self.cfg.mean_words else None
+            found = with_words(found, words, read)
+        return {"watermark_score": found.score, "watermark_box": found.box}
 
     def text_model(self):
         if self.ocr is None:

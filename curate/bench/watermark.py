@@ -60,7 +60,7 @@ import numpy as np
 
 from stages.media import ffmpeg_exe
 from stages.watermark import (AGREEMENT, FEATURES, Overlay, WatermarkConfig, best_overlay, blob_features, detect_net, find_overlay, higher, mean_words,
-                              joint_logit, sample_yuv, words_score)
+                              joint_logit, sample_yuv, with_words, words_score)
 
 # (file, start_s, seconds): segments inside one shot, picture moving. vtest/traffic: static cameras;
 # goldeneye: a still screen whose text changes; testvideo 6.2: a still photo fading in; delayed_start:
@@ -357,10 +357,7 @@ def clip_features(pairs, cfg: WatermarkConfig, words: bool = False) -> list[dict
             if text is not None and not found.frozen:  # both words cues, as a job with a text section
                 said = words_score(*_text_stats(text, path), cfg)
                 read = mean_words(frames, chroma, ocr, cfg, w, h) if cfg.mean_words else None
-                if read is not None and read.score > max(found.score, said or 0.0):
-                    found = Overlay(read.score, read.box, found.frozen)
-                else:
-                    found = Overlay(max(found.score, said or 0.0), found.box, found.frozen)
+                found = with_words(found, said, read)
                 said = max(said or 0.0, read.score if read else 0.0) or None
             out.append({"feats": feats, "boxes": boxes, "frozen": frozen, "overlay": overlay, "truth": box, "found": found, "words": said,
                         "net": net, "frame_boxes": frame_boxes if cfg.method != "net" else [], "sizes": (frames[0].shape[1::-1], (w, h))})

@@ -444,6 +444,32 @@ def test_the_stage_folds_the_mean_frame_words_in_with_their_box(media):
         WatermarkConfig(mean_words_lines=0)
 
 
+def test_the_mean_frame_keeps_the_colours_and_averages_the_frames():
+    """mean_frame turns sample_yuv's planes back into BGR: a flat colour comes back within rounding, and
+    two frames average."""
+    from stages.watermark import mean_frame
+
+    red, blue = np.zeros((32, 48, 3), np.uint8), np.zeros((32, 48, 3), np.uint8)
+    red[:] = (40, 50, 200)
+    blue[:] = (200, 60, 30)
+    assert np.abs(mean_frame(*_planes([red])).astype(int) - red).max() <= 3
+    both = mean_frame(*_planes([red, blue])).astype(int)
+    assert np.abs(both - (red.astype(int) + blue) / 2).max() <= 3
+
+
+def test_the_words_cues_fold_into_the_finding_as_a_job_scores_a_clip():
+    """with_words: the mean frame's line wins with its box only above both the finding and the static
+    words; static words raise the score and keep the finding's box."""
+    from stages.watermark import Overlay, with_words
+
+    found, read = Overlay(0.3, {"x": 1, "y": 2, "w": 3, "h": 4}), Overlay(0.8, {"x": 9, "y": 9, "w": 5, "h": 5})
+    assert with_words(found, None, None) == found
+    assert with_words(found, 0.6, None) == Overlay(0.6, found.box)
+    assert with_words(found, 0.6, read) == Overlay(0.8, read.box)
+    assert with_words(found, 0.9, read) == Overlay(0.9, found.box)
+    assert with_words(Overlay(0.95, found.box), None, read) == Overlay(0.95, found.box)
+
+
 def test_a_job_stops_at_start_when_the_ocr_models_the_watermark_step_reads_with_are_missing(monkeypatch):
     """Without a text section the watermark step still needs PP-OCR for `mean_words`: a wheel without
     its models stops the job at start with the reason; `mean_words: false` does not need them."""
