@@ -48,6 +48,8 @@ target (AUC >= 0.95, >= 80% caught, <= 5% clean).
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import os
 import random
 import subprocess
@@ -480,6 +482,22 @@ def clip_scores(clips: list[dict], weights, bias) -> list[float]:
     return out
 
 
+def made_with() -> str:
+    """What the pairs and scores depend on beyond this code: the ffmpeg that encodes the pairs (its x264
+    and scalers) and the libraries that decode and score them. Another build encodes other bytes, so the
+    figures move by a few clips a style."""
+    import importlib.metadata as md
+
+    first = subprocess.run([ffmpeg_exe(), "-version"], capture_output=True, text=True).stdout.split("\n")[0].split(" Copyright")[0]
+    libs = []
+    for name in ("av", "opencv-python-headless", "numpy", "torch", "onnxruntime", "rapidocr", "pillow"):
+        try:
+            libs.append(f"{name} {md.version(name)}")
+        except md.PackageNotFoundError:
+            pass
+    return f"{first}; {', '.join(libs)}"
+
+
 def _report(name: str, pairs, pos, neg, ious=None) -> None:
     print(f"{name}: {len(pairs)} pairs, ROC AUC {auc(pos, neg):.3f} (target >= 0.95); overlaid above its clean twin in "
           f"{sum(p > n for p, n in zip(pos, neg))}/{len(pairs)}; at threshold 0.5: {sum(p >= 0.5 for p in pos)}/{len(pos)} "
@@ -534,16 +552,21 @@ def fit_agreement(clips: list[dict], weights, bias, max_clean: float = 0.03) -> 
     return -best_cut(pos, neg, max_clean, default=float(finite.max()) + 1.0)
 
 
-def leave_one_out(pairs, clips, group) -> list[float]:
+def leave_one_out(pairs, clips, group, files_out: bool = False) -> list[float]:
     """Each clip scored by an edges model fitted and calibrated without the pairs that share anything of
     its group (`group(box)`: a tuple, e.g. (style,), (video,) or (style, video): neither that style nor
     that video); with `both`, the network's finding beside it as the job combines them, the agreement
-    constant refitted too (the network is fitted on none of these pairs)."""
+    constant refitted too (the network is fitted on none of these pairs). A clean clip is the same
+    file in every style and seed that drew its segment and width, so a style's clean clips are also in
+    the other styles' pairs, and in the fit; `files_out`: nor is the fit given any clip file that the
+    held-out pairs hold (fitted on the few clean clips left, it is calibrated on too few)."""
     keys = [group(b) for _, _, b in pairs for _ in (0, 1)]
+    files = [_digest(path) for pair in pairs for path in pair[:2]]
     scores = [0.0] * len(clips)
     for key in sorted(set(keys)):
-        weights, bias, agreement = _fit([c for c, k in zip(clips, keys) if not any(a == b for a, b in zip(k, key))])
         held = [i for i, k in enumerate(keys) if k == key]
+        seen = {files[i] for i in held} if files_out else set()
+        weights, bias, agreement = _fit([c for c, k, f in zip(clips, keys, files) if not any(a == b for a, b in zip(k, key)) and f not in seen])
         for i, sc in zip(held, clip_scores([clips[i] for i in held], weights, bias)):
             c, net = clips[i], clips[i].get("net")
             if net is not None:  # both: as find_overlay, the edges' box from the refitted model
@@ -552,16 +575,29 @@ def leave_one_out(pairs, clips, group) -> list[float]:
     return scores
 
 
+@functools.lru_cache(maxsize=None)
+def _digest(path: str) -> str:
+    """A clip file's content hash: a clean clip depends only on its segment and width, so the same file
+    comes back in other styles and seeds."""
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 def _per_style(name: str, pairs, scores) -> None:
+    """Each style's ROC AUC, overlays caught and clean clips flagged at 0.5 (and how many distinct clean
+    files those are, of how many distinct: the same clean clip recurs in seeds that drew its width)."""
     print(f"{name}:")
     for style in STYLES:
         idx = [i for i, (_, _, b) in enumerate(pairs) if b["kind"] == style]
         if not idx:
             continue
         pos, neg = [scores[2 * i + 1] for i in idx], [scores[2 * i] for i in idx]
+        cleans = [_digest(pairs[i][0]) for i in idx]
+        flagged = {f for f, n in zip(cleans, neg) if n >= 0.5}
         ok = auc(pos, neg) >= 0.95 and sum(p >= 0.5 for p in pos) >= 0.8 * len(pos) and sum(n >= 0.5 for n in neg) <= 0.05 * len(neg)
         print(f"  {style:10s} ROC AUC {auc(pos, neg):.3f}; at 0.5: {sum(p >= 0.5 for p in pos):2d}/{len(pos)} overlays caught, "
-              f"{sum(n >= 0.5 for n in neg)}/{len(neg)} clean flagged{'' if ok else '  (target: AUC >= 0.95, >= 80% caught, <= 5% clean)'}")
+              f"{sum(n >= 0.5 for n in neg)}/{len(neg)} clean flagged ({len(flagged)} of {len(set(cleans))} distinct)"
+              f"{'' if ok else '  (target: AUC >= 0.95, >= 80% caught, <= 5% clean)'}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -621,6 +657,7 @@ def main(argv: list[str] | None = None) -> None:
                  else make_pairs(videos, out, 28 if seed == 0 else args.pairs, seed=seed, segments=segments))
         return pairs if args.only is None else [p for p in pairs if p[2]["source"] in args.only]
 
+    print(f"made with {made_with()}")
     with tempfile.TemporaryDirectory(prefix="curate-bench-wm-") as tmp:
         if args.fit:  # both calibration sets: seed 0 of the four ffmpeg kinds and of the seven styles
             for sub in ("k0", "s0"):
@@ -675,9 +712,13 @@ def main(argv: list[str] | None = None) -> None:
                 _report(f"leave-one-video-out ({names}; each video's pairs scored by a model fitted without that video)",
                         all_pairs, scores[1::2], scores[0::2])
             if args.loso:
-                _per_style(f"leave-one-style-out ({names}; each style's pairs scored by an edges model fitted and calibrated on the other six"
+                _per_style(f"leave-one-style-out ({names}; each style's pairs scored by an edges model fitted and calibrated on the other six, "
+                           "whose pairs hold the same clean clips"
                            + (", with the network, which no style is fitted in, beside it)" if args.method == "both" else ")"),
                            all_pairs, leave_one_out(all_pairs, all_clips, lambda b: (b["kind"],)))
+                _per_style(f"leave-one-style-out with none of its clip files in the fit ({names}; its clean clips recur in the other styles' pairs: "
+                           "left out too here, the fit keeps the few clean clips that style did not draw)",
+                           all_pairs, leave_one_out(all_pairs, all_clips, lambda b: (b["kind"],), files_out=True))
                 _per_style(f"leave-one-style-and-video-out ({names}; fitted without that style and without that video)",
                            all_pairs, leave_one_out(all_pairs, all_clips, lambda b: (b["kind"], b["source"])))
 

@@ -444,6 +444,38 @@ def test_the_stage_folds_the_mean_frame_words_in_with_their_box(media):
         WatermarkConfig(mean_words_lines=0)
 
 
+def test_leave_one_style_out_can_keep_the_held_out_clip_files_out_of_the_fit(tmp_path, monkeypatch, capsys):
+    """The same clean clip file recurs in every style that drew its segment and width: the plain
+    leave-one-style-out fits on it (its other styles' copies), `files_out` does not; _per_style counts
+    the distinct clean files it flags."""
+    from curate.bench import watermark as W
+
+    def clip(name, data):
+        (tmp_path / name).write_bytes(data)
+        return str(tmp_path / name)
+
+    shared = clip("clean.mp4", b"one clean clip")
+    pairs = [(shared, clip(f"{s}.mp4", s.encode()), {"kind": s}) for s in ("box", "logo")]
+    pairs.append((clip("own.mp4", b"logo's own clean clip"), clip("logo2.mp4", b"logo 2"), {"kind": "logo"}))
+    clips = [{"name": p.rsplit("/", 1)[-1]} for pair in pairs for p in pair[:2]]
+    fitted = []
+
+    def fit(given):
+        fitted.append(sorted(c["name"] for c in given))
+        return (0.0,), 0.0, None
+
+    monkeypatch.setattr(W, "_fit", fit)
+    monkeypatch.setattr(W, "clip_scores", lambda cs, w, b: [0.9 if c["name"] == "clean.mp4" else 0.1 for c in cs])
+    scores = W.leave_one_out(pairs, clips, lambda b: (b["kind"],))
+    assert fitted == [["clean.mp4", "logo.mp4", "logo2.mp4", "own.mp4"], ["box.mp4", "clean.mp4"]]
+    fitted.clear()
+    assert W.leave_one_out(pairs, clips, lambda b: (b["kind"],), files_out=True) == scores
+    assert fitted == [["logo.mp4", "logo2.mp4", "own.mp4"], ["box.mp4"]]
+    W._per_style("left out", pairs, scores)
+    out = capsys.readouterr().out
+    assert "1/2 clean flagged (1 of 2 distinct)" in out and "1/1 clean flagged (1 of 1 distinct)" in out
+
+
 def test_the_mean_frame_keeps_the_colours_and_averages_the_frames():
     """mean_frame turns sample_yuv's planes back into BGR: a flat colour comes back within rounding, and
     two frames average."""
