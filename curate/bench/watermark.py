@@ -490,7 +490,7 @@ def made_with() -> str:
 
     first = subprocess.run([ffmpeg_exe(), "-version"], capture_output=True, text=True).stdout.split("\n")[0].split(" Copyright")[0]
     libs = []
-    for name in ("av", "opencv-python-headless", "numpy", "torch", "onnxruntime", "rapidocr", "pillow"):
+    for name in ("imageio-ffmpeg", "av", "opencv-python-headless", "numpy", "torch", "onnxruntime", "rapidocr", "pillow"):
         try:
             libs.append(f"{name} {md.version(name)}")
         except md.PackageNotFoundError:
