@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import os
 import random
 import subprocess
@@ -577,10 +576,11 @@ def leave_one_out(pairs, clips, group, files_out: bool = False) -> list[float]:
 
 @functools.lru_cache(maxsize=None)
 def _digest(path: str) -> str:
-    """A clip file's content hash: a clean clip depends only on its segment and width, so the same file
-    comes back in other styles and seeds."""
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+    """A clip file's content hash, once per file: a clean clip depends only on its segment and width, so
+    the same file comes back in other styles and seeds."""
+    from stages.text import file_sha256
+
+    return file_sha256(path)
 
 
 def _per_style(name: str, pairs, scores) -> None:
