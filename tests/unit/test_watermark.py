@@ -147,6 +147,22 @@ def test_logistic_fit_separates_and_calibrates():
         fit_logistic(X, np.zeros(len(X)))
 
 
+def test_calibration_flags_none_of_the_fits_clean_clips_unless_told_a_budget():
+    """calibrate puts 0.5 above every clean clip of the fit (MAX_CLEAN: the fit's clean rate understates
+    the rate on clips it has not seen); with a budget of 3 % it trades a few clean clips for catches."""
+    from curate.bench.watermark import calibrate, clip_scores
+    from stages.watermark import FEATURES
+
+    rng = np.random.default_rng(1)
+    over, clean = rng.normal(2.0, 1.0, 200), rng.normal(0.0, 1.0, 200)  # overlapping: no cut separates them
+    clips = [{"feats": np.array([[x] + [0.0] * (len(FEATURES) - 1)]), "boxes": [{}], "frozen": False, "overlay": k < 200}
+             for k, x in enumerate(np.concatenate([over, clean]))]
+    w = (1.0,) + (0.0,) * (len(FEATURES) - 1)
+    strict, loose = (clip_scores(clips, w, calibrate(clips, w, 0.0, **kw)) for kw in ({}, {"max_clean": 0.03}))
+    assert max(strict[200:]) < 0.5 and sum(s >= 0.5 for s in strict[:200]) > 0
+    assert 0 < sum(s >= 0.5 for s in loose[200:]) <= 6 and sum(s >= 0.5 for s in loose[:200]) > sum(s >= 0.5 for s in strict[:200])
+
+
 def test_a_colour_plate_with_the_grey_of_what_is_under_it_is_found_in_the_chroma():
     """A yellowish plate that leaves the grey unchanged (a yellow box on a grey sky) has no edge in the
     grey planes; its U and V steps are what gives it away, and its box is the plate."""

@@ -170,6 +170,11 @@ def test_the_agreement_constant_is_fitted_where_the_summed_logits_best_separate_
     stray = clip(-0.1, -0.1, False)
     c = fit_agreement(clips + [stray], weights, bias)
     assert c == pytest.approx(-0.8) and higher(*_joint(stray, weights, bias), agreement=c).score < 0.5
+    # a clean clip the edges alone flag is flagged whatever the constant: it is not the constant's to
+    # answer for, so it does not switch the agreement off (counted, 1 of 4 clean is over any budget)
+    alone = clip(3.0, -9.0, False)
+    assert higher(*_joint(alone, weights, bias), agreement=-np.inf).score > 0.5
+    assert fit_agreement(clips + extra + [alone], weights, bias) == pytest.approx(2.25)
 
 
 def test_the_net_finds_a_mark_composited_over_real_footage_and_boxes_it(videos, tmp_path):
