@@ -14,6 +14,7 @@ import subprocess
 from dataclasses import dataclass
 
 from stages.media import ffmpeg_exe
+from stages.text import file_sha256
 
 LICENSE = "CC0-1.0"
 AUTHOR = "curate sample generator"
@@ -92,11 +93,6 @@ def _plan(i: int, cfg: SamplesConfig) -> dict:
     return {"scenes": scenes, "n_frames": start, "overlay_box": box, "graph": graph + "[v]"}
 
 
-def _sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
 def _run(cmd: list[str]) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -135,7 +131,7 @@ def generate_samples(out_dir: str, cfg: SamplesConfig = SamplesConfig(),
         recipes[name] = hashlib.sha256(json.dumps(args).encode()).hexdigest()
         old = previous.get("videos", {}).get(name, {})
         fresh = (os.path.exists(path) and previous.get("recipes", {}).get(name) == recipes[name]
-                 and old.get("sha256") == _sha256(path))
+                 and old.get("sha256") == file_sha256(path))
         if not fresh:
             tmp = os.path.join(out_dir, f".{name}.{os.getpid()}.tmp.mp4")
             try:
@@ -152,7 +148,7 @@ def generate_samples(out_dir: str, cfg: SamplesConfig = SamplesConfig(),
             "source_url": None,
             "cuts": [s["start_frame"] for s in plan["scenes"][1:]],
             "n_frames": plan["n_frames"], "fps": cfg.fps, "scenes": plan["scenes"],
-            "overlay_box": plan["overlay_box"], "sha256": _sha256(path),
+            "overlay_box": plan["overlay_box"], "sha256": file_sha256(path),
         })
     truth = {
         "_conventions": "Frame numbers are 0-based in decode order; a cut k means frame k is the "
