@@ -45,7 +45,7 @@ hundreds) and how far this one stands out of them. A logistic model over these g
 P(overlay); the best blob's is the score and its box the box (WEIGHTS, BIAS: fitted by
 `python -m curate.bench.watermark --fit` to the clip labels of seed 0 of both calibration sets, 126
 pairs: the four ffmpeg kinds and the seven style families, through that best-blob score; 0.5 put
-where it best separates them while flagging at most 3% of the clean clips).
+where it best separates them while flagging none of the clean clips: the bench's MAX_CLEAN).
 
 The picture must change for any of this: a frozen clip (fewer than `frozen` of the pixels change,
 raw or after normalising each frame's brightness and contrast) scores 0, since nothing tells an

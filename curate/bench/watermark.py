@@ -36,7 +36,7 @@ and a clip by its best blob. `--fit` fits that model on seed 0 of both sets (28 
 to the clips' labels (`fit_clips`: a clip's logit is the smooth maximum of its blobs', so no blob has
 to be told which it is; started from the blob-level fit, blobs on the drawn overlay positive and every
 blob of a clean clip negative), puts 0.5 at the clip threshold that best separates those clips among
-those flagging at most 3% of the clean ones, and prints the constants to paste. The default run
+those flagging none of the clean ones (MAX_CLEAN), and prints the constants to paste. The default run
 reports seeds 1, 2 and 3 (other positions, sizes, colours and opacities), per overlay kind and opacity
 band too. The clean clips are the same 14 segments in every seed, so a held-out seed is not new
 content: `--lovo` also refits without each source video's pairs and scores that video's pairs with the
