@@ -189,10 +189,17 @@ COLOURS = ((255, 255, 255), (255, 220, 0), (230, 30, 40), (40, 160, 255), (20, 2
 
 
 def _font(rng: random.Random, px: int):
+    """One of FONT_FILES at `px`. The draw is over all six whichever are installed, so the seed draws
+    the same pairs (positions, widths, words) on every machine: drawn over the installed ones only, a
+    machine without the Liberation fonts drew other pairs from the same seed. A missing font is
+    replaced by the first installed one (PIL's own where none is); `made_with` names the missing."""
     from PIL import ImageFont
 
-    files = [f for f in FONT_FILES if os.path.exists(f)]
-    return ImageFont.truetype(rng.choice(files), px) if files else ImageFont.load_default(px)
+    want = rng.choice(FONT_FILES)
+    have = [f for f in FONT_FILES if os.path.exists(f)]
+    if not have:
+        return ImageFont.load_default(px)
+    return ImageFont.truetype(want if want in have else have[0], px)
 
 
 def render_overlay(style: str, w: int, h: int, rng: random.Random):
@@ -496,7 +503,7 @@ def clip_scores(clips: list[dict], weights, bias) -> list[float]:
 def made_with() -> str:
     """What the pairs and scores depend on beyond this code: the ffmpeg that encodes the pairs (its x264
     and scalers) and the libraries that decode and score them. Another build encodes other bytes, so the
-    figures move by a few clips a style."""
+    figures move by a few clips a style. And the fonts: a missing one of FONT_FILES is drawn in another."""
     import importlib.metadata as md
 
     first = subprocess.run([ffmpeg_exe(), "-version"], capture_output=True, text=True).stdout.split("\n")[0].split(" Copyright")[0]
@@ -506,7 +513,8 @@ def made_with() -> str:
             libs.append(f"{name} {md.version(name)}")
         except md.PackageNotFoundError:
             pass
-    return f"{first}; {', '.join(libs)}"
+    missing = [os.path.basename(f) for f in FONT_FILES if not os.path.exists(f)]
+    return f"{first}; {', '.join(libs)}" + (f"; fonts missing: {', '.join(missing)}" if missing else "")
 
 
 def _report(name: str, pairs, pos, neg, ious=None) -> None:

@@ -2,6 +2,7 @@
 fixed overlay at a known place; a frozen picture; and the classifier loader with a tiny timm model.
 (The learned `net` method, the default: tests/unit/test_watermark_net.py.)"""
 
+import os
 import subprocess
 
 import cv2
@@ -533,3 +534,37 @@ def test_a_job_stops_at_start_when_the_ocr_models_the_watermark_step_reads_with_
     with pytest.raises(ConfigError, match="PP-OCRv6_det_small"):
         score.check_scorers(JobConfig(**job, watermark=WatermarkConfig()))
     score.check_scorers(JobConfig(**job, watermark=WatermarkConfig(mean_words=False)))
+
+
+def test_the_style_pairs_draw_the_same_from_a_seed_whichever_fonts_are_installed(monkeypatch, tmp_path):
+    """render_overlay draws its font over all of FONT_FILES: with two of six missing (a machine without
+    the Liberation fonts) the glyphs change, not what the seed draws after (the next pairs' places and
+    widths); made_with names the missing fonts."""
+    import random
+    import shutil
+
+    import curate.bench.watermark as B
+
+    real = B.font_file()
+    if real is None or not real.endswith(".ttf"):
+        pytest.skip("no TrueType font to stand in for FONT_FILES")
+    six = tuple(str(tmp_path / f"font{k}.ttf") for k in range(6))
+    monkeypatch.setattr(B, "FONT_FILES", six)
+
+    def after(installed) -> list[float]:
+        for f in six:
+            if f in installed:
+                shutil.copy(real, f)
+            elif os.path.exists(f):
+                os.remove(f)
+        out = []
+        for seed in range(12):
+            rng = random.Random(seed)
+            for style in ("pil_text", "pil_plate"):
+                img = B.render_overlay(style, 90, 30, rng)
+                assert img.size == (90, 30) and np.asarray(img)[..., 3].max() > 0  # something drawn
+            out.append(rng.random())
+        return out
+
+    assert after(six) == after(six[:2] + six[3:5])
+    assert "fonts missing: font2.ttf, font5.ttf" in B.made_with()
