@@ -472,7 +472,9 @@ def calibrate(clips: list[dict], weights, bias, max_clean: float = MAX_CLEAN) ->
     logits = [(c["feats"] @ np.asarray(weights) + bias).max() if len(c["boxes"]) and not c["frozen"] else -np.inf for c in clips]
     pos = np.array([x for x, c in zip(logits, clips) if c["overlay"]])
     neg = np.array([x for x, c in zip(logits, clips) if not c["overlay"]])
-    return bias - best_cut(pos, neg, max_clean)
+    finite = np.array([x for x in logits if np.isfinite(x)])
+    # no cut within budget (a clean clip above every overlaid one, with no budget): 0.5 above them all
+    return bias - best_cut(pos, neg, max_clean, default=float(finite.max()) + 1.0 if len(finite) else 0.0)
 
 
 def best_cut(pos: np.ndarray, neg: np.ndarray, max_clean: float = MAX_CLEAN, default: float = 0.0) -> float:

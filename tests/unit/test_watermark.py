@@ -162,6 +162,11 @@ def test_calibration_flags_none_of_the_fits_clean_clips_unless_told_a_budget():
     strict, loose = (clip_scores(clips, w, calibrate(clips, w, 0.0, **kw)) for kw in ({}, {"max_clean": 0.03}))
     assert max(strict[200:]) < 0.5 and sum(s >= 0.5 for s in strict[:200]) > 0
     assert 0 < sum(s >= 0.5 for s in loose[200:]) <= 6 and sum(s >= 0.5 for s in loose[:200]) > sum(s >= 0.5 for s in strict[:200])
+    # a clean clip above every overlaid one: no cut flags none of the clean clips and catches any, so
+    # 0.5 goes above them all (not left at the fitted bias, which flags it)
+    odd = [{"feats": np.array([[x] + [0.0] * (len(FEATURES) - 1)]), "boxes": [{}], "frozen": False, "overlay": o}
+           for x, o in ((1.0, True), (2.0, True), (-1.0, False), (3.0, False))]
+    assert max(clip_scores(odd, w, calibrate(odd, w, 0.0))) < 0.5
 
 
 def test_a_colour_plate_with_the_grey_of_what_is_under_it_is_found_in_the_chroma():
