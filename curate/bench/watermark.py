@@ -472,18 +472,18 @@ def calibrate(clips: list[dict], weights, bias, max_clean: float = MAX_CLEAN) ->
     logits = [(c["feats"] @ np.asarray(weights) + bias).max() if len(c["boxes"]) and not c["frozen"] else -np.inf for c in clips]
     pos = np.array([x for x, c in zip(logits, clips) if c["overlay"]])
     neg = np.array([x for x, c in zip(logits, clips) if not c["overlay"]])
-    finite = np.array([x for x in logits if np.isfinite(x)])
-    # no cut within budget (a clean clip above every overlaid one, with no budget): 0.5 above them all
-    return bias - best_cut(pos, neg, max_clean, default=float(finite.max()) + 1.0 if len(finite) else 0.0)
+    return bias - best_cut(pos, neg, max_clean)
 
 
-def best_cut(pos: np.ndarray, neg: np.ndarray, max_clean: float = MAX_CLEAN, default: float = 0.0) -> float:
+def best_cut(pos: np.ndarray, neg: np.ndarray, max_clean: float = MAX_CLEAN) -> float:
     """The clip-level threshold that best separates overlaid (`pos`) from clean (`neg`) clip logits
     (largest true- minus false-positive rate; midway between neighbouring finite values) among those
-    flagging at most `max_clean` of the clean clips; `default` when none does."""
+    flagging at most `max_clean` of the clean clips. When none does (with no budget, a clean clip above
+    every overlaid one), 1 above every finite logit: better to catch nothing than to flag more clean
+    clips than the budget (0 when none is finite)."""
     both = np.concatenate([pos, neg])
     cuts = np.unique(both[np.isfinite(both)])
-    best, at = -1.0, default
+    best, at = -1.0, float(cuts[-1]) + 1.0 if len(cuts) else 0.0
     for lo, hi in zip(cuts[:-1], cuts[1:]):
         t = (lo + hi) / 2
         flagged = (neg > t).mean() if len(neg) else 0.0
@@ -570,11 +570,10 @@ def fit_agreement(clips: list[dict], weights, bias, max_clean: float = MAX_CLEAN
             s = -np.inf if together is None else together  # None: nothing to agree on (frozen, no edges box, a thin one)
         (pos if c["overlay"] else neg).append(s)
     pos, neg = np.array(pos), np.array(neg)
-    finite = np.concatenate([pos, neg])
-    finite = finite[np.isfinite(finite)]
-    if not len(finite):
+    both = np.concatenate([pos, neg])
+    if not np.isfinite(both).any():
         return AGREEMENT
-    return -best_cut(pos, neg[neg != np.inf], max_clean, default=float(finite.max()) + 1.0)
+    return -best_cut(pos, neg[neg != np.inf], max_clean)
 
 
 def leave_one_out(pairs, clips, group, files_out: bool = False) -> list[float]:

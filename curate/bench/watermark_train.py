@@ -562,8 +562,9 @@ def clip_logits(net, samples) -> tuple[np.ndarray, np.ndarray]:
 
 def calibrate(logits: np.ndarray, labels: np.ndarray, max_clean: float = 0.03) -> float:
     """The offset that puts 0.5 at the clip threshold that best separates overlaid from clean (largest
-    true- minus false-positive rate, midway between neighbours) among those flagging <= max_clean."""
-    return -float(best_cut(logits[labels], logits[~labels], max_clean, default=float(logits.max())))
+    true- minus false-positive rate, midway between neighbours) among those flagging <= max_clean; above
+    every clip when none does (`best_cut`)."""
+    return -float(best_cut(logits[labels], logits[~labels], max_clean))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -167,6 +167,11 @@ def test_calibration_flags_none_of_the_fits_clean_clips_unless_told_a_budget():
     odd = [{"feats": np.array([[x] + [0.0] * (len(FEATURES) - 1)]), "boxes": [{}], "frozen": False, "overlay": o}
            for x, o in ((1.0, True), (2.0, True), (-1.0, False), (3.0, False))]
     assert max(clip_scores(odd, w, calibrate(odd, w, 0.0))) < 0.5
+    from curate.bench.watermark import best_cut
+
+    assert best_cut(np.array([1.0, 2.0, -np.inf]), np.array([3.0])) == 4.0  # 1 above every finite logit
+    assert best_cut(np.array([-np.inf]), np.array([])) == 0.0
+    assert best_cut(np.array([1.0, 2.0]), np.array([0.0, 3.0]), max_clean=0.5) == 0.5  # half flagged either way: catch both
 
 
 def test_a_colour_plate_with_the_grey_of_what_is_under_it_is_found_in_the_chroma():

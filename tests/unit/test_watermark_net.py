@@ -239,6 +239,10 @@ def test_fitting_learns_the_label_and_calibration_puts_half_at_the_chosen_cut():
     labels = np.array([False, False, False, True, True, True])
     off = T.calibrate(logits, labels)
     assert off == pytest.approx(0.25) and ((logits + off > 0) == labels).all()
+    # a clean clip above every overlay and no budget for it: every clip under 0.5 (not the top one at it)
+    odd = np.array([True, True, False, False, False, False])
+    off = T.calibrate(logits, odd, max_clean=0.0)
+    assert off == pytest.approx(-3.0) and (logits + off < 0).all()
 
 
 def test_the_watermark_step_is_scored_again_when_the_weights_change(tmp_path):
