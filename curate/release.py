@@ -260,10 +260,12 @@ def _image_models(job: dict) -> list[tuple[str, str]]:
                      f"PP-OCRv6 small {what} from {info['package']} on {info['runtime']}: {files(info)}; licence {info['license']}"))
     if wm and wm.get("method", "both") != "classifier" and wm.get("mean_words", True):
         from stages.text import model_info
+        from stages.watermark import WatermarkConfig
 
         info = model_info()
         rows.append(("watermark, words on the mean frame (watermark_score)",
-                     f"PP-OCRv6 small detection + recognition from {info['package']} on {info['runtime']}, on the mean of the sampled frames: "
+                     f"PP-OCRv6 small detection + recognition from {info['package']} on {info['runtime']}, on the mean of the sampled frames "
+                     f"(longer side {wm.get('mean_words_size', WatermarkConfig.mean_words_size)} px): "
                      f"{files(info)}; licence {info['license']}"))
     if job.get("nsfw"):
         from stages.nsfw import model_info

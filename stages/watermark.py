@@ -67,7 +67,8 @@ the same OCR model (`mean_words`, no text section needed): a mark stays while th
 moves, so the mean shows it over a blur where no single frame does (a faint "LIVE NEWS" at opacity 0.35
 over a panning texture is read on the mean and on none of the frames). A line counts when the mean has
 few lines (a screen or a page has many) and it is there in every frame (`line_presence`: typed text is
-not).
+not). The mean is read at twice the sampled frames' scale (`mean_words_size`): a mark's words are a few
+pixels tall there.
 
 `method: classifier` loads a learned watermark classifier instead (a timm or open_clip image model,
 two classes, weights from a path); it gives a score and no box.
@@ -118,10 +119,14 @@ class WatermarkConfig:
     # the mean shows it over a blur where no single frame does. A line read there counts when it is
     # there in every frame (`line_presence` >= mean_words_presence: typed or scrolling text is not) and
     # the mean frame has at most mean_words_lines lines (a screen, a page or a street of signs has more):
-    # score at least 0.5 + presence / 2. Not for frozen clips.
+    # score at least 0.5 + presence / 2. Not for frozen clips. The mean frame is read with its longer side
+    # scaled to mean_words_size: a mark's words are a few pixels tall in the sampled frames, and PP-OCR's
+    # detector misses more of them at 480 (the leave-one-style-out of the bench's ffmpeg text: 44 -> 48
+    # of 56 caught with 960, no clean clip flagged; see README, Benchmarks).
     mean_words: bool = True
     mean_words_lines: int = 2
     mean_words_presence: float = 0.3
+    mean_words_size: int = 960
 
     def __post_init__(self):
         if self.frames < 2:
@@ -130,8 +135,9 @@ class WatermarkConfig:
             raise ValueError(f"width must be >= 64, got {self.width}")
         if not 0 < self.persist <= 1 or not 0 < self.seen <= 1 or not 0 <= self.frozen < 1:
             raise ValueError(f"persist and seen must be in (0, 1] and frozen in [0, 1), got {self.persist}, {self.seen}, {self.frozen}")
-        if self.mean_words_lines < 1 or not 0 <= self.mean_words_presence <= 1:
-            raise ValueError(f"mean_words_lines must be >= 1 and mean_words_presence in [0, 1], got {self.mean_words_lines}, {self.mean_words_presence}")
+        if self.mean_words_lines < 1 or not 0 <= self.mean_words_presence <= 1 or self.mean_words_size < 32:
+            raise ValueError(f"mean_words_lines must be >= 1, mean_words_presence in [0, 1] and mean_words_size >= 32, "
+                             f"got {self.mean_words_lines}, {self.mean_words_presence}, {self.mean_words_size}")
         if not 0 <= self.step_low < self.step_high or self.blank < 0:
             raise ValueError(f"need 0 <= step_low < step_high and blank >= 0, got {self.step_low}, {self.step_high}, {self.blank}")
         if self.method == "classifier":
@@ -210,18 +216,25 @@ def line_presence(frames: list[np.ndarray], quad: np.ndarray, cells: int = 4, bl
 
 def mean_words(frames: list[np.ndarray], chroma: list[np.ndarray], ocr, cfg: WatermarkConfig, clip_w: int, clip_h: int) -> Overlay | None:
     """What the words read on the mean frame say (WatermarkConfig.mean_words): the score and the box (clip
-    pixels) of the line most surely there in every frame, or None. `ocr`: the text scorer's OcrModel."""
+    pixels) of the line most surely there in every frame, or None. `ocr`: the text scorer's OcrModel, one
+    that does not shrink an image of mean_words_size (`mean_words_model`). The mean frame is read with
+    its longer side scaled to mean_words_size."""
     image = mean_frame(frames, chroma)
-    boxes = ocr.detect([image])[0]
+    h0, w0 = image.shape[:2]
+    scale = cfg.mean_words_size / max(h0, w0)
+    size = (max(1, round(w0 * scale)), max(1, round(h0 * scale)))
+    big = image if size == (w0, h0) else cv2.resize(image, size, interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
+    boxes = ocr.detect([big])[0]
     if not len(boxes):
         return None
-    lines = [q for q, t in zip(boxes, ocr.read([image], [boxes])[0]) if t]
+    to_frame = np.array([w0 / size[0], h0 / size[1]])  # the read image's pixels to the frames'
+    lines = [np.asarray(q) * to_frame for q, t in zip(boxes, ocr.read([big], [boxes])[0]) if t]
     if not lines or len(lines) > cfg.mean_words_lines:
         return None
     presence, quad = max(((line_presence(frames, q, blank=cfg.blank), i) for i, q in enumerate(lines)))
     if presence < cfg.mean_words_presence:
         return None
-    x, y, w, h = cv2.boundingRect(np.asarray(lines[quad]).reshape(-1, 1, 2).astype(np.int32))
+    x, y, w, h = cv2.boundingRect(np.round(lines[quad]).reshape(-1, 1, 2).astype(np.int32))
     sx, sy = clip_w / image.shape[1], clip_h / image.shape[0]
     return Overlay(score=0.5 + 0.5 * min(1.0, presence), box={"x": round(x * sx), "y": round(y * sy), "w": round(w * sx), "h": round(h * sy)})
 
@@ -668,7 +681,13 @@ class ScoreWatermark:
 
     def text_model(self):
         if self.ocr is None:
-            from stages.text import OcrModel, TextConfig
-
-            self.ocr = OcrModel(TextConfig(device="cpu"))  # one image a clip, in the watermark step's CPU tasks
+            self.ocr = mean_words_model(self.cfg)
         return self.ocr
+
+
+def mean_words_model(cfg: WatermarkConfig):
+    """The text scorer's PP-OCR models as mean_words reads with them: on the CPU (one image a clip, in
+    the watermark step's CPU tasks), not shrinking the mean frame scaled to mean_words_size."""
+    from stages.text import OcrModel, TextConfig
+
+    return OcrModel(TextConfig(device="cpu", size=cfg.mean_words_size))

@@ -60,7 +60,7 @@ import cv2
 import numpy as np
 
 from stages.media import ffmpeg_exe
-from stages.watermark import (AGREEMENT, FEATURES, Overlay, WatermarkConfig, best_overlay, blob_features, detect_net, find_overlay, higher, mean_words,
+from stages.watermark import (AGREEMENT, FEATURES, Overlay, WatermarkConfig, best_overlay, blob_features, detect_net, find_overlay, higher, mean_words, mean_words_model,
                               joint_logit, sample_yuv, with_words, words_score)
 
 # (file, start_s, seconds): segments inside one shot, picture moving. vtest/traffic: static cameras;
@@ -345,8 +345,8 @@ def clip_features(pairs, cfg: WatermarkConfig, words: bool = False) -> list[dict
     if words:
         from stages.text import OcrModel, ScoreText, TextConfig
 
-        ocr = OcrModel(TextConfig())
-        text = ScoreText(TextConfig(), ocr)
+        text = ScoreText(TextConfig(), OcrModel(TextConfig()))
+        reader = mean_words_model(cfg)  # as the watermark step loads it
     for clean, marked, box in pairs:
         for path, overlay in ((clean, False), (marked, True)):
             frames, chroma, w, h = sample_yuv(path, cfg.frames, cfg.width)
@@ -364,7 +364,7 @@ def clip_features(pairs, cfg: WatermarkConfig, words: bool = False) -> list[dict
             said = None
             if text is not None and not found.frozen:  # both words cues, as a job with a text section
                 said = words_score(*_text_stats(text, path), cfg)
-                read = mean_words(frames, chroma, ocr, cfg, w, h) if cfg.mean_words else None
+                read = mean_words(frames, chroma, reader, cfg, w, h) if cfg.mean_words else None
                 found = with_words(found, said, read)
                 said = max(said or 0.0, read.score if read else 0.0) or None
             out.append({"feats": feats, "boxes": boxes, "frozen": frozen, "overlay": overlay, "truth": box, "found": found, "words": said,

@@ -104,11 +104,11 @@ def test_words_on_the_mean_frame_are_read_on_overlays_and_on_no_clean_clip(video
     against the same segments clean, among them the filmed computer screen (goldeneye-vfr-drop3.mp4 and
     issue-134-rotate.mp4: 5-9 lines of rendered UI, and a line being typed) and fixed cameras."""
     from curate.bench.watermark import make_style_pairs
-    from stages.text import OcrModel, TextConfig
-    from stages.watermark import mean_words, sample_yuv
+    from stages.watermark import mean_words, mean_words_model, sample_yuv
 
     pairs = make_style_pairs(str(videos), str(tmp_path), styles=("text",), per_style=14, seed=9)
-    ocr, cfg = OcrModel(TextConfig()), WatermarkConfig()
+    cfg = WatermarkConfig()
+    ocr = mean_words_model(cfg)
 
     def read(path):
         frames, chroma, w, h = sample_yuv(path, cfg.frames, cfg.width)
@@ -117,12 +117,50 @@ def test_words_on_the_mean_frame_are_read_on_overlays_and_on_no_clean_clip(video
     clean = [read(c) for c, _, _ in pairs]
     marked = [read(m) for _, m, _ in pairs]
     assert all(c is None for c in clean), [(b["source"], c) for c, (_, _, b) in zip(clean, pairs)]
-    # Measured: here 7 of 14 overlays read (bikes 3 of 4, Big Buck Bunny, carphone, vtest, one of
-    # traffic_camera's two), box IoU 0.44-0.76 but carphone's 176x144 (0.26); on the bench's seeds 0-3
-    # (56 pairs a style) drawn words on 4-10 of 14 overlays a seed, no clean clip of any style (784 clips)
+    # Measured: here 10 of 14 overlays read (bikes 4 of 4, Big Buck Bunny, testvideo, carphone, vtest,
+    # traffic_camera 2 of 2; the mean frame read at 480 instead of mean_words_size's 960: 7), box IoU
+    # 0.26-0.78, >= 0.3 on 8 (PP-OCR pads its boxes by about the line's height: the smallest lines,
+    # carphone's 176x144 and a 35x14 line, 0.29 and 0.26); none of goldeneye's and the rotated copy's
+    # screens of rendered UI, nor delayed_start's fade. No clean clip read.
     found = [(r, b) for r, (_, _, b) in zip(marked, pairs) if r is not None]
-    assert len(found) >= 4, [(b["source"], b["opacity"], r) for r, (_, _, b) in zip(marked, pairs)]
-    assert sum(iou(r.box, b) >= 0.3 for r, b in found) >= len(found) - 1, found  # the box is the line's
+    assert len(found) >= 8, [(b["source"], b["opacity"], r) for r, (_, _, b) in zip(marked, pairs)]
+    assert all(iou(r.box, b) >= 0.2 for r, b in found) and sum(iou(r.box, b) >= 0.3 for r, b in found) >= len(found) - 3, found  # the line's box
+
+
+def test_small_words_over_a_fixed_camera_are_read_on_the_mean_frame_scaled_up(videos, tmp_path):
+    """A channel name 32 pixels tall, black at opacity 0.7 over the road of traffic_camera.mp4 (a fixed
+    camera: no motion tells it from the picture), encoded twice as a clip is: read on the mean frame
+    scaled to mean_words_size (960, twice the sampled frames' 480), with its box. At 480 PP-OCR's
+    detector finds nothing there (measured at 24, 32 and 40 pixels, "TV1" and "NEWS": 960 read 6 of 6,
+    480 1 of 6). The clean twin: nothing read at either."""
+    import subprocess
+
+    from curate.bench.watermark import font_file
+    from stages.media import ffmpeg_exe
+    from stages.watermark import mean_words, mean_words_model, sample_yuv
+
+    font = font_file()
+    if font is None:
+        pytest.skip("no TrueType font for ffmpeg's drawtext")
+    enc = ["-an", "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-threads", "1"]
+    made = {}
+    for name, vf in (("clean", "scale=960:-2"), ("mark", f"scale=960:-2,drawtext=fontfile='{font}':text='TV1':fontsize=32:fontcolor=black@0.7:x=700:y=241")):
+        first, made[name] = str(tmp_path / f"{name}0.mp4"), str(tmp_path / f"{name}.mp4")
+        subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-ss", "0.5", "-t", "2", "-i", str(videos / "traffic_camera.mp4"), "-vf", vf,
+                        *enc, "-crf", "20", first], check=True)
+        subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-i", first, *enc, "-crf", "18", made[name]], check=True)
+
+    def read(path, size):
+        cfg = WatermarkConfig(mean_words_size=size)
+        frames, chroma, w, h = sample_yuv(path, cfg.frames, cfg.width)
+        return mean_words(frames, chroma, mean_words_model(cfg), cfg, w, h)
+
+    assert WatermarkConfig().mean_words_size == 960
+    found = read(made["mark"], 960)
+    assert found is not None and found.score >= 0.75, found
+    assert 680 <= found.box["x"] <= 710 and 220 <= found.box["y"] <= 250 and 50 <= found.box["w"] <= 110, found.box
+    assert read(made["mark"], 480) is None
+    assert read(made["clean"], 960) is None and read(made["clean"], 480) is None
 
 
 def test_the_learned_detector_finds_overlay_styles_it_was_not_trained_on(videos, tmp_path):

@@ -317,6 +317,6 @@ def test_data_card_lists_the_ocr_and_nsfw_models_with_versions(tmp_path):
     assert beside in card and beside not in data_card({**job, "watermark": {**job["watermark"], "method": "net"}}, connect_tables(out))
     # without the text section the watermark step still reads the mean frame with the same OCR models
     no_text = data_card({**job, "text": None, "nsfw": None}, connect_tables(out))
-    assert "watermark, words on the mean frame" in no_text and "`PP-OCRv6_det_small.onnx` (sha256 " in no_text and "NudeNet" not in no_text
+    assert "watermark, words on the mean frame" in no_text and "(longer side 960 px)" in no_text and "`PP-OCRv6_det_small.onnx` (sha256 " in no_text and "NudeNet" not in no_text
     off = data_card({**job, "text": None, "nsfw": None, "watermark": {**job["watermark"], "mean_words": False}}, connect_tables(out))
     assert "PP-OCR" not in off and "NudeNet" not in off

@@ -447,15 +447,17 @@ def test_words_on_the_mean_frame_make_an_overlay_unless_typed_in_or_a_page_of_th
 
 
 def test_the_stage_folds_the_mean_frame_words_in_with_their_box(media):
-    """ScoreWatermark reads the mean frame with the OCR model it is given (or loads the text scorer's):
-    a line there in every frame raises the score and gives the box; `mean_words: false` and a frozen
-    clip do not ask it."""
+    """ScoreWatermark reads the mean frame with the OCR model it is given (or loads the text scorer's),
+    its longer side scaled to mean_words_size: a line there in every frame raises the score and gives
+    the box (in clip pixels); `mean_words: false` and a frozen clip do not ask it."""
 
     class Reader:  # what OcrModel gives: quadrilaterals per image, then the text of each
         asked = 0
+        shapes = []
 
         def detect(self, images):
             Reader.asked += 1
+            Reader.shapes.append(images[0].shape)
             return [np.array([[[40, 60], [120, 60], [120, 84], [40, 84]]], np.int32)]
 
         def read(self, images, boxes):
@@ -463,7 +465,9 @@ def test_the_stage_folds_the_mean_frame_words_in_with_their_box(media):
 
     cfg = WatermarkConfig(method="edges", mean_words_presence=0.0)
     out = ScoreWatermark(cfg, ocr=Reader())(_table([media["clean"], media["frozen"]])).to_pylist()
-    assert out[0]["watermark_score"] >= 0.5 and out[0]["watermark_box"] == {"x": 40, "y": 60, "w": 81, "h": 25}, out[0]
+    # the clip is 320x240, sampled at 480x360, read at 960x720: the quad over 3 (its corners' pixels)
+    assert Reader.shapes == [(720, 960, 3)]
+    assert out[0]["watermark_score"] >= 0.5 and out[0]["watermark_box"] == {"x": 13, "y": 20, "w": 28, "h": 9}, out[0]
     assert out[1]["watermark_score"] == 0.0 and Reader.asked == 1  # frozen: not asked
     off = ScoreWatermark(WatermarkConfig(method="edges", mean_words=False), ocr=Reader())(_table([media["clean"]])).to_pylist()
     assert off[0]["watermark_score"] < 0.1 and Reader.asked == 1
