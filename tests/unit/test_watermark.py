@@ -408,9 +408,9 @@ def _words_clip(lines, opacity=0.7, typed=False, n=16, seed=3):
 
 @pytest.fixture(scope="module")
 def ocr():
-    from stages.text import OcrModel, TextConfig
+    from stages.watermark import mean_words_model
 
-    return OcrModel(TextConfig())
+    return mean_words_model(WatermarkConfig())  # as the watermark step loads it
 
 
 def test_a_line_there_in_every_frame_is_present_and_one_typed_in_is_not():
