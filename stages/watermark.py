@@ -235,7 +235,7 @@ def mean_words(frames: list[np.ndarray], chroma: list[np.ndarray], ocr, cfg: Wat
     if presence < cfg.mean_words_presence:
         return None
     x, y, w, h = cv2.boundingRect(np.round(lines[quad]).reshape(-1, 1, 2).astype(np.int32))
-    sx, sy = clip_w / image.shape[1], clip_h / image.shape[0]
+    sx, sy = clip_w / w0, clip_h / h0
     return Overlay(score=0.5 + 0.5 * min(1.0, presence), box={"x": round(x * sx), "y": round(y * sy), "w": round(w * sx), "h": round(h * sy)})
 
 

@@ -150,10 +150,12 @@ def test_small_words_over_a_fixed_camera_are_read_on_the_mean_frame_scaled_up(vi
                         *enc, "-crf", "20", first], check=True)
         subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-i", first, *enc, "-crf", "18", made[name]], check=True)
 
+    models = {size: mean_words_model(WatermarkConfig(mean_words_size=size)) for size in (960, 480)}
+
     def read(path, size):
         cfg = WatermarkConfig(mean_words_size=size)
         frames, chroma, w, h = sample_yuv(path, cfg.frames, cfg.width)
-        return mean_words(frames, chroma, mean_words_model(cfg), cfg, w, h)
+        return mean_words(frames, chroma, models[size], cfg, w, h)
 
     assert WatermarkConfig().mean_words_size == 960
     found = read(made["mark"], 960)
