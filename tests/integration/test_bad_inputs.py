@@ -60,9 +60,19 @@ def test_job_over_the_corpus_and_a_manifest(corpus, ray_session, tmp_path, video
     job = str(ROOT / "jobs" / "demo.yaml")
     fast = ["--set", "split.encode.preset=ultrafast", "--set", "split.min_clip_s=0.5", "--set", "select.where=null"]
     assert main(["run", job, "--set", f"input.dir={folder}", "--set", "input.license=MIT", "--set", f"output={out}", *fast]) == 0
-    rows = json.loads(query(str(out), "select uri, status, reason from sources", "json"))
+    rows = json.loads(query(str(out), "select uri, status, reason, error from sources", "json"))
     got = {os.path.basename(r["uri"]): (r["status"], r["reason"]) for r in rows}
     assert got == {name: (s, r) for name, (s, r, _) in expect.items()}
+    assert all(r["error"] for r in rows if r["status"] == "error")  # each error row says what went wrong
+    # and the rest is processed to the end: each clip of a good 2 s source is in a shard, or filtered as a
+    # duplicate of one that is (most of them are the same test pattern in other containers)
+    clips = json.loads(query(str(out), "select s.uri, c.status, c.reason, c.shard, d.shard as original_shard from clips c "
+                                       "join sources s using (source_id) left join clips d on d.clip_id = c.duplicate_of", "json"))
+    good = {name for name, (s, _, frames) in expect.items() if s == "ok" and frames >= 50}
+    mine = [c for c in clips if os.path.basename(c["uri"]) in good]
+    assert {os.path.basename(c["uri"]) for c in mine} == good
+    assert all(c["shard"] if c["status"] == "kept" else (c["reason"], bool(c["original_shard"])) == ("duplicate", True) for c in mine), mine
+    assert any(c["status"] == "kept" for c in mine)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["skipped_files"] == 1  # sub/loop: listed as a non-video, not followed
     assert snapshot(folder) == before  # nothing written beside the inputs

@@ -1,7 +1,6 @@
 """Whole jobs through the CLI on the session's local Ray instance."""
 
 import json
-import shutil
 
 import pytest
 import webdataset as wds
@@ -9,7 +8,7 @@ import webdataset as wds
 from curate.cli import main
 from curate.catalog import query
 from stages.camera import LABELS
-from tests.conftest import ROOT, make_bad_files
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.ray
 
@@ -73,24 +72,6 @@ def test_rerun_gives_the_same_tables_and_shards(demo_out, ray_session):
     assert after == before  # same ids, same rows, same shard sha256
     # clips already written are not written again
     assert {p.name: p.stat().st_mtime_ns for p in (demo_out / "clips").iterdir()} == clip_times
-
-
-def test_folder_with_bad_files_records_each_and_processes_the_rest(ray_session, tmp_path, videos, ffmpeg):
-    inputs = tmp_path / "in"
-    expected = make_bad_files(inputs, ffmpeg)
-    for good in ["bikes.mp4", "counter.mp4"]:
-        shutil.copyfile(videos / good, inputs / good)
-    (inputs / "readme.txt").write_text("not a video")
-    out = tmp_path / "out"
-    rc = main(["run", str(ROOT / "jobs" / "demo.yaml"), "--set", f"input.dir={inputs}", "--set", "input.license=MIT", "--set", f"output={out}", "--set", "select.where=null", *FAST])
-    assert rc == 0
-    rows = {r["uri"].rsplit("/", 1)[1]: r for r in q(out, "select uri, status, reason, error from sources")}
-    assert set(rows) == set(expected) | {"bikes.mp4", "counter.mp4"}
-    for name, reason in expected.items():
-        assert (rows[name]["status"], rows[name]["reason"]) == ("error", reason), (name, rows[name])
-        assert rows[name]["error"]
-    kept = {r["uri"].rsplit("/", 1)[1]: r["n"] for r in q(out, "select uri, count(*) as n from clips join sources using (source_id) where clips.status = 'kept' group by 1")}
-    assert kept.get("bikes.mp4", 0) >= 4 and kept.get("counter.mp4", 0) >= 1
 
 
 def test_every_real_video_is_processed(ray_session, tmp_path, videos, ground_truth):

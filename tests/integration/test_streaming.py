@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from curate.cli import main
 from curate.samples import SamplesConfig, generate_samples
 from stages.shards import bucket_of
 from tests.conftest import ROOT
@@ -53,10 +54,16 @@ def _manifest(folder: Path, videos: list[Path], order: list[int]) -> Path:
     return path
 
 
-def _run(manifest: Path, out: Path, cpus: int, *more: str) -> None:
-    cmd = [sys.executable, "-m", "curate.cli", "run", JOB, "--set", f"input.manifest={manifest}", "--set", f"output={out}",
-           "--set", "split.encode.preset=ultrafast", "--set", "shards.max_samples=2", "--set", "shards.buckets=4",
-           "--set", "select.where=null", "--set", "text=null", "--set", "nsfw=null", "--set", "latents=null", "--set", f"ray.num_cpus={cpus}", *more]
+def _run(manifest: Path, out: Path, cpus: int | None, *more: str) -> None:
+    """The demo job over `manifest` into `out`: in a process of its own with a Ray instance of `cpus` CPUs,
+    or (cpus None) in this one, on the session's Ray instance (2 CPUs, its workers warm from other tests)."""
+    args = ["run", JOB, "--set", f"input.manifest={manifest}", "--set", f"output={out}",
+            "--set", "split.encode.preset=ultrafast", "--set", "shards.max_samples=2", "--set", "shards.buckets=4",
+            "--set", "select.where=null", "--set", "text=null", "--set", "nsfw=null", "--set", "latents=null", *more]
+    if cpus is None:
+        assert main(args) == 0
+        return
+    cmd = [sys.executable, "-m", "curate.cli", *args, "--set", f"ray.num_cpus={cpus}"]
     run = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-3000:]
 
@@ -70,7 +77,9 @@ def _kept(out: Path) -> list[str]:
     return sorted(r["clip_id"] for r in clips if r["status"] == "kept")
 
 
-def test_shards_do_not_depend_on_input_order_cpus_or_waves_and_a_new_source_touches_its_bucket_only(tmp_path):
+def test_shards_do_not_depend_on_input_order_cpus_or_waves_and_a_new_source_touches_its_bucket_only(ray_session, tmp_path):
+    """a: this process's Ray (2 CPUs, warm workers); b: a fresh instance of 1 CPU in a process of its own,
+    the inputs in another order, in two waves; c: a third output, then one more source into it."""
     videos = [Path(r["uri"]) for r in generate_samples(str(tmp_path / "videos"), SamplesConfig(n_videos=4))]
     order = list(range(3))
     shuffled = order[:]
@@ -78,7 +87,7 @@ def test_shards_do_not_depend_on_input_order_cpus_or_waves_and_a_new_source_touc
     if shuffled == order:
         shuffled.reverse()
     a, b = tmp_path / "a", tmp_path / "b"
-    _run(_manifest(tmp_path, videos, order), a, 2)
+    _run(_manifest(tmp_path, videos, order), a, None)
     _run(_manifest(tmp_path, videos, shuffled), b, 1, "--set", "ray.sources_per_wave=2")
     first = _shards(a)
     assert first and _shards(b) == first  # byte-identical, whatever the order, the CPUs and the waves (b: two)
@@ -87,10 +96,10 @@ def test_shards_do_not_depend_on_input_order_cpus_or_waves_and_a_new_source_touc
     # one more source into the same output: only the shards of its bucket are written again (dedup off:
     # a new source whose clips copy clips of other buckets may, rightly, filter those there)
     c = tmp_path / "c"
-    _run(_manifest(tmp_path, videos, order), c, 2, "--set", "dedup=null")
+    _run(_manifest(tmp_path, videos, order), c, None, "--set", "dedup=null")
     first = _shards(c)
     mtimes = {p.name: p.stat().st_mtime_ns for p in (c / "shards").glob("*.tar")}
-    _run(_manifest(tmp_path, videos, order + [3]), c, 2, "--set", "dedup=null")
+    _run(_manifest(tmp_path, videos, order + [3]), c, None, "--set", "dedup=null")
     a = c
     clips = pq.read_table(a / "tables" / "clips")
     new_source = {r["source_id"] for r in clips.to_pylist() if r["source_uri"] == str(videos[3])}
