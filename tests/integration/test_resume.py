@@ -171,24 +171,33 @@ def test_rerun_of_a_finished_job_redoes_nothing(inputs, whole):
     print(f"first run {first:.1f} s, rerun {again:.2f} s ({again / first:.1%})")
 
 
-def test_a_rerun_finds_committed_sources_first_and_reads_them_back_in_blocks(inputs, ray_session, tmp_path, monkeypatch):
+def test_a_rerun_finds_committed_sources_first_and_reads_them_back_in_blocks(inputs, whole, monkeypatch):
     """The per-wave look ahead (`committed_sources`) finds every source a finished run committed, and not
     one whose file changed since; IngestSplit reads a block of committed sources back without splitting
-    any (one lookup for the block), and splits again the one whose clip file went missing."""
+    any (one lookup for the block), and splits again the one whose clip file went missing. Over the
+    uninterrupted run's folder, read only: the input's time and the clip file are put back after."""
+    videos = sorted(str(p) for p in inputs.glob("*.mp4"))
+    changed, times = Path(videos[0]), (Path(videos[0]).stat().st_atime_ns, Path(videos[0]).stat().st_mtime_ns)
+    aside: list[str] = []
+    try:
+        _read_back(inputs, whole[0], videos, changed, aside, monkeypatch)
+    finally:
+        os.utime(changed, ns=times)
+        for gone in aside:
+            os.rename(gone + ".aside", gone)
+
+
+def _read_back(inputs, out, videos, changed, aside, monkeypatch):
     import pyarrow as pa
 
     from curate.commit import run_stamp
     from curate.config import load_job
     from curate.plan import IngestSplit, committed_sources
 
-    out = tmp_path / "out"
-    assert main(args(inputs, out)) == 0
     cfg = load_job(JOB, [a for a in args(inputs, out)[3::2]])
-    videos = sorted(str(p) for p in inputs.glob("*.mp4"))
     rows = pa.table({"uri": videos, "license": ["CC0-1.0"] * len(videos), "title": [None] * len(videos), "author": [None] * len(videos),
                      "source_url": [None] * len(videos), "attribution": [None] * len(videos)})
     assert committed_sources(cfg, rows, str(out), run_stamp()).to_pylist() == [True] * len(videos)
-    changed = Path(videos[0])
     os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
     assert committed_sources(cfg, rows, str(out), run_stamp()).to_pylist() == [False] + [True] * (len(videos) - 1)
 
@@ -201,7 +210,9 @@ def test_a_rerun_finds_committed_sources_first_and_reads_them_back_in_blocks(inp
     assert got == sorted((r["source_id"], r["n"]) for r in want if r["source_id"] in dict(got))
 
     gone = next(c["clip_uri"] for c in back["clips"][0].as_py() if c["clip_uri"])  # a clip file of videos[1]
-    os.remove(gone)
+    assert gone.startswith(str(out))
+    os.rename(gone, gone + ".aside")
+    aside.append(gone)
     redone = []
     monkeypatch.setattr(IngestSplit, "split_source", lambda self, row: redone.append(row["uri"]) or {**row, "source_id": "x", "status": "error",
                                                                                                       "reason": "unreadable", "scenes": [], "clips": []})
